@@ -1,0 +1,255 @@
+"""Our thin wrapper over the Brevo SDK: error classification, rate-limit pacing from x-sib-ratelimit-* headers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from brevo import Brevo
+from brevo.core.api_error import ApiError
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 20.0
+
+
+class BrevoError(Exception):
+    """A Brevo call failed."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class BrevoRetriable(BrevoError):
+    """Brevo is slow, down or busy (5xx, 425, timeout): the same call may succeed later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class BrevoRateLimited(BrevoRetriable):
+    """Brevo answered 429: the family's budget is spent until x-sib-ratelimit-reset."""
+
+
+class BrevoRejected(BrevoError):
+    """Brevo refused this item (4xx validation): retrying it as is cannot help."""
+
+
+class BrevoAuthFailed(BrevoError):
+    """The API key is wrong, revoked or lacks permission (401/403/402): the shop must be paused."""
+
+
+def endpoint_family(method: str, path: str) -> str:
+    """Brevo's published rate-limit buckets (DESIGN 8). The batch endpoints are in the 100/hour bucket."""
+    p = path.split("?", 1)[0].rstrip("/")
+    if p.endswith("/contacts") or "/contacts/" in p or p == "contacts" or p.startswith("contacts/"):
+        return "contacts"
+    if p.endswith("/events") or p == "events":
+        return "events"
+    if p.endswith("/orders/status") or p == "orders/status":
+        return "orders"
+    if p.endswith("/products") or p == "products":
+        return "products"
+    return "other"
+
+
+@dataclass
+class FamilyBudget:
+    limit: int | None = None
+    remaining: int | None = None
+    reset_at: float = 0.0  # monotonic time when the window frees
+
+
+@dataclass
+class Pacer:
+    """What Brevo told us about each rate-limit family, so we wait instead of collecting 429s."""
+
+    clock: Callable[[], float] = time.monotonic
+    budgets: dict[str, FamilyBudget] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, family: str, headers: Mapping[str, str]) -> None:
+        lower = {k.lower(): v for k, v in headers.items()}
+        if "x-sib-ratelimit-remaining" not in lower:
+            return
+        try:
+            remaining = int(float(lower["x-sib-ratelimit-remaining"]))
+            reset = float(lower.get("x-sib-ratelimit-reset", "1"))
+            limit = int(float(lower["x-sib-ratelimit-limit"])) if "x-sib-ratelimit-limit" in lower else None
+        except ValueError:
+            return
+        with self.lock:
+            self.budgets[family] = FamilyBudget(limit=limit, remaining=remaining, reset_at=self.clock() + reset)
+
+    def spent(self, family: str, reset_after: float) -> None:
+        with self.lock:
+            b = self.budgets.setdefault(family, FamilyBudget())
+            b.remaining, b.reset_at = 0, self.clock() + max(reset_after, 0.0)
+
+    def remaining(self, family: str) -> int | None:
+        """Calls left in the current window, None when unknown (no call made yet)."""
+        with self.lock:
+            b = self.budgets.get(family)
+            if b is None or b.remaining is None:
+                return None
+            if self.clock() >= b.reset_at:
+                return b.limit  # the window has rolled over
+            return b.remaining
+
+    def wait_time(self, family: str) -> float:
+        with self.lock:
+            b = self.budgets.get(family)
+            if b is None or b.remaining is None or b.remaining > 0:
+                return 0.0
+            return max(b.reset_at - self.clock(), 0.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        with self.lock:
+            return {f: {"limit": b.limit, "remaining": b.remaining, "reset_in": round(max(b.reset_at - now, 0), 3)}
+                    for f, b in self.budgets.items()}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+class BrevoClient:
+    """One shop's Brevo account. Every call is classified; none is retried here (the pusher decides)."""
+
+    def __init__(self, api_key: str, *, base_url: str, http: httpx.Client | None = None,
+                 pacer: Pacer | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http or httpx.Client(timeout=timeout)
+        # The SDK retries POSTs on its own and ignores x-sib-ratelimit-reset: never let it retry.
+        self.sdk = Brevo(api_key=api_key, base_url=self.base_url, max_retries=0, httpx_client=self.http,
+                         timeout=timeout)
+        self.pacer = pacer or Pacer()
+        self.calls = 0
+
+    # --- the one place where responses are classified -----------------------------------------
+
+    def _call(self, method: str, path: str, fn: Callable[[], Any]) -> Reply:
+        family = endpoint_family(method, path)
+        self.calls += 1
+        try:
+            raw = fn()
+        except ApiError as exc:
+            headers = dict(exc.headers or {})
+            self.pacer.observe(family, headers)
+            raise classify(exc.status_code, exc.body, headers, f"{method} {path}") from None
+        except httpx.TimeoutException as exc:
+            raise BrevoRetriable(f"{method} {path}: timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise BrevoRetriable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        headers = dict(raw.headers)
+        self.pacer.observe(family, headers)
+        return Reply(status=200, body=raw.data, headers=headers)
+
+    def _request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None) -> Reply:
+        """Plain JSON call, for bodies the SDK's models would alter (plain dicts for batches, see DESIGN 1)."""
+        family = endpoint_family(method, path)
+        self.calls += 1
+        try:
+            response = self.http.request(method, f"{self.base_url}/{path}", json=json, params=params,
+                                         headers={"api-key": self._api_key, "accept": "application/json"})
+        except httpx.TimeoutException as exc:
+            raise BrevoRetriable(f"{method} {path}: timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise BrevoRetriable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        self.pacer.observe(family, response.headers)
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise classify(response.status_code, body, dict(response.headers), f"{method} {path}")
+        return Reply(status=response.status_code, body=body, headers=dict(response.headers))
+
+    @property
+    def _api_key(self) -> str:
+        return str(self.sdk._client_wrapper.api_key)
+
+    # --- account set-up -------------------------------------------------------------------------
+
+    def get_account(self) -> Reply:
+        return self._call("GET", "account", lambda: self.sdk.account.with_raw_response.get_account())
+
+    def attribute_names(self) -> set[str]:
+        reply = self._request("GET", "contacts/attributes")
+        return {str(a.get("name", "")).upper() for a in (reply.body or {}).get("attributes", [])}
+
+    def create_attribute(self, name: str, attribute_type: str) -> None:
+        self._call("POST", f"contacts/attributes/normal/{name}", lambda: self.sdk.contacts.with_raw_response
+                   .create_attribute("normal", quote(name, safe=""), type=attribute_type))  # type: ignore[arg-type]
+
+    def create_folder(self, name: str) -> int:
+        reply = self._request("POST", "contacts/folders", json={"name": name})
+        return int(reply.body["id"])
+
+    def create_list(self, name: str, folder_id: int) -> int:
+        reply = self._request("POST", "contacts/lists", json={"name": name, "folderId": folder_id})
+        return int(reply.body["id"])
+
+    # --- contacts -------------------------------------------------------------------------------
+
+    def upsert_contact(self, body: Mapping[str, Any], list_ids: Sequence[int] = ()) -> Reply:
+        payload = dict(body)
+        payload["updateEnabled"] = True
+        if list_ids:
+            payload["listIds"] = list(list_ids)
+        return self._request("POST", "contacts", json=payload)
+
+    def update_contact_by_ext_id(self, ext_id: str, body: Mapping[str, Any]) -> Reply:
+        payload = {k: v for k, v in body.items() if k not in ("email", "ext_id")}
+        # The SDK does not percent-encode path identifiers: a GID has '/' and ':' in it.
+        return self._request("PUT", f"contacts/{quote(ext_id, safe='')}", json=payload,
+                             params={"identifierType": "ext_id"})
+
+    def import_contacts(self, rows: Sequence[Mapping[str, Any]], list_id: int) -> Reply:
+        return self._request("POST", "contacts/import", json={
+            "jsonBody": list(rows), "listIds": [list_id], "updateExistingContacts": True,
+            "emptyContactsAttributes": True, "disableNotification": True,
+        })
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def send_event(self, body: Mapping[str, Any]) -> Reply:
+        return self._request("POST", "events", json=dict(body))
+
+    def send_events_batch(self, bodies: Sequence[Mapping[str, Any]]) -> Reply:
+        return self._request("POST", "events/batch", json={"events": list(bodies)})
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def classify(status: int | None, body: Any, headers: Mapping[str, str], what: str) -> BrevoError:
+    message = body.get("message") if isinstance(body, Mapping) else (str(body)[:300] if body else "")
+    code = body.get("code") if isinstance(body, Mapping) else None
+    text = f"{what}: Brevo answered {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    lower = {k.lower(): v for k, v in headers.items()}
+    reset: float | None = None
+    if "x-sib-ratelimit-reset" in lower:
+        try:
+            reset = float(lower["x-sib-ratelimit-reset"])
+        except ValueError:
+            reset = None
+    if status == 429:
+        return BrevoRateLimited(text, status=status, body=body, retry_after=reset)
+    if status is None or status >= 500 or status in (408, 409, 425):
+        return BrevoRetriable(text, status=status, body=body, retry_after=reset)
+    if status in (401, 402, 403):
+        return BrevoAuthFailed(text, status=status, body=body)
+    return BrevoRejected(text, status=status, body=body)

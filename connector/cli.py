@@ -1,0 +1,237 @@
+"""The `connector` command: run, web, worker, demo, db upgrade, shops, dead-letters."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import Engine
+
+from connector.database import make_engine, upgrade
+from connector.settings import MissingSetting, Settings
+
+app = typer.Typer(help="Shopify -> Brevo connector.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+shops_app = typer.Typer(help="The shops this connector syncs.", no_args_is_help=True)
+dead_app = typer.Typer(help="What could not be applied or delivered, with the reason.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(shops_app, name="shops")
+app.add_typer(dead_app, name="dead-letters")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic validation of a malformed value
+        raise _fail(f"invalid configuration: {exc}") from None
+
+
+def _engine(settings: Settings) -> Engine:
+    """Open the database; SQLite is migrated implicitly, PostgreSQL needs `connector db upgrade`."""
+    engine = make_engine(settings.database_url)
+    if engine.dialect.name == "sqlite":
+        upgrade(settings.database_url)
+    else:
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        from connector.database import alembic_config
+
+        head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current != head:
+            raise _fail("the database schema is not up to date: run `connector db upgrade`")
+    return engine
+
+
+def _require_runtime(settings: Settings, *, web: bool) -> None:
+    try:
+        if web:
+            settings.require("SHOPIFY_API_SECRET")
+        if settings.shopify_shop or settings.shopify_access_token:
+            settings.require("SHOPIFY_SHOP", "SHOPIFY_ACCESS_TOKEN", "BREVO_API_KEY")
+        else:
+            settings.require("CONNECTOR_SECRET_KEY")
+    except MissingSetting as exc:
+        raise _fail(f"{exc}; see README, Configuration") from None
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or update the database schema."""
+    settings = _settings()
+    upgrade(settings.database_url)
+    console.print("database schema is up to date")
+
+
+@app.command()
+def web() -> None:
+    """Serve the webhook endpoint, /healthz and /metrics."""
+    import uvicorn
+
+    from connector.shops import ensure_single_store_shop
+    from webhooks.app import create_app
+
+    settings = _settings()
+    _require_runtime(settings, web=True)
+    engine = _engine(settings)
+    ensure_single_store_shop(engine, settings)
+    uvicorn.run(create_app(engine, settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def worker(until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when no work is left.")] = False
+           ) -> None:
+    """Apply webhooks, rebuild profiles and deliver to Brevo."""
+    from connector.shops import ensure_single_store_shop
+    from sync.worker import Worker
+
+    settings = _settings()
+    _require_runtime(settings, web=False)
+    engine = _engine(settings)
+    ensure_single_store_shop(engine, settings)
+    stats = Worker(engine, settings).run(until_idle=until_idle)
+    console.print(f"applied {stats.applied}, quarantined {stats.failed}, contacts pushed {stats.contacts_pushed}, "
+                  f"events pushed {stats.events_pushed}")
+
+
+@app.command()
+def run() -> None:
+    """Web and one worker in one process: the embedded default."""
+    import uvicorn
+
+    from connector.shops import ensure_single_store_shop
+    from sync.worker import Worker
+    from webhooks.app import create_app
+
+    settings = _settings()
+    _require_runtime(settings, web=True)
+    engine = _engine(settings)
+    ensure_single_store_shop(engine, settings)
+    the_worker = Worker(engine, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=the_worker.run, kwargs={"stop": stop}, name="worker", daemon=True)
+    thread.start()
+    try:
+        uvicorn.run(create_app(engine, settings, on_stored=the_worker.wake.set), host=settings.host,
+                    port=settings.port, log_level="info")
+    finally:
+        stop.set()
+        the_worker.wake.set()
+        thread.join(timeout=10)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="Registered customers in the simulated store.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated store.")] = 7,
+    database_url: Annotated[str | None, typer.Option(help="Database (default: a fresh temporary SQLite file).")]
+    = None,
+) -> None:
+    """Seed a simulated store, replay it as signed webhooks into the real endpoint, sync to a simulated Brevo."""
+    from connector.demo import run_demo
+
+    summary = run_demo(customers=customers, seed=seed, database_url=database_url, console=console)
+    if summary.dead_letters:
+        console.print(f"[yellow]{summary.dead_letters} dead letters: see the table above[/]")
+
+
+@shops_app.command("add")
+def shops_add(
+    domain: Annotated[str, typer.Option(help="my-store.myshopify.com")],
+    access_token: Annotated[str, typer.Option(envvar="SHOPIFY_ACCESS_TOKEN", help="Admin API access token.")],
+    brevo_api_key: Annotated[str, typer.Option(envvar="BREVO_API_KEY", help="The shop's Brevo API key.")],
+) -> None:
+    """Register a shop (a merchant's own custom app) with its tokens encrypted at rest."""
+    from connector.settings import is_placeholder
+    from connector.shops import ShopError, add_shop
+
+    settings = _settings()
+    for name, value in (("--access-token", access_token), ("--brevo-api-key", brevo_api_key)):
+        if is_placeholder(value):
+            raise _fail(f"{name} is not set or still holds a placeholder value")
+    try:
+        shop_id = add_shop(_engine(settings), settings, domain=domain, access_token=access_token,
+                           brevo_api_key=brevo_api_key)
+    except MissingSetting as exc:
+        raise _fail(str(exc)) from None
+    except ShopError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"shop {domain} registered (id {shop_id})")
+
+
+@shops_app.command("list")
+def shops_list() -> None:
+    """Shops, their state and backlog."""
+    settings = _settings()
+    engine = _engine(settings)
+    table = Table("id", "domain", "status", "backlog", "last webhook", "last push", "note")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("""
+            SELECT s.id, s.domain, s.status, s.paused_reason, s.setup_error, s.last_push_at,
+              (SELECT count(*) FROM inbox i WHERE i.shop_domain = s.domain AND i.status = 'pending') AS inbox,
+              (SELECT count(*) FROM outbox o WHERE o.shop_id = s.id AND o.status = 'pending') AS outbox,
+              (SELECT max(i.received_at) FROM inbox i WHERE i.shop_domain = s.domain) AS last_webhook
+            FROM shops s ORDER BY s.id""")).all()
+    for r in rows:
+        table.add_row(str(r.id), r.domain, r.status, f"{r.inbox} in, {r.outbox} out", str(r.last_webhook or "-"),
+                      str(r.last_push_at or "-"), r.paused_reason or r.setup_error or "")
+    console.print(table)
+
+
+@dead_app.command("list")
+def dead_letters_list(
+    shop: Annotated[str | None, typer.Option(help="Only this shop's domain.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """What could not be applied or delivered, newest first, with the reason."""
+    settings = _settings()
+    engine = _engine(settings)
+    query = "SELECT id, shop_domain, source, reference, topic, reason, created_at FROM dead_letters " \
+            "WHERE resolved_at IS NULL" + (" AND shop_domain = :shop" if shop else "") + \
+            " ORDER BY id DESC LIMIT :limit"
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(query), {"shop": shop, "limit": limit}).all()
+    if as_json:
+        for r in rows:
+            print(json.dumps({k: str(v) if v is not None else None for k, v in r._mapping.items()}))
+        return
+    table = Table("id", "shop", "what", "reference", "topic", "reason", "when")
+    for r in rows:
+        table.add_row(str(r.id), r.shop_domain or "", r.source, r.reference, r.topic or "", r.reason,
+                      str(r.created_at))
+    console.print(table if rows else "no dead letters")
+
+
+@dead_app.command("retry")
+def dead_letters_retry(ids: Annotated[list[int], typer.Argument(help="Dead letter ids.")]) -> None:
+    """Put dead letters back in the queue (after fixing their cause) and mark them resolved."""
+    from connector.dead_letters import retry_dead_letters
+
+    settings = _settings()
+    count = retry_dead_letters(_engine(settings), ids)
+    console.print(f"{count} re-queued")
+
+
+def main() -> None:
+    try:
+        app()
+    except MissingSetting as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,316 @@
+"""The database tables: shops, the webhook inbox, the store mirror, contact state, the outbox, dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class Money(sa.types.TypeDecorator[Decimal]):
+    """Exact money: NUMERIC on PostgreSQL, canonical text on SQLite (whose NUMERIC is a float)."""
+
+    impl = sa.String(40)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.Numeric(20, 4))
+        return dialect.type_descriptor(sa.String(40))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return value if dialect.name == "postgresql" else str(Decimal(value))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
+
+
+UTCDateTime = sa.DateTime(timezone=True)
+
+
+def _money(nullable: bool = False, default: Decimal | None = Decimal("0")) -> Any:
+    return Field(default=default, sa_type=Money, nullable=nullable)
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=sa.JSON, nullable=nullable)
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+class Shop(SQLModel, table=True):
+    __tablename__ = "shops"
+
+    id: int | None = Field(default=None, primary_key=True)
+    domain: str = Field(max_length=255, unique=True)
+    status: str = Field(default="active", max_length=20)  # active | paused | uninstalled
+    paused_reason: str | None = None
+    access_token_enc: str | None = None
+    brevo_api_key_enc: str | None = None
+    currency: str | None = Field(default=None, max_length=3)
+    brevo_list_id: int | None = None
+    brevo_ready_at: datetime | None = _ts()  # attributes and list created in Brevo
+    setup_due_at: datetime | None = _ts()  # when to try the Brevo set-up again after a failure
+    setup_error: str | None = None
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_token: str | None = Field(default=None, max_length=40)
+    lease_expires_at: datetime | None = _ts()
+    brevo_pacing: dict[str, Any] | None = _json()
+    last_webhook_at: datetime | None = _ts()
+    last_push_at: datetime | None = _ts()
+    created_at: datetime | None = _ts()
+
+
+class InboxEntry(SQLModel, table=True):
+    """One accepted Shopify delivery, kept raw. Unique per (shop, event id): a redelivery is a no-op."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (
+        sa.UniqueConstraint("shop_domain", "event_id", name="uq_inbox_event"),
+        sa.Index("ix_inbox_pending", "shop_domain", "status", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_domain: str = Field(max_length=255)
+    event_id: str = Field(max_length=100)
+    topic: str = Field(max_length=100)
+    webhook_id: str | None = Field(default=None, max_length=100)
+    triggered_at: datetime | None = _ts()
+    api_version: str | None = Field(default=None, max_length=20)
+    source: str = Field(default="webhook", max_length=20)  # webhook | poll | backfill
+    body: str = Field(sa_type=sa.Text)
+    status: str = Field(default="pending", max_length=20)  # pending | applied | ignored | failed
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    received_at: datetime | None = _ts()
+    processed_at: datetime | None = _ts()
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+
+    shop_id: int = Field(primary_key=True)
+    customer_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    contact_key: str = Field(max_length=300)
+    email: str | None = Field(default=None, max_length=320, index=True)
+    phone: str | None = Field(default=None, max_length=40)
+    first_name: str | None = None
+    last_name: str | None = None
+    locale: str | None = Field(default=None, max_length=20)
+    country_code: str | None = Field(default=None, max_length=2)
+    city: str | None = None
+    state: str | None = Field(default=None, max_length=20)
+    tags: str | None = None
+    email_consent: str | None = Field(default=None, max_length=30)
+    email_consent_at: datetime | None = _ts()
+    sms_consent: str | None = Field(default=None, max_length=30)
+    sms_consent_at: datetime | None = _ts()
+    deleted: bool = False
+    created_at_src: datetime | None = _ts()
+    updated_at_src: datetime | None = _ts()
+
+
+class Order(SQLModel, table=True):
+    __tablename__ = "orders"
+    __table_args__ = (sa.Index("ix_orders_contact", "shop_id", "contact_key"),)
+
+    shop_id: int = Field(primary_key=True)
+    order_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    contact_key: str | None = Field(default=None, max_length=300)
+    customer_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=40)
+    name: str | None = Field(default=None, max_length=50)
+    order_number: int | None = Field(default=None, sa_type=sa.BigInteger)
+    currency: str | None = Field(default=None, max_length=3)  # shop currency of the *_money amounts below
+    presentment_currency: str | None = Field(default=None, max_length=3)
+    subtotal: Decimal = _money()
+    total: Decimal = _money()
+    total_tax: Decimal = _money()
+    total_discounts: Decimal = _money()
+    total_shipping: Decimal = _money()
+    financial_status: str | None = Field(default=None, max_length=30)
+    fulfillment_status: str | None = Field(default=None, max_length=30)
+    test: bool = False
+    cart_token: str | None = Field(default=None, max_length=255)
+    checkout_token: str | None = Field(default=None, max_length=255)
+    checkout_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    discount_codes: list[str] | None = _json()
+    order_status_url: str | None = None
+    created_at_src: datetime | None = _ts()
+    cancelled_at: datetime | None = _ts()
+    updated_at_src: datetime | None = _ts()
+
+
+class OrderLine(SQLModel, table=True):
+    __tablename__ = "order_lines"
+
+    shop_id: int = Field(primary_key=True)
+    order_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    line_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    product_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    variant_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    title: str | None = None
+    variant_title: str | None = None
+    sku: str | None = None
+    vendor: str | None = None
+    quantity: int = 0
+    price: Decimal = _money()
+    total_discount: Decimal = _money()
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "refunds"
+    __table_args__ = (sa.Index("ix_refunds_order", "shop_id", "order_id"),)
+
+    shop_id: int = Field(primary_key=True)
+    refund_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    order_id: int = Field(sa_type=sa.BigInteger)
+    amount: Decimal = _money()
+    lines: list[dict[str, Any]] | None = _json()
+    created_at_src: datetime | None = _ts()
+
+
+class Product(SQLModel, table=True):
+    __tablename__ = "products"
+
+    shop_id: int = Field(primary_key=True)
+    product_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    title: str | None = None
+    handle: str | None = None
+    product_type: str | None = None
+    vendor: str | None = None
+    tags: str | None = None
+    status: str | None = Field(default=None, max_length=20)
+    image_url: str | None = None
+    deleted: bool = False
+    updated_at_src: datetime | None = _ts()
+
+
+class Checkout(SQLModel, table=True):
+    __tablename__ = "checkouts"
+    __table_args__ = (
+        sa.Index("ix_checkouts_contact", "shop_id", "contact_key"),
+        sa.Index("ix_checkouts_token", "shop_id", "token"),
+    )
+
+    shop_id: int = Field(primary_key=True)
+    checkout_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    token: str | None = Field(default=None, max_length=255)
+    cart_token: str | None = Field(default=None, max_length=255, index=True)
+    contact_key: str | None = Field(default=None, max_length=300)
+    customer_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=40)
+    currency: str | None = Field(default=None, max_length=3)
+    subtotal: Decimal = _money()
+    total: Decimal = _money()
+    recovery_url: str | None = None
+    lines: list[dict[str, Any]] | None = _json()
+    completed_at: datetime | None = _ts()
+    created_at_src: datetime | None = _ts()
+    updated_at_src: datetime | None = _ts()
+
+
+class Cart(SQLModel, table=True):
+    __tablename__ = "carts"
+
+    shop_id: int = Field(primary_key=True)
+    token: str = Field(primary_key=True, max_length=255)
+    total: Decimal = _money()
+    lines: list[dict[str, Any]] | None = _json()
+    created_at_src: datetime | None = _ts()
+    updated_at_src: datetime | None = _ts()
+
+
+class Contact(SQLModel, table=True):
+    """One buyer of one shop, and what Brevo last received for them."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (
+        sa.Index("ix_contacts_dirty", "shop_id", "dirty"),
+        sa.Index("ix_contacts_push", "shop_id", "push_state"),
+    )
+
+    shop_id: int = Field(primary_key=True)
+    contact_key: str = Field(primary_key=True, max_length=300)
+    customer_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=40)
+    first_name: str | None = None  # for guests, from their orders' billing address
+    last_name: str | None = None
+    dirty: bool = True
+    push_state: str = Field(default="idle", max_length=20)  # idle | pending | dead
+    pending: dict[str, Any] | None = _json()  # the Brevo contact body waiting to be sent
+    pending_hash: str | None = Field(default=None, max_length=64)
+    sent: dict[str, Any] | None = _json()  # the Brevo contact body last delivered
+    sent_hash: str | None = Field(default=None, max_length=64)
+    brevo_email: str | None = Field(default=None, max_length=320)  # the identifier Brevo knows them by
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    pushed_at: datetime | None = _ts()
+    # Imports are applied by Brevo asynchronously: events for this buyer wait until then (DESIGN 3.4).
+    visible_at: datetime | None = _ts()
+    merged_into: str | None = Field(default=None, max_length=300)
+
+
+class ConsentChange(SQLModel, table=True):
+    __tablename__ = "consent_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(index=True)
+    contact_key: str = Field(max_length=300)
+    channel: str = Field(max_length=10)  # email | sms
+    state: str = Field(max_length=30)
+    opt_in_level: str | None = Field(default=None, max_length=30)
+    source: str = Field(max_length=30)
+    occurred_at: datetime | None = _ts()
+    recorded_at: datetime | None = _ts()
+
+
+class OutboxEntry(SQLModel, table=True):
+    """A Brevo event waiting to be sent once; the idempotency key is built from Shopify ids."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.UniqueConstraint("shop_id", "idempotency_key", name="uq_outbox_key"),
+        sa.Index("ix_outbox_due", "shop_id", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int
+    idempotency_key: str = Field(max_length=300)
+    event_name: str = Field(max_length=100)
+    contact_key: str | None = Field(default=None, max_length=300)
+    body: dict[str, Any] = Field(sa_type=sa.JSON)
+    status: str = Field(default="pending", max_length=20)  # pending | delivered | dead
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime | None = _ts()
+    delivered_at: datetime | None = _ts()
+
+
+class DeadLetter(SQLModel, table=True):
+    """Something we could not apply or deliver, kept with the reason so that nothing is lost silently."""
+
+    __tablename__ = "dead_letters"
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int | None = Field(default=None, index=True)
+    shop_domain: str | None = Field(default=None, max_length=255)
+    source: str = Field(max_length=20)  # inbox | event | contact
+    reference: str = Field(max_length=300)
+    topic: str | None = Field(default=None, max_length=100)
+    reason: str = Field(sa_type=sa.Text)
+    payload: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime | None = _ts()
+    resolved_at: datetime | None = _ts()

@@ -1,0 +1,93 @@
+"""The shop registry: which shops we sync, and the credentials each one uses."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from connector.clock import Clock, SystemClock
+from connector.database import unit_of_work
+from connector.models import Shop
+from connector.secrets import SecretBox
+from connector.settings import MissingSetting, Settings
+
+SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
+
+
+class ShopError(Exception):
+    """A shop cannot be registered or used as asked."""
+
+
+def normalise_domain(domain: str) -> str:
+    value = domain.strip().lower().removeprefix("https://").removeprefix("http://").rstrip("/")
+    if "." not in value:
+        value = f"{value}.myshopify.com"
+    if not SHOP_DOMAIN.match(value):
+        raise ShopError(f"'{domain}' is not a shop domain like 'my-store.myshopify.com'")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShopCredentials:
+    domain: str
+    shopify_access_token: str | None
+    brevo_api_key: str | None
+
+
+def add_shop(engine: Engine, settings: Settings, *, domain: str, access_token: str, brevo_api_key: str,
+             clock: Clock | None = None) -> int:
+    """Register (or update) a shop with its tokens encrypted at rest."""
+    if not settings.connector_secret_key:
+        raise MissingSetting("CONNECTOR_SECRET_KEY", "is not set (needed to store a shop's tokens encrypted)")
+    settings.require("CONNECTOR_SECRET_KEY")
+    box = SecretBox(settings.connector_secret_key)
+    domain = normalise_domain(domain)
+    now = (clock or SystemClock()).now()
+    with unit_of_work(engine) as session:
+        shop = session.execute(sa.select(Shop).where(Shop.domain == domain)).scalar_one_or_none()  # type: ignore[arg-type]
+        if shop is None:
+            shop = Shop(domain=domain, created_at=now)
+            session.add(shop)
+        shop.access_token_enc = box.seal(access_token)
+        shop.brevo_api_key_enc = box.seal(brevo_api_key)
+        shop.status, shop.paused_reason = "active", None
+        shop.brevo_ready_at = None  # the (possibly new) Brevo account needs our attributes and list
+        session.flush()
+        assert shop.id is not None
+        return shop.id
+
+
+def ensure_single_store_shop(engine: Engine, settings: Settings, clock: Clock | None = None) -> int | None:
+    """Custom-app mode: the shop named by SHOPIFY_SHOP exists, with its secrets read from the environment."""
+    if not settings.single_store_mode:
+        return None
+    domain = normalise_domain(settings.shopify_shop or "")
+    with unit_of_work(engine) as session:
+        shop = session.execute(sa.select(Shop).where(Shop.domain == domain)).scalar_one_or_none()  # type: ignore[arg-type]
+        if shop is None:
+            shop = Shop(domain=domain, created_at=(clock or SystemClock()).now())
+            session.add(shop)
+            session.flush()
+        elif shop.status == "paused" and (shop.paused_reason or "").startswith("Brevo refused"):
+            # A restart with (possibly) a corrected BREVO_API_KEY tries again.
+            shop.status, shop.paused_reason = "active", None
+        assert shop.id is not None
+        return shop.id
+
+
+def credentials(shop: Shop, settings: Settings) -> ShopCredentials:
+    if shop.brevo_api_key_enc or shop.access_token_enc:
+        if not settings.connector_secret_key:
+            raise MissingSetting("CONNECTOR_SECRET_KEY", "is not set (shops' tokens are stored encrypted)")
+        box = SecretBox(settings.connector_secret_key)
+        return ShopCredentials(
+            domain=shop.domain,
+            shopify_access_token=box.open(shop.access_token_enc) if shop.access_token_enc else None,
+            brevo_api_key=box.open(shop.brevo_api_key_enc) if shop.brevo_api_key_enc else None)
+    if settings.shopify_shop == shop.domain:
+        return ShopCredentials(domain=shop.domain, shopify_access_token=settings.shopify_access_token,
+                               brevo_api_key=settings.brevo_api_key)
+    return ShopCredentials(domain=shop.domain, shopify_access_token=None, brevo_api_key=None)

@@ -1,0 +1,46 @@
+"""Who a buyer is: normalised email and phone, and the contact key that merges their records."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+
+def normalise_email(email: str | None) -> str | None:
+    if not email:
+        return None
+    value = email.strip().lower()
+    if "@" not in value or value.startswith("@") or value.endswith("@") or " " in value:
+        return None
+    return value
+
+
+def normalise_phone(phone: str | None, country_code: str | None = None) -> str | None:
+    """E.164, using the address country when the number has no country code; None when impossible."""
+    if not phone:
+        return None
+    raw = phone.strip()
+    if raw.startswith("00"):
+        raw = "+" + raw[2:]
+    region = country_code.upper() if country_code and not raw.startswith("+") else None
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed) or not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def contact_key_for(*, customer_id: int | None, email: str | None, phone: str | None) -> str:
+    """Customers by id; guests by email, then phone (DESIGN 5). Raises ValueError for anonymous buyers."""
+    if customer_id:
+        return f"c:{customer_id}"
+    if email:
+        return f"e:{email}"
+    if phone:
+        return f"p:{phone}"
+    raise ValueError("a buyer without customer id, email or phone cannot be a contact")
+
+
+def customer_gid(customer_id: int) -> str:
+    return f"gid://shopify/Customer/{customer_id}"

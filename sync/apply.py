@@ -1,0 +1,493 @@
+"""The inbox applier: one handler per Shopify topic; mirror rows, dirty marks and outbox rows in one unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from connector.clock import as_utc
+from connector.models import (
+    Cart,
+    Checkout,
+    ConsentChange,
+    Contact,
+    Customer,
+    Order,
+    OrderLine,
+    OutboxEntry,
+    Product,
+    Refund,
+)
+from mappings import events as ev
+from mappings.shopify import (
+    CartRecord,
+    CheckoutRecord,
+    ConsentRecord,
+    CustomerRecord,
+    LineRecord,
+    OrderRecord,
+    ProductRecord,
+    RefundRecord,
+    as_id,
+)
+
+
+@dataclass
+class ApplyContext:
+    """What a handler needs: the open unit of work, the shop, and whether live events may be sent."""
+
+    session: Session
+    shop_id: int
+    shop_domain: str
+    shop_currency: str | None
+    now: datetime
+    live: bool  # a live delivery (webhook): its changes are triggers; history (backfill, polls) is not
+    fresh: bool = True  # False when the delivery is older than the freshness window: events kept, not sent
+    stale_reason: str | None = None
+    dirty: dict[str, Contact] = field(default_factory=dict)
+    events: list[ev.EventFact] = field(default_factory=list)
+
+    def touch(self, key: str | None, *, customer_id: int | None = None, email: str | None = None,
+              phone: str | None = None, first_name: str | None = None, last_name: str | None = None) -> None:
+        """Mark a contact for recomputation, creating it on first sight."""
+        if not key:
+            return
+        contact = self.dirty.get(key) or self.session.get(Contact, (self.shop_id, key))
+        if contact is None:
+            contact = Contact(shop_id=self.shop_id, contact_key=key, customer_id=customer_id, email=email,
+                              phone=phone, first_name=first_name, last_name=last_name, dirty=True)
+            self.session.add(contact)
+        else:
+            contact.dirty = True
+            if contact.merged_into:
+                contact.merged_into = None
+            if customer_id:
+                contact.customer_id = customer_id
+            if email:
+                contact.email = email
+            if phone:
+                contact.phone = phone
+            if first_name:
+                contact.first_name, contact.last_name = first_name, last_name
+        self.dirty[key] = contact
+
+    def emit(self, facts: Iterable[ev.EventFact]) -> None:
+        self.events.extend(facts)
+
+
+Handler = Callable[[ApplyContext, Mapping[str, Any]], str]  # returns "applied" or "stale"
+
+
+def _is_stale(stored: datetime | None, incoming: datetime | None) -> bool:
+    """Last write wins on the source's updated_at: an older version changes nothing."""
+    stored, incoming = as_utc(stored), as_utc(incoming)
+    return stored is not None and incoming is not None and incoming < stored
+
+
+def _products(ctx: ApplyContext, ids: Iterable[int | None]) -> dict[int, ev.ProductInfo]:
+    wanted = {i for i in ids if i}
+    if not wanted:
+        return {}
+    rows = ctx.session.execute(sa.select(Product).where(Product.shop_id == ctx.shop_id,
+                                                        Product.product_id.in_(wanted))).scalars()  # type: ignore[attr-defined]
+    return {p.product_id: ev.ProductInfo(title=p.title, url=ev.product_url(ctx.shop_domain, p.handle),
+                                         image_url=p.image_url) for p in rows}
+
+
+def _buyer(key: str, customer_id: int | None, email: str | None, phone: str | None) -> ev.Buyer | None:
+    if not (email or phone or customer_id):
+        return None
+    return ev.Buyer(contact_key=key, customer_id=customer_id, email=email, phone=phone)
+
+
+def _merge_guest(ctx: ApplyContext, customer_key: str, email: str | None, phone: str | None) -> None:
+    """A guest who now has a customer id becomes that customer: their orders and checkouts follow."""
+    for guest_key in (f"e:{email}" if email else None, f"p:{phone}" if phone else None):
+        if not guest_key or guest_key == customer_key:
+            continue
+        guest = ctx.dirty.get(guest_key) or ctx.session.get(Contact, (ctx.shop_id, guest_key))
+        if guest is None or guest.merged_into:
+            continue
+        for model in (Order, Checkout):
+            ctx.session.execute(sa.update(model).where(model.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+                                                       model.contact_key == guest_key)  # type: ignore[arg-type]
+                                .values(contact_key=customer_key))
+        ctx.session.execute(sa.update(OutboxEntry).where(OutboxEntry.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+                                                         OutboxEntry.contact_key == guest_key)  # type: ignore[arg-type]
+                            .values(contact_key=customer_key))
+        guest.merged_into = customer_key
+        guest.dirty = False
+        guest.push_state = "idle"
+        ctx.dirty.pop(guest_key, None)
+        # The customer inherits what Brevo already knows of the guest, so no duplicate is created.
+        customer = ctx.dirty.get(customer_key) or ctx.session.get(Contact, (ctx.shop_id, customer_key))
+        if customer is not None and customer.sent is None and guest.sent is not None:
+            customer.sent, customer.brevo_email = guest.sent, guest.brevo_email
+
+
+# --- customers ------------------------------------------------------------------------------
+
+
+def _record_consent(ctx: ApplyContext, key: str, consent: ConsentRecord, source: str) -> None:
+    ctx.session.add(ConsentChange(shop_id=ctx.shop_id, contact_key=key, channel=consent.channel,
+                                  state=consent.state, opt_in_level=consent.opt_in_level, source=source,
+                                  occurred_at=consent.updated_at, recorded_at=ctx.now))
+
+
+def _set_consent(ctx: ApplyContext, row: Customer, consent: ConsentRecord, source: str) -> bool:
+    stored_at = row.email_consent_at if consent.channel == "email" else row.sms_consent_at
+    stored = row.email_consent if consent.channel == "email" else row.sms_consent
+    if _is_stale(stored_at, consent.updated_at) or (stored == consent.state and
+                                                      as_utc(stored_at) == as_utc(consent.updated_at)):
+        return False
+    if consent.channel == "email":
+        row.email_consent, row.email_consent_at = consent.state, consent.updated_at
+    else:
+        row.sms_consent, row.sms_consent_at = consent.state, consent.updated_at
+    _record_consent(ctx, row.contact_key, consent, source)
+    return True
+
+
+def apply_customer(ctx: ApplyContext, payload: Mapping[str, Any], *, created: bool = False) -> str:
+    rec = CustomerRecord.from_payload(payload)
+    key = rec.contact_key
+    row = ctx.session.get(Customer, (ctx.shop_id, rec.customer_id))
+    if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
+        return "stale"
+    if row is None:
+        row = Customer(shop_id=ctx.shop_id, customer_id=rec.customer_id, contact_key=key)
+        ctx.session.add(row)
+    row.email, row.phone = rec.email, rec.phone
+    row.first_name, row.last_name, row.locale = rec.first_name, rec.last_name, rec.locale
+    row.country_code, row.city, row.state = rec.country_code, rec.city, rec.state
+    if rec.tags is not None:
+        row.tags = rec.tags
+    row.deleted = False
+    row.created_at_src = rec.created_at or row.created_at_src
+    row.updated_at_src = rec.updated_at or row.updated_at_src
+    for consent in (rec.email_consent, rec.sms_consent):
+        if consent is not None:
+            _set_consent(ctx, row, consent, "customer")
+    _merge_guest(ctx, key, rec.email, rec.phone)
+    ctx.touch(key, customer_id=rec.customer_id, email=rec.email, phone=rec.phone)
+    if created and ctx.live:
+        buyer = _buyer(key, rec.customer_id, rec.email, rec.phone)
+        if buyer is not None:
+            ctx.emit([ev.customer_created_event(buyer, rec.created_at, ctx.shop_domain)])
+    return "applied"
+
+
+def apply_customer_deleted(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
+    customer_id = as_id(payload.get("id"), "id")
+    row = ctx.session.get(Customer, (ctx.shop_id, customer_id))
+    if row is None:
+        row = Customer(shop_id=ctx.shop_id, customer_id=customer_id, contact_key=f"c:{customer_id}")
+        ctx.session.add(row)
+    row.deleted = True
+    return "applied"
+
+
+def apply_consent(ctx: ApplyContext, consent: ConsentRecord) -> str:
+    if not consent.customer_id or not consent.state:
+        return "stale"
+    row = ctx.session.get(Customer, (ctx.shop_id, consent.customer_id))
+    if row is None:  # consent can arrive before customers/create: keep it on a stub the create will fill
+        row = Customer(shop_id=ctx.shop_id, customer_id=consent.customer_id,
+                       contact_key=f"c:{consent.customer_id}",
+                       email=consent.address if consent.channel == "email" else None)
+        ctx.session.add(row)
+    if not _set_consent(ctx, row, consent, f"shopify:{consent.channel}_consent_topic"):
+        return "stale"
+    ctx.touch(row.contact_key, customer_id=row.customer_id)
+    return "applied"
+
+
+# --- orders and refunds ---------------------------------------------------------------------
+
+
+def _line_records(ctx: ApplyContext, order_id: int) -> tuple[LineRecord, ...]:
+    rows = ctx.session.execute(sa.select(OrderLine).where(OrderLine.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+                                                          OrderLine.order_id == order_id)).scalars()  # type: ignore[arg-type]
+    return tuple(LineRecord(line_id=r.line_id, product_id=r.product_id, variant_id=r.variant_id, title=r.title,
+                            variant_title=r.variant_title, sku=r.sku, vendor=r.vendor, quantity=r.quantity,
+                            price=r.price, total_discount=r.total_discount) for r in rows)
+
+
+def _store_refund(ctx: ApplyContext, rec: RefundRecord) -> bool:
+    if ctx.session.get(Refund, (ctx.shop_id, rec.refund_id)) is not None:
+        return False  # refunds never change once issued
+    ctx.session.add(Refund(shop_id=ctx.shop_id, refund_id=rec.refund_id, order_id=rec.order_id, amount=rec.amount,
+                           lines=[{"line_item_id": lid, "quantity": q} for lid, q in rec.lines],
+                           created_at_src=rec.created_at))
+    return True
+
+
+def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
+    rec = OrderRecord.from_payload(payload)
+    row = ctx.session.get(Order, (ctx.shop_id, rec.order_id))
+    if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
+        return "stale"
+    key = rec.contact_key
+    if rec.customer is not None:
+        customer = ctx.session.get(Customer, (ctx.shop_id, rec.customer.customer_id))
+        if customer is None:  # the order knows the buyer before customers/create arrives: start a stub
+            c = rec.customer
+            ctx.session.add(Customer(shop_id=ctx.shop_id, customer_id=c.customer_id, contact_key=c.contact_key,
+                                     email=c.email or rec.email, phone=c.phone or rec.phone,
+                                     first_name=c.first_name, last_name=c.last_name,
+                                     country_code=c.country_code, city=c.city))
+    if key and key.startswith("c:"):
+        _merge_guest(ctx, key, rec.email, rec.phone)
+    previous_key = row.contact_key if row is not None else None
+    if row is None:
+        row = Order(shop_id=ctx.shop_id, order_id=rec.order_id)
+        ctx.session.add(row)
+    values = {
+        "contact_key": key, "customer_id": rec.customer_id, "email": rec.email, "phone": rec.phone,
+        "name": rec.name, "order_number": rec.order_number, "currency": rec.currency,
+        "presentment_currency": rec.presentment_currency, "subtotal": rec.subtotal, "total": rec.total,
+        "total_tax": rec.total_tax, "total_discounts": rec.total_discounts, "total_shipping": rec.total_shipping,
+        "financial_status": rec.financial_status, "fulfillment_status": rec.fulfillment_status, "test": rec.test,
+        "cart_token": rec.cart_token, "checkout_token": rec.checkout_token, "checkout_id": rec.checkout_id,
+        "discount_codes": list(rec.discount_codes), "order_status_url": rec.order_status_url,
+        "created_at_src": rec.created_at, "cancelled_at": rec.cancelled_at, "updated_at_src": rec.updated_at,
+    }
+    for name, value in values.items():
+        setattr(row, name, value)
+    ctx.session.execute(sa.delete(OrderLine).where(OrderLine.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+                                                   OrderLine.order_id == rec.order_id))  # type: ignore[arg-type]
+    ctx.session.add_all(OrderLine(shop_id=ctx.shop_id, order_id=rec.order_id, line_id=line.line_id or i + 1,
+                                  product_id=line.product_id, variant_id=line.variant_id, title=line.title,
+                                  variant_title=line.variant_title, sku=line.sku, vendor=line.vendor,
+                                  quantity=line.quantity, price=line.price, total_discount=line.total_discount)
+                        for i, line in enumerate(_unique_lines(rec.lines)))
+    for refund in rec.refunds:
+        _store_refund(ctx, refund)
+    _complete_checkouts(ctx, rec)
+    ctx.touch(key, customer_id=rec.customer_id, email=rec.email, phone=rec.phone, first_name=rec.first_name,
+              last_name=rec.last_name)
+    if previous_key and previous_key != key:
+        ctx.touch(previous_key)
+    if ctx.live and key:
+        buyer = _buyer(key, rec.customer_id, rec.email, rec.phone)
+        if buyer is not None:
+            products = _products(ctx, (line.product_id for line in rec.lines))
+            ctx.emit(ev.order_events(rec, buyer, products, ctx.shop_domain))
+            # Refunds that arrived before their order are announced now that we know the buyer.
+            known = {r.refund_id for r in rec.refunds}
+            summary = ev.OrderSummary(name=rec.name, currency=rec.currency, total=rec.total, test=rec.test,
+                                      lines=rec.lines)
+            for refund_row in _refund_rows(ctx, rec.order_id):
+                if refund_row.refund_id not in known:
+                    ctx.emit(ev.refund_events(_refund_record(refund_row), summary, buyer, products, ctx.shop_domain))
+    return "applied"
+
+
+def _unique_lines(lines: Iterable[LineRecord]) -> list[LineRecord]:
+    seen: set[int] = set()
+    unique = []
+    for line in lines:
+        if line.line_id and line.line_id in seen:
+            continue
+        seen.add(line.line_id)
+        unique.append(line)
+    return unique
+
+
+def _refund_rows(ctx: ApplyContext, order_id: int) -> list[Refund]:
+    return list(ctx.session.execute(sa.select(Refund).where(Refund.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+                                                            Refund.order_id == order_id)).scalars())  # type: ignore[arg-type]
+
+
+def _refund_record(row: Refund) -> RefundRecord:
+    return RefundRecord(refund_id=row.refund_id, order_id=row.order_id, amount=row.amount,
+                        lines=tuple((int(li["line_item_id"]), int(li["quantity"])) for li in row.lines or []),
+                        created_at=as_utc(row.created_at_src))
+
+
+def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> None:
+    conditions = []
+    if rec.checkout_token:
+        conditions.append(Checkout.token == rec.checkout_token)
+    if rec.cart_token:
+        conditions.append(Checkout.cart_token == rec.cart_token)
+    if rec.checkout_id:
+        conditions.append(Checkout.checkout_id == rec.checkout_id)
+    if not conditions:
+        return
+    for checkout in ctx.session.execute(sa.select(Checkout).where(Checkout.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+                                                                  sa.or_(*conditions))).scalars():
+        if checkout.completed_at is None:
+            checkout.completed_at = rec.created_at or ctx.now
+        ctx.touch(checkout.contact_key)
+
+
+def apply_refund(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
+    order_id = as_id(payload.get("order_id"), "order_id")
+    order = ctx.session.get(Order, (ctx.shop_id, order_id))
+    rec = RefundRecord.from_payload(payload, order_id=order_id, shop_currency=order.currency if order else
+                                    ctx.shop_currency)
+    if not _store_refund(ctx, rec):
+        return "stale"
+    if order is None or not order.contact_key:
+        return "applied"  # the order's own delivery will announce it
+    ctx.touch(order.contact_key)
+    if ctx.live:
+        buyer = _buyer(order.contact_key, order.customer_id, order.email, order.phone)
+        if buyer is not None:
+            lines = _line_records(ctx, order_id)
+            summary = ev.OrderSummary(name=order.name, currency=order.currency, total=order.total, test=order.test,
+                                      lines=lines)
+            ctx.emit(ev.refund_events(rec, summary, buyer, _products(ctx, (li.product_id for li in lines)),
+                                      ctx.shop_domain))
+    return "applied"
+
+
+# --- products, checkouts, carts -------------------------------------------------------------
+
+
+def apply_product(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
+    rec = ProductRecord.from_payload(payload)
+    row = ctx.session.get(Product, (ctx.shop_id, rec.product_id))
+    if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
+        return "stale"
+    if row is None:
+        row = Product(shop_id=ctx.shop_id, product_id=rec.product_id)
+        ctx.session.add(row)
+    row.title, row.handle, row.product_type, row.vendor = rec.title, rec.handle, rec.product_type, rec.vendor
+    row.tags, row.status, row.image_url, row.updated_at_src = rec.tags, rec.status, rec.image_url, rec.updated_at
+    row.deleted = False
+    return "applied"
+
+
+def apply_product_deleted(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
+    product_id = as_id(payload.get("id"), "id")
+    row = ctx.session.get(Product, (ctx.shop_id, product_id))
+    if row is None:
+        row = Product(shop_id=ctx.shop_id, product_id=product_id)
+        ctx.session.add(row)
+    row.deleted = True
+    return "applied"
+
+
+def _order_for_checkout(ctx: ApplyContext, rec: CheckoutRecord) -> Order | None:
+    conditions = [Order.checkout_id == rec.checkout_id]
+    if rec.token:
+        conditions.append(Order.checkout_token == rec.token)
+    if rec.cart_token:
+        conditions.append(Order.cart_token == rec.cart_token)
+    return ctx.session.execute(sa.select(Order).where(Order.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+                                                      sa.or_(*conditions)).limit(1)).scalar_one_or_none()
+
+
+def apply_checkout(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
+    rec = CheckoutRecord.from_payload(payload)
+    row = ctx.session.get(Checkout, (ctx.shop_id, rec.checkout_id))
+    if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
+        return "stale"
+    previous_key = row.contact_key if row is not None else None
+    key = rec.contact_key or previous_key
+    if row is None:
+        row = Checkout(shop_id=ctx.shop_id, checkout_id=rec.checkout_id)
+        ctx.session.add(row)
+    order = _order_for_checkout(ctx, rec)
+    completed_at = rec.completed_at or (as_utc(order.created_at_src) or ctx.now if order is not None else None)
+    row.token, row.cart_token, row.contact_key, row.customer_id = rec.token, rec.cart_token, key, rec.customer_id
+    row.email, row.phone, row.currency = rec.email or row.email, rec.phone or row.phone, rec.currency
+    row.subtotal, row.total, row.recovery_url = rec.subtotal, rec.total, rec.recovery_url
+    row.lines, row.completed_at = list(rec.lines), completed_at or row.completed_at
+    row.created_at_src, row.updated_at_src = rec.created_at, rec.updated_at
+    if key and key.startswith("c:"):
+        _merge_guest(ctx, key, rec.email, rec.phone)
+    ctx.touch(key, customer_id=rec.customer_id, email=rec.email, phone=rec.phone, first_name=rec.first_name,
+              last_name=rec.last_name)
+    if previous_key and previous_key != key:
+        ctx.touch(previous_key)
+    if ctx.live and key and row.completed_at is None:
+        buyer = _buyer(key, rec.customer_id, row.email, row.phone)
+        if buyer is not None:
+            ids = (li.get("product_id") for li in rec.lines)
+            ctx.emit(ev.checkout_events(rec, buyer, _products(ctx, ids), ctx.shop_domain))
+    return "applied"
+
+
+def apply_cart(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
+    rec = CartRecord.from_payload(payload)
+    row = ctx.session.get(Cart, (ctx.shop_id, rec.token))
+    if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
+        return "stale"
+    if row is None:
+        row = Cart(shop_id=ctx.shop_id, token=rec.token)
+        ctx.session.add(row)
+    row.lines, row.total = list(rec.lines), rec.total
+    row.created_at_src, row.updated_at_src = rec.created_at, rec.updated_at
+    # Carts are anonymous: they reach a buyer only through a checkout with the same token.
+    checkout = ctx.session.execute(
+        sa.select(Checkout).where(Checkout.shop_id == ctx.shop_id, Checkout.cart_token == rec.token,  # type: ignore[arg-type]
+                                  Checkout.contact_key.is_not(None))  # type: ignore[union-attr]
+        .order_by(Checkout.updated_at_src.desc()).limit(1)  # type: ignore[union-attr]
+    ).scalar_one_or_none()
+    if checkout is None or checkout.completed_at is not None or not checkout.contact_key:
+        return "applied"
+    ctx.touch(checkout.contact_key)
+    if ctx.live:
+        buyer = _buyer(checkout.contact_key, checkout.customer_id, checkout.email, checkout.phone)
+        if buyer is not None:
+            fact = ev.cart_updated_event(rec.token, rec.lines, rec.total, checkout.currency, checkout.recovery_url,
+                                         rec.updated_at, buyer, _products(ctx, (li.get("product_id") for li in
+                                                                                rec.lines)), ctx.shop_domain)
+            if fact is not None:
+                ctx.emit([fact])
+    return "applied"
+
+
+TOPIC_HANDLERS: dict[str, Handler] = {
+    "customers/create": lambda ctx, p: apply_customer(ctx, p, created=True),
+    "customers/update": apply_customer,
+    "customers/delete": apply_customer_deleted,
+    "customers_email_marketing_consent/update": lambda ctx, p: apply_consent(ctx, ConsentRecord.from_email_topic(p)),
+    "customers_marketing_consent/update": lambda ctx, p: apply_consent(ctx, ConsentRecord.from_sms_topic(p)),
+    "orders/create": apply_order,
+    "orders/updated": apply_order,
+    "orders/paid": apply_order,
+    "orders/cancelled": apply_order,
+    "orders/fulfilled": apply_order,
+    "orders/partially_fulfilled": apply_order,
+    "refunds/create": apply_refund,
+    "products/create": apply_product,
+    "products/update": apply_product,
+    "products/delete": apply_product_deleted,
+    "checkouts/create": apply_checkout,
+    "checkouts/update": apply_checkout,
+    "carts/create": apply_cart,
+    "carts/update": apply_cart,
+}
+
+
+def write_events(ctx: ApplyContext) -> int:
+    """Insert the collected events into the outbox; a key already there is left alone (exactly once)."""
+    if not ctx.events:
+        return 0
+    status = "pending" if ctx.fresh else "skipped"
+    rows = []
+    seen: set[str] = set()
+    for fact in ctx.events:
+        if fact.key in seen:
+            continue
+        seen.add(fact.key)
+        rows.append({"shop_id": ctx.shop_id, "idempotency_key": fact.key, "event_name": fact.name,
+                     "contact_key": fact.contact_key, "body": fact.body, "status": status, "attempts": 0,
+                     "created_at": ctx.now, "last_error": ctx.stale_reason})
+    dialect = ctx.session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = OutboxEntry.__table__  # type: ignore[attr-defined]
+    statement = insert(table).values(rows).on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"])
+    ctx.session.execute(statement)
+    ctx.events.clear()
+    return len(rows)

@@ -1,0 +1,360 @@
+"""The pusher: pending contacts and outbox events -> Brevo, batched and paced; retry, or dead-letter with the reason."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
+
+from connector.brevo import (
+    BrevoAuthFailed,
+    BrevoClient,
+    BrevoRejected,
+    BrevoRetriable,
+    Reply,
+)
+from connector.clock import Clock, as_utc
+from connector.database import unit_of_work
+from connector.models import Contact, DeadLetter, OutboxEntry, Shop
+from sync.profiles import strip_memory
+from sync.queue import Lease, fence
+
+T = TypeVar("T")
+
+
+class ShopPaused(Exception):
+    """Brevo refused the shop's API key: the shop is paused until the merchant fixes it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushPolicy:
+    """How the pusher chooses between single and batch calls (see README, "Delivery to Brevo")."""
+
+    single_max: int = 20  # a backlog this small goes out as single calls: lowest latency
+    import_max_rows: int = 5000
+    import_max_bytes: int = 8_000_000  # Brevo advises 8 MB for /contacts/import
+    batch_max_events: int = 1000
+    batch_max_bytes: int = 4_000_000
+    other_reserve: int = 10  # calls of the 100/hour bucket kept back for account set-up
+    import_settle_seconds: float = 5.0  # Brevo applies imports asynchronously
+    max_inline_wait: float = 2.0  # longer waits release the shop instead of blocking the worker
+    max_backoff_seconds: float = 300.0
+    lease_seconds: float = 30.0
+
+
+def _inline_wait(policy: PushPolicy) -> Callable[[RetryCallState], float]:
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        delay = after if after is not None else 0.2 * (2 ** (state.attempt_number - 1))
+        return min(max(delay, 0.05), policy.max_inline_wait)
+    return wait
+
+
+class _TooLongToWait(BrevoRetriable):
+    """The server asked for a wait longer than we hold a shop for."""
+
+
+class Pusher:
+    def __init__(self, engine: Engine, client: BrevoClient, lease: Lease, clock: Clock,
+                 policy: PushPolicy | None = None, *, list_id: int | None = None) -> None:
+        self.engine, self.client, self.lease, self.clock = engine, client, lease, clock
+        self.policy = policy or PushPolicy()
+        self.list_id = list_id
+
+    # --- calling Brevo ----------------------------------------------------------------------
+
+    def _send(self, family: str, call: Callable[[], T]) -> T:
+        """One Brevo call: wait for the family's budget if that is short, retry briefly if retriable."""
+        policy = self.policy
+
+        def attempt() -> T:
+            wait = self.client.pacer.wait_time(family)
+            if wait > policy.max_inline_wait:
+                raise _TooLongToWait(f"{family} budget spent for {wait:.0f}s", retry_after=wait)
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                return call()
+            except BrevoRetriable as exc:
+                if exc.retry_after is not None and exc.retry_after > policy.max_inline_wait:
+                    raise _TooLongToWait(str(exc), retry_after=exc.retry_after) from None
+                raise
+
+        retrying = retry(reraise=True, stop=stop_after_attempt(3), wait=_inline_wait(policy),
+                         retry=retry_if_exception_type(BrevoRetriable) & ~retry_if_exception_type(_TooLongToWait))
+        return retrying(attempt)()
+
+    def _backoff(self, attempts: int, exc: BrevoRetriable) -> datetime:
+        delay = exc.retry_after if exc.retry_after is not None else min(2.0 ** attempts,
+                                                                          self.policy.max_backoff_seconds)
+        return self.clock.now() + timedelta(seconds=max(delay, 0.5))
+
+    def _pause(self, exc: BrevoAuthFailed) -> None:
+        with unit_of_work(self.engine) as session:
+            session.execute(sa.update(Shop).where(Shop.id == self.lease.shop_id)  # type: ignore[arg-type]
+                            .values(status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
+        raise ShopPaused(str(exc)) from None
+
+    # --- contacts ---------------------------------------------------------------------------
+
+    def push_contacts(self) -> int:
+        """Send every due pending contact. Returns how many Brevo accepted."""
+        now = self.clock.now()
+        with unit_of_work(self.engine) as session:
+            rows = session.execute(sa.select(Contact).where(
+                Contact.shop_id == self.lease.shop_id, Contact.push_state == "pending",  # type: ignore[arg-type]
+                sa.or_(Contact.next_attempt_at.is_(None), Contact.next_attempt_at <= now))  # type: ignore[union-attr,operator]
+                .order_by(Contact.contact_key).limit(self.policy.import_max_rows * 4)).scalars().all()
+        if not rows:
+            return 0
+        singles = [c for c in rows if self._needs_single_call(c)]
+        bulk = [c for c in rows if not self._needs_single_call(c)]
+        if len(bulk) <= self.policy.single_max or self.list_id is None:
+            singles, bulk = singles + bulk, []
+        delivered = 0
+        for chunk in self._import_chunks(bulk):
+            delivered += self._import(chunk)
+        for contact in singles:
+            delivered += self._push_one(contact)
+        return delivered
+
+    @staticmethod
+    def _needs_single_call(contact: Contact) -> bool:
+        body = contact.pending or {}
+        # Imports apply one blacklist flag to all rows and cannot change an email: those go one by one.
+        return ("emailBlacklisted" in body or "smsBlacklisted" in body or "email" not in body
+                or (contact.brevo_email is not None and contact.brevo_email != body.get("email")))
+
+    def _import_chunks(self, contacts: Sequence[Contact]) -> list[list[Contact]]:
+        chunks: list[list[Contact]] = []
+        current: list[Contact] = []
+        size = 200
+        for contact in contacts:
+            row_size = len(json.dumps(_import_row(contact.pending or {}))) + 1
+            if current and (len(current) >= self.policy.import_max_rows or size + row_size > self.policy.import_max_bytes):
+                chunks.append(current)
+                current, size = [], 200
+            current.append(contact)
+            size += row_size
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _import(self, chunk: list[Contact]) -> int:
+        assert self.list_id is not None
+        list_id = self.list_id
+        rows = [_import_row(c.pending or {}) for c in chunk]
+        try:
+            self._send("contacts", lambda: self.client.import_contacts(rows, list_id))
+        except BrevoAuthFailed as exc:
+            self._pause(exc)
+        except BrevoRetriable as exc:
+            self._reschedule_contacts(chunk, exc)
+            return 0
+        except BrevoRejected:
+            # One bad row fails the whole import: find it by sending the rows one by one.
+            return sum(self._push_one(c) for c in chunk)
+        settle = self.clock.now() + timedelta(seconds=self.policy.import_settle_seconds)
+        self._mark_contacts_sent(chunk, visible_at=settle)
+        return len(chunk)
+
+    def _push_one(self, contact: Contact) -> int:
+        body = strip_memory(contact.pending or {})
+        ext_id = body.get("ext_id")
+        moved = contact.brevo_email is not None and body.get("email") != contact.brevo_email
+        list_ids = [self.list_id] if self.list_id else []
+
+        def call() -> Reply:
+            if moved and ext_id:
+                # An email change in Shopify updates the Brevo contact found by ext_id; never a second one.
+                update = dict(body)
+                update["attributes"] = {**body.get("attributes", {}), "EMAIL": body.get("email")}
+                try:
+                    return self.client.update_contact_by_ext_id(str(ext_id), update)
+                except BrevoRejected as exc:
+                    if exc.status != 404:
+                        raise
+            return self.client.upsert_contact(body, list_ids)
+
+        try:
+            self._send("contacts", call)
+        except BrevoAuthFailed as exc:
+            self._pause(exc)
+        except BrevoRetriable as exc:
+            self._reschedule_contacts([contact], exc)
+            return 0
+        except BrevoRejected as exc:
+            self._dead_contact(contact, str(exc))
+            return 0
+        self._mark_contacts_sent([contact], visible_at=self.clock.now())
+        return 1
+
+    def _mark_contacts_sent(self, contacts: Sequence[Contact], *, visible_at: datetime) -> None:
+        now = self.clock.now()
+        with unit_of_work(self.engine) as session:
+            for contact in contacts:
+                body = contact.pending or {}
+                session.execute(sa.update(Contact).where(
+                    Contact.shop_id == contact.shop_id, Contact.contact_key == contact.contact_key,  # type: ignore[arg-type]
+                    Contact.pending_hash == contact.pending_hash)  # type: ignore[arg-type]
+                    .values(sent=body, sent_hash=contact.pending_hash, pending=None, pending_hash=None,
+                            push_state="idle", attempts=0, next_attempt_at=None, last_error=None, pushed_at=now,
+                            visible_at=visible_at, brevo_email=body.get("email") or contact.brevo_email))
+            session.execute(sa.update(Shop).where(Shop.id == self.lease.shop_id).values(last_push_at=now))  # type: ignore[arg-type]
+            fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
+
+    def _reschedule_contacts(self, contacts: Sequence[Contact], exc: BrevoRetriable) -> None:
+        with unit_of_work(self.engine) as session:
+            for contact in contacts:
+                session.execute(sa.update(Contact).where(
+                    Contact.shop_id == contact.shop_id, Contact.contact_key == contact.contact_key)  # type: ignore[arg-type]
+                    .values(attempts=contact.attempts + 1, last_error=str(exc)[:2000],
+                            next_attempt_at=self._backoff(contact.attempts + 1, exc)))
+            fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
+
+    def _dead_contact(self, contact: Contact, reason: str) -> None:
+        now = self.clock.now()
+        with unit_of_work(self.engine) as session:
+            session.execute(sa.update(Contact).where(
+                Contact.shop_id == contact.shop_id, Contact.contact_key == contact.contact_key)  # type: ignore[arg-type]
+                .values(push_state="dead", last_error=reason[:2000]))
+            session.add(DeadLetter(shop_id=contact.shop_id, shop_domain=self.lease.domain, source="contact",
+                                   reference=contact.contact_key, reason=reason,
+                                   payload=json.dumps(strip_memory(contact.pending or {})), created_at=now))
+            fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def push_events(self) -> int:
+        """Send due events whose buyer's attributes are already in Brevo. Returns how many Brevo accepted."""
+        now = self.clock.now()
+        waiting = sa.select(Contact.contact_key).where(
+            Contact.shop_id == self.lease.shop_id,  # type: ignore[arg-type]
+            sa.or_(Contact.push_state == "pending", Contact.dirty.is_(True),  # type: ignore[arg-type,attr-defined]
+                   Contact.visible_at > now))  # type: ignore[operator]
+        with unit_of_work(self.engine) as session:
+            rows = session.execute(sa.select(OutboxEntry).where(
+                OutboxEntry.shop_id == self.lease.shop_id, OutboxEntry.status == "pending",  # type: ignore[arg-type]
+                sa.or_(OutboxEntry.next_attempt_at.is_(None), OutboxEntry.next_attempt_at <= now),  # type: ignore[union-attr,operator]
+                sa.or_(OutboxEntry.contact_key.is_(None), OutboxEntry.contact_key.not_in(waiting)))  # type: ignore[union-attr]
+                .order_by(OutboxEntry.id).limit(self.policy.batch_max_events * 10)).scalars().all()
+        if not rows:
+            return 0
+        other_left = self.client.pacer.remaining("other")
+        use_batch = len(rows) > self.policy.single_max and (other_left is None
+                                                            or other_left > self.policy.other_reserve)
+        if not use_batch:
+            return sum(self._send_one(entry) for entry in rows[: self.policy.single_max * 5])
+        delivered = 0
+        for chunk in self._event_chunks(rows):
+            delivered += self._send_batch(chunk)
+        return delivered
+
+    def _event_chunks(self, rows: Sequence[OutboxEntry]) -> list[list[OutboxEntry]]:
+        chunks: list[list[OutboxEntry]] = []
+        current: list[OutboxEntry] = []
+        size = 20
+        for entry in rows:
+            entry_size = len(json.dumps(entry.body)) + 1
+            if current and (len(current) >= self.policy.batch_max_events
+                            or size + entry_size > self.policy.batch_max_bytes):
+                chunks.append(current)
+                current, size = [], 20
+            current.append(entry)
+            size += entry_size
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _send_one(self, entry: OutboxEntry) -> int:
+        try:
+            self._send("events", lambda: self.client.send_event(entry.body))
+        except BrevoAuthFailed as exc:
+            self._pause(exc)
+        except BrevoRetriable as exc:
+            self._reschedule_events([entry], exc)
+            return 0
+        except BrevoRejected as exc:
+            self._settle_events(delivered=[], dead=[(entry, str(exc))])
+            return 0
+        self._settle_events(delivered=[entry], dead=[])
+        return 1
+
+    def _send_batch(self, chunk: list[OutboxEntry]) -> int:
+        try:
+            reply = self._send("other", lambda: self.client.send_events_batch([e.body for e in chunk]))
+        except BrevoAuthFailed as exc:
+            self._pause(exc)
+        except BrevoRetriable as exc:
+            self._reschedule_events(chunk, exc)
+            return 0
+        except BrevoRejected:
+            # The batch was refused as a whole: isolate the bad events with single calls.
+            return sum(self._send_one(entry) for entry in chunk)
+        failed = _failed_indexes(reply)
+        dead = [(chunk[i], reason) for i, reason in failed.items() if 0 <= i < len(chunk)]
+        delivered = [e for i, e in enumerate(chunk) if i not in failed]
+        self._settle_events(delivered=delivered, dead=dead)
+        return len(delivered)
+
+    def _settle_events(self, *, delivered: Sequence[OutboxEntry], dead: Sequence[tuple[OutboxEntry, str]]) -> None:
+        now = self.clock.now()
+        with unit_of_work(self.engine) as session:
+            ids = [e.id for e in delivered]
+            for start in range(0, len(ids), 900):
+                session.execute(sa.update(OutboxEntry).where(OutboxEntry.id.in_(ids[start:start + 900]))  # type: ignore[union-attr]
+                                .values(status="delivered", delivered_at=now, last_error=None))
+            for entry, reason in dead:
+                session.execute(sa.update(OutboxEntry).where(OutboxEntry.id == entry.id)  # type: ignore[arg-type]
+                                .values(status="dead", last_error=reason[:2000]))
+                session.add(DeadLetter(shop_id=entry.shop_id, shop_domain=self.lease.domain, source="event",
+                                       reference=entry.idempotency_key, topic=entry.event_name, reason=reason,
+                                       payload=json.dumps(entry.body), created_at=now))
+            if delivered:
+                session.execute(sa.update(Shop).where(Shop.id == self.lease.shop_id).values(last_push_at=now))  # type: ignore[arg-type]
+            fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
+
+    def _reschedule_events(self, entries: Sequence[OutboxEntry], exc: BrevoRetriable) -> None:
+        with unit_of_work(self.engine) as session:
+            for entry in entries:
+                session.execute(sa.update(OutboxEntry).where(OutboxEntry.id == entry.id)  # type: ignore[arg-type]
+                                .values(attempts=entry.attempts + 1, last_error=str(exc)[:2000],
+                                        next_attempt_at=self._backoff(entry.attempts + 1, exc)))
+            fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
+
+
+def _import_row(body: dict[str, Any]) -> dict[str, Any]:
+    attributes = dict(body.get("attributes", {}))
+    if body.get("ext_id"):
+        attributes["EXT_ID"] = body["ext_id"]
+    row: dict[str, Any] = {"attributes": attributes}
+    if body.get("email"):
+        row["email"] = body["email"]
+    return row
+
+
+def _failed_indexes(reply: Reply) -> dict[int, str]:
+    """A 207 names the failed events by index; the rest of the batch was accepted."""
+    body = reply.body if isinstance(reply.body, dict) else {}
+    failed: dict[int, str] = {}
+    for error in body.get("errors") or []:
+        if not isinstance(error, dict):
+            continue
+        indexes = error.get("eventIndex")
+        for index in indexes if isinstance(indexes, list) else [indexes]:
+            if isinstance(index, int):
+                failed[index] = f"Brevo refused this event in a batch: {error.get('message', 'no reason given')}"
+    return failed
+
+
+def due(value: datetime | None, now: datetime) -> bool:
+    value = as_utc(value)
+    return value is None or value <= now

@@ -1,0 +1,106 @@
+"""The tables are the queue: leasing due shops and fencing writes with the lease token. All leasing SQL is here."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from connector.models import UTCDateTime
+
+
+def _timed(statement: sa.TextClause, *names: str) -> sa.TextClause:
+    """Bind timestamps as the columns' own type, so SQLite compares them in the stored text format."""
+    return statement.bindparams(*(sa.bindparam(n, type_=UTCDateTime) for n in names))
+
+
+class LeaseLost(Exception):
+    """Another worker holds this shop now: our lease lapsed, so our uncommitted work is dropped."""
+
+
+# A shop is due when it is active, not leased by a live worker, and has something to do.
+_DUE = """
+    s.status = 'active'
+    AND (s.lease_expires_at IS NULL OR s.lease_expires_at < :now)
+    AND (
+        (s.brevo_ready_at IS NULL AND (s.setup_due_at IS NULL OR s.setup_due_at <= :now))
+        OR EXISTS (SELECT 1 FROM inbox i WHERE i.shop_domain = s.domain AND i.status = 'pending')
+        OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.dirty)
+        OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.push_state = 'pending'
+                   AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= :now))
+        OR EXISTS (SELECT 1 FROM outbox o WHERE o.shop_id = s.id AND o.status = 'pending'
+                   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now))
+    )
+"""
+
+_LEASE_POSTGRES = _timed(sa.text(f"""
+    UPDATE shops SET lease_owner = :owner, lease_token = :token, lease_expires_at = :expires
+    WHERE id IN (
+        SELECT s.id FROM shops s WHERE {_DUE}
+        ORDER BY s.lease_expires_at NULLS FIRST, s.id
+        LIMIT :limit FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, domain
+"""), "now", "expires")
+
+# SQLite serialises writers (our transactions begin IMMEDIATE), so the sub-select cannot race.
+_LEASE_SQLITE = _timed(sa.text(f"""
+    UPDATE shops SET lease_owner = :owner, lease_token = :token, lease_expires_at = :expires
+    WHERE id IN (
+        SELECT s.id FROM shops s WHERE {_DUE}
+        ORDER BY s.lease_expires_at IS NOT NULL, s.lease_expires_at, s.id
+        LIMIT :limit
+    )
+    RETURNING id, domain
+"""), "now", "expires")
+
+_EXTEND = _timed(sa.text("""
+    UPDATE shops SET lease_expires_at = :expires
+    WHERE id = :shop_id AND lease_token = :token
+"""), "expires")
+
+_RELEASE = sa.text("""
+    UPDATE shops SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+    WHERE id = :shop_id AND lease_token = :token
+""")
+
+_HAS_WORK = _timed(sa.text(f"SELECT count(*) FROM shops s WHERE {_DUE}"), "now")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease:
+    shop_id: int
+    domain: str
+    token: str
+    owner: str
+
+
+def lease_due_shops(engine: Engine, *, owner: str, now: datetime, seconds: float, limit: int = 4) -> list[Lease]:
+    token = secrets.token_hex(8)
+    statement = _LEASE_SQLITE if engine.dialect.name == "sqlite" else _LEASE_POSTGRES
+    with Session(engine) as session, session.begin():
+        rows = session.execute(statement, {"owner": owner, "token": token, "now": now, "limit": limit,
+                                           "expires": now + timedelta(seconds=seconds)}).all()
+    return [Lease(shop_id=r.id, domain=r.domain, token=token, owner=owner) for r in rows]
+
+
+def fence(session: Session, lease: Lease, *, now: datetime, seconds: float) -> None:
+    """Inside a unit of work, just before commit: extend the lease, or abort if it was taken from us."""
+    result = session.execute(_EXTEND, {"expires": now + timedelta(seconds=seconds), "shop_id": lease.shop_id,
+                                       "token": lease.token})
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"lease on shop {lease.domain} was lost")
+
+
+def release(engine: Engine, lease: Lease) -> None:
+    with Session(engine) as session, session.begin():
+        session.execute(_RELEASE, {"shop_id": lease.shop_id, "token": lease.token})
+
+
+def due_shop_count(engine: Engine, *, now: datetime) -> int:
+    with Session(engine) as session:
+        return int(session.execute(_HAS_WORK, {"now": now}).scalar_one())

@@ -1,0 +1,226 @@
+"""The worker loop: lease due shops, apply their inbox, rebuild dirty profiles, push to Brevo, release."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from connector.brevo import BrevoAuthFailed, BrevoClient, BrevoError, BrevoRetriable, Pacer
+from connector.clock import Clock, SystemClock, as_utc
+from connector.database import unit_of_work
+from connector.models import DeadLetter, InboxEntry, Shop
+from connector.settings import Settings
+from connector.shops import credentials
+from mappings.profile import BREVO_ATTRIBUTES
+from mappings.shopify import PayloadError
+from sync.apply import TOPIC_HANDLERS, ApplyContext, write_events
+from sync.profiles import build_dirty_contacts
+from sync.push import PushPolicy, Pusher, ShopPaused
+from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
+
+log = logging.getLogger("connector.worker")
+
+INBOX_BATCH = 200
+SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
+
+
+@dataclass
+class WorkerStats:
+    applied: int = 0
+    failed: int = 0
+    ignored: int = 0
+    contacts_pushed: int = 0
+    events_pushed: int = 0
+
+
+class Worker:
+    def __init__(self, engine: Engine, settings: Settings, *, clock: Clock | None = None,
+                 owner: str | None = None, http: httpx.Client | None = None,
+                 policy: PushPolicy | None = None) -> None:
+        self.engine, self.settings = engine, settings
+        self.clock = clock or SystemClock()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.http = http or httpx.Client(timeout=20.0)
+        self.policy = policy or PushPolicy(lease_seconds=settings.lease_seconds)
+        self.pacers: dict[int, Pacer] = {}  # per shop: Brevo's budgets outlive one lease
+        self.stats = WorkerStats()
+        self.wake = threading.Event()
+
+    # --- loop -----------------------------------------------------------------------------------
+
+    def run(self, *, until_idle: bool = False, stop: threading.Event | None = None, idle_sleep: float = 0.2,
+            on_cycle: Callable[[WorkerStats], None] | None = None) -> WorkerStats:
+        while stop is None or not stop.is_set():
+            worked = self.run_once()
+            if on_cycle is not None:
+                on_cycle(self.stats)
+            if worked:
+                continue
+            if until_idle and not self._has_pending_work():
+                break
+            self.wake.wait(idle_sleep)
+            self.wake.clear()
+        return self.stats
+
+    def _has_pending_work(self) -> bool:
+        """Anything not yet delivered, whether due now or later (until-idle waits for retries too)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text("""
+                SELECT
+                  (SELECT count(*) FROM inbox i JOIN shops s ON s.domain = i.shop_domain
+                     WHERE i.status = 'pending' AND s.status = 'active')
+                + (SELECT count(*) FROM contacts c JOIN shops s ON s.id = c.shop_id
+                     WHERE (c.dirty OR c.push_state = 'pending') AND s.status = 'active')
+                + (SELECT count(*) FROM outbox o JOIN shops s ON s.id = o.shop_id
+                     WHERE o.status = 'pending' AND s.status = 'active')
+                + (SELECT count(*) FROM shops s WHERE s.status = 'active' AND s.brevo_ready_at IS NULL)
+            """)).scalar_one()
+        return bool(row)
+
+    def run_once(self) -> int:
+        """One pass over the shops that are due now; returns how many shops were worked."""
+        leases = lease_due_shops(self.engine, owner=self.owner, now=self.clock.now(),
+                                 seconds=self.settings.lease_seconds)
+        for lease in leases:
+            try:
+                self.work_shop(lease)
+            except LeaseLost as exc:
+                log.warning("%s", exc)
+            except ShopPaused as exc:
+                log.error("shop %s paused: %s", lease.domain, exc)
+            finally:
+                release(self.engine, lease)
+        return len(leases)
+
+    # --- one shop -------------------------------------------------------------------------------
+
+    def work_shop(self, lease: Lease) -> None:
+        with unit_of_work(self.engine) as session:
+            shop = session.get(Shop, lease.shop_id)
+            assert shop is not None
+        creds = credentials(shop, self.settings)
+        client = None
+        if creds.brevo_api_key:
+            client = BrevoClient(creds.brevo_api_key, base_url=self.settings.brevo_api_url, http=self.http,
+                                 pacer=self.pacers.setdefault(shop.id or 0, Pacer()))
+        if shop.brevo_ready_at is None:
+            if client is None:
+                self._setup_failed(lease, "no Brevo API key for this shop", retry_in=300)
+            else:
+                shop = self._prepare_brevo(lease, shop, client) or shop
+        started = time.monotonic()
+        while time.monotonic() - started < SHOP_TIME_SLICE:
+            if not self.apply_inbox(lease, shop):
+                break
+        while True:
+            with unit_of_work(self.engine) as session:
+                built = build_dirty_contacts(session, lease.shop_id, shop.currency)
+                fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
+            if not built:
+                break
+        if client is None or shop.brevo_ready_at is None:
+            return  # nothing can be delivered before the account is set up; the rows wait
+        pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
+        self.stats.contacts_pushed += pusher.push_contacts()
+        self.stats.events_pushed += pusher.push_events()
+
+    def _prepare_brevo(self, lease: Lease, shop: Shop, client: BrevoClient) -> Shop | None:
+        """Create our contact attributes and the shop's list in the Brevo account, once and idempotently."""
+        try:
+            existing = client.attribute_names()
+            for name, attribute_type in BREVO_ATTRIBUTES.items():
+                if name not in existing:
+                    try:
+                        client.create_attribute(name, attribute_type)
+                    except BrevoError as exc:
+                        if exc.status != 400 or "unique" not in str(exc).lower() and "exist" not in str(exc).lower():
+                            raise
+            list_id = shop.brevo_list_id
+            if list_id is None:
+                folder_id = client.create_folder("Shopify")
+                list_id = client.create_list(f"Shopify customers - {shop.domain}", folder_id)
+        except BrevoAuthFailed as exc:
+            with unit_of_work(self.engine) as session:
+                session.execute(sa.update(Shop).where(Shop.id == lease.shop_id).values(  # type: ignore[arg-type]
+                    status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
+            raise ShopPaused(str(exc)) from None
+        except BrevoRetriable as exc:
+            self._setup_failed(lease, str(exc), retry_in=exc.retry_after or 30)
+            return None
+        except BrevoError as exc:
+            self._setup_failed(lease, str(exc), retry_in=600)
+            return None
+        now = self.clock.now()
+        with unit_of_work(self.engine) as session:
+            row = session.get(Shop, lease.shop_id)
+            assert row is not None
+            row.brevo_list_id, row.brevo_ready_at, row.setup_error = list_id, now, None
+            fence(session, lease, now=now, seconds=self.settings.lease_seconds)
+        return row
+
+    def _setup_failed(self, lease: Lease, reason: str, *, retry_in: float) -> None:
+        with unit_of_work(self.engine) as session:
+            session.execute(sa.update(Shop).where(Shop.id == lease.shop_id).values(  # type: ignore[arg-type]
+                setup_error=reason, setup_due_at=self.clock.now() + timedelta(seconds=retry_in)))
+
+    def apply_inbox(self, lease: Lease, shop: Shop) -> int:
+        """Apply one batch of the shop's pending deliveries in one unit of work; returns the batch size."""
+        now = self.clock.now()
+        window = timedelta(hours=self.settings.event_freshness_hours)
+        shared: dict = {}
+        with unit_of_work(self.engine) as session:
+            entries = session.execute(sa.select(InboxEntry).where(
+                InboxEntry.shop_domain == lease.domain, InboxEntry.status == "pending")  # type: ignore[arg-type]
+                .order_by(InboxEntry.id).limit(INBOX_BATCH)).scalars().all()  # type: ignore[arg-type]
+            for entry in entries:
+                handler = TOPIC_HANDLERS.get(entry.topic)
+                entry.processed_at = now
+                if handler is None:
+                    entry.status = "ignored"
+                    self.stats.ignored += 1
+                    continue
+                happened = as_utc(entry.triggered_at) or as_utc(entry.received_at) or now
+                fresh = now - happened <= window
+                ctx = ApplyContext(session=session, shop_id=lease.shop_id, shop_domain=lease.domain,
+                                   shop_currency=shop.currency, now=now, live=entry.source == "webhook",
+                                   fresh=fresh, dirty=shared,
+                                   stale_reason=None if fresh else f"delivery older than {window} : not a trigger")
+                try:
+                    payload = json.loads(entry.body)
+                    if not isinstance(payload, dict):
+                        raise PayloadError("the body is not a JSON object")
+                    with session.begin_nested():
+                        outcome = handler(ctx, payload)
+                        write_events(ctx)
+                except (ValueError, PayloadError) as exc:
+                    self._quarantine(session, entry, lease, f"unreadable {entry.topic} payload: {exc}")
+                    shared.clear()
+                    continue
+                except Exception as exc:  # a bug must not stop the shop: keep the delivery, show the error
+                    log.exception("applying inbox %s failed", entry.id)
+                    self._quarantine(session, entry, lease, f"internal error applying {entry.topic}: "
+                                                            f"{type(exc).__name__}: {exc}")
+                    shared.clear()
+                    continue
+                entry.status = "applied" if outcome == "applied" else "superseded"
+                self.stats.applied += 1
+            fence(session, lease, now=now, seconds=self.settings.lease_seconds)
+        return len(entries)
+
+    def _quarantine(self, session: sa.orm.Session, entry: InboxEntry, lease: Lease, reason: str) -> None:
+        entry.status, entry.error = "failed", reason
+        session.add(DeadLetter(shop_id=lease.shop_id, shop_domain=lease.domain, source="inbox",
+                               reference=f"inbox:{entry.id}:{entry.event_id}", topic=entry.topic, reason=reason,
+                               created_at=self.clock.now()))
+        self.stats.failed += 1
