@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 
 from connector.brevo import (
     BrevoAuthFailed,
@@ -89,7 +89,8 @@ class Pusher:
                 raise
 
         retrying = retry(reraise=True, stop=stop_after_attempt(3), wait=_inline_wait(policy),
-                         retry=retry_if_exception_type(BrevoRetriable) & ~retry_if_exception_type(_TooLongToWait))
+                         retry=retry_if_exception(lambda e: isinstance(e, BrevoRetriable)
+                                                  and not isinstance(e, _TooLongToWait)))
         return retrying(attempt)()
 
     def _backoff(self, attempts: int, exc: BrevoRetriable) -> datetime:
