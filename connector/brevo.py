@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 from brevo import Brevo
 from brevo.core.api_error import ApiError
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 
 T = TypeVar("T")
 
@@ -70,9 +71,13 @@ class FamilyBudget:
 
 @dataclass
 class Pacer:
-    """What Brevo told us about each rate-limit family, so we wait instead of collecting 429s."""
+    """What Brevo told us about each rate-limit family, so we wait instead of collecting 429s.
 
-    clock: Callable[[], float] = time.monotonic
+    Wall-clock based, so that it can be saved with the shop and read back by whichever worker leases
+    the shop next (DESIGN 4: pacing state lives in our tables).
+    """
+
+    clock: Callable[[], float] = time.time
     budgets: dict[str, FamilyBudget] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -110,6 +115,23 @@ class Pacer:
             if b is None or b.remaining is None or b.remaining > 0:
                 return 0.0
             return max(b.reset_at - self.clock(), 0.0)
+
+    def dump(self) -> dict[str, Any]:
+        with self.lock:
+            return {f: {"limit": b.limit, "remaining": b.remaining, "reset_at": b.reset_at}
+                    for f, b in self.budgets.items()}
+
+    def load(self, saved: Mapping[str, Any] | None) -> None:
+        """Adopt saved budgets that are still current (a newer observation of our own wins)."""
+        now = self.clock()
+        with self.lock:
+            for family, b in (saved or {}).items():
+                if not isinstance(b, Mapping) or float(b.get("reset_at", 0)) <= now:
+                    continue
+                mine = self.budgets.get(family)
+                if mine is None or mine.reset_at < float(b["reset_at"]):
+                    self.budgets[family] = FamilyBudget(limit=b.get("limit"), remaining=b.get("remaining"),
+                                                        reset_at=float(b["reset_at"]))
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
@@ -253,3 +275,40 @@ def classify(status: int | None, body: Any, headers: Mapping[str, str], what: st
     if status in (401, 402, 403):
         return BrevoAuthFailed(text, status=status, body=body)
     return BrevoRejected(text, status=status, body=body)
+
+
+class TooLongToWait(BrevoRetriable):
+    """Brevo's budget frees later than we are willing to block a worker for: reschedule instead."""
+
+
+def paced(pacer: Pacer, family: str, call: Callable[[], T], *, max_inline_wait: float = 2.0,
+          attempts: int = 3) -> T:
+    """One Brevo call: wait for the family's budget if that is short; retry briefly if it is retriable.
+
+    Only calls that the client classified as retriable are retried (tenacity), honouring Brevo's own
+    x-sib-ratelimit-reset; a longer wait raises TooLongToWait so the caller can reschedule the work.
+    """
+
+    def attempt() -> T:
+        wait = pacer.wait_time(family)
+        if wait > max_inline_wait:
+            raise TooLongToWait(f"Brevo's {family} budget is spent for {wait:.0f} s", retry_after=wait)
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            return call()
+        except BrevoRetriable as exc:
+            if exc.retry_after is not None and exc.retry_after > max_inline_wait:
+                raise TooLongToWait(str(exc), retry_after=exc.retry_after) from None
+            raise
+
+    def backoff(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        delay = after if after is not None else 0.2 * (2 ** (state.attempt_number - 1))
+        return min(max(delay, 0.05), max_inline_wait)
+
+    retrying = retry(reraise=True, stop=stop_after_attempt(attempts), wait=backoff,
+                     retry=retry_if_exception(lambda e: isinstance(e, BrevoRetriable)
+                                              and not isinstance(e, TooLongToWait)))
+    return retrying(attempt)()

@@ -6,8 +6,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -51,7 +53,9 @@ def run_demo(*, customers: int = 200, seed: int = 7, database_url: str | None = 
     brevo_server = serve_in_thread(brevo.app)
     settings = Settings(DATABASE_URL=url, SHOPIFY_API_SECRET=DEMO_SECRET, SHOPIFY_SHOP=DEMO_SHOP,
                         SHOPIFY_ACCESS_TOKEN="demo-admin-token", BREVO_API_KEY=DEMO_BREVO_KEY,
-                        BREVO_API_URL=f"{brevo_server.url}/v3", _env_file=None)  # type: ignore[call-arg]
+                        BREVO_API_URL=f"{brevo_server.url}/v3",
+                        # The simulated history spans 90 days; the demo replays it as if it were live.
+                        CONNECTOR_EVENT_FRESHNESS_HOURS=24 * 92, _env_file=None)  # type: ignore[call-arg]
     ensure_single_store_shop(engine, settings)
     worker = Worker(engine, settings)
     web = serve_in_thread(create_app(engine, settings, on_stored=worker.wake.set))
@@ -102,7 +106,7 @@ def run_demo(*, customers: int = 200, seed: int = 7, database_url: str | None = 
     return summary
 
 
-def _print(console: Console, summary: DemoSummary, dead: list[sa.Row], url: str) -> None:
+def _print(console: Console, summary: DemoSummary, dead: Sequence[sa.Row[Any]], url: str) -> None:
     table = Table(title="In the simulated Brevo", show_header=True)
     table.add_column("what")
     table.add_column("count", justify="right")

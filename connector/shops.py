@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from connector.clock import Clock, SystemClock
 from connector.database import unit_of_work
@@ -47,7 +48,7 @@ def add_shop(engine: Engine, settings: Settings, *, domain: str, access_token: s
     domain = normalise_domain(domain)
     now = (clock or SystemClock()).now()
     with unit_of_work(engine) as session:
-        shop = session.execute(sa.select(Shop).where(Shop.domain == domain)).scalar_one_or_none()  # type: ignore[arg-type]
+        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
         if shop is None:
             shop = Shop(domain=domain, created_at=now)
             session.add(shop)
@@ -66,7 +67,7 @@ def ensure_single_store_shop(engine: Engine, settings: Settings, clock: Clock | 
         return None
     domain = normalise_domain(settings.shopify_shop or "")
     with unit_of_work(engine) as session:
-        shop = session.execute(sa.select(Shop).where(Shop.domain == domain)).scalar_one_or_none()  # type: ignore[arg-type]
+        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
         if shop is None:
             shop = Shop(domain=domain, created_at=(clock or SystemClock()).now())
             session.add(shop)

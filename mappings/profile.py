@@ -164,9 +164,9 @@ def contact_body(buyer: BuyerFacts, attributes: Mapping[str, Any], consent: Mapp
 
 
 def jsonable(value: Any) -> Any:
-    """Money leaves as a JSON number with its exact digits (Decimal -> int or float of the same text)."""
+    """Money leaves as a JSON number: a 2-decimal amount round-trips exactly through a float's shortest repr."""
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent >= 0 else float(value)
+        return float(value)
     return value
 
 

@@ -34,7 +34,7 @@ def _id(payload: Mapping[str, Any], key: str = "id", *, gid_key: str | None = "a
 
 
 def as_id(value: Any, name: str) -> int:
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise PayloadError(f"'{name}' must be an integer id, got {value!r}")
     if isinstance(value, int):
         return value
@@ -48,7 +48,7 @@ def as_id(value: Any, name: str) -> int:
 def money(value: Any, name: str) -> Decimal:
     if value is None or value == "":
         return Decimal("0")
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise PayloadError(f"'{name}' must be a decimal string, got {value!r}")
     try:
         amount = Decimal(str(value))

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from connector.clock import as_utc
 from connector.models import (
@@ -94,8 +95,8 @@ def _products(ctx: ApplyContext, ids: Iterable[int | None]) -> dict[int, ev.Prod
     wanted = {i for i in ids if i}
     if not wanted:
         return {}
-    rows = ctx.session.execute(sa.select(Product).where(Product.shop_id == ctx.shop_id,
-                                                        Product.product_id.in_(wanted))).scalars()  # type: ignore[attr-defined]
+    rows = ctx.session.execute(sa.select(Product).where(col(Product.shop_id) == ctx.shop_id,
+                                                        col(Product.product_id).in_(wanted))).scalars()
     return {p.product_id: ev.ProductInfo(title=p.title, url=ev.product_url(ctx.shop_domain, p.handle),
                                          image_url=p.image_url) for p in rows}
 
@@ -115,11 +116,11 @@ def _merge_guest(ctx: ApplyContext, customer_key: str, email: str | None, phone:
         if guest is None or guest.merged_into:
             continue
         for model in (Order, Checkout):
-            ctx.session.execute(sa.update(model).where(model.shop_id == ctx.shop_id,  # type: ignore[arg-type]
-                                                       model.contact_key == guest_key)  # type: ignore[arg-type]
+            ctx.session.execute(sa.update(model).where(col(model.shop_id) == ctx.shop_id,
+                                                       col(model.contact_key) == guest_key)
                                 .values(contact_key=customer_key))
-        ctx.session.execute(sa.update(OutboxEntry).where(OutboxEntry.shop_id == ctx.shop_id,  # type: ignore[arg-type]
-                                                         OutboxEntry.contact_key == guest_key)  # type: ignore[arg-type]
+        ctx.session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.shop_id) == ctx.shop_id,
+                                                         col(OutboxEntry.contact_key) == guest_key)
                             .values(contact_key=customer_key))
         guest.merged_into = customer_key
         guest.dirty = False
@@ -212,8 +213,8 @@ def apply_consent(ctx: ApplyContext, consent: ConsentRecord) -> str:
 
 
 def _line_records(ctx: ApplyContext, order_id: int) -> tuple[LineRecord, ...]:
-    rows = ctx.session.execute(sa.select(OrderLine).where(OrderLine.shop_id == ctx.shop_id,  # type: ignore[arg-type]
-                                                          OrderLine.order_id == order_id)).scalars()  # type: ignore[arg-type]
+    rows = ctx.session.execute(sa.select(OrderLine).where(col(OrderLine.shop_id) == ctx.shop_id,
+                                                          col(OrderLine.order_id) == order_id)).scalars()
     return tuple(LineRecord(line_id=r.line_id, product_id=r.product_id, variant_id=r.variant_id, title=r.title,
                             variant_title=r.variant_title, sku=r.sku, vendor=r.vendor, quantity=r.quantity,
                             price=r.price, total_discount=r.total_discount) for r in rows)
@@ -260,8 +261,8 @@ def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
     }
     for name, value in values.items():
         setattr(row, name, value)
-    ctx.session.execute(sa.delete(OrderLine).where(OrderLine.shop_id == ctx.shop_id,  # type: ignore[arg-type]
-                                                   OrderLine.order_id == rec.order_id))  # type: ignore[arg-type]
+    ctx.session.execute(sa.delete(OrderLine).where(col(OrderLine.shop_id) == ctx.shop_id,
+                                                   col(OrderLine.order_id) == rec.order_id))
     ctx.session.add_all(OrderLine(shop_id=ctx.shop_id, order_id=rec.order_id, line_id=line.line_id or i + 1,
                                   product_id=line.product_id, variant_id=line.variant_id, title=line.title,
                                   variant_title=line.variant_title, sku=line.sku, vendor=line.vendor,
@@ -301,8 +302,8 @@ def _unique_lines(lines: Iterable[LineRecord]) -> list[LineRecord]:
 
 
 def _refund_rows(ctx: ApplyContext, order_id: int) -> list[Refund]:
-    return list(ctx.session.execute(sa.select(Refund).where(Refund.shop_id == ctx.shop_id,  # type: ignore[arg-type]
-                                                            Refund.order_id == order_id)).scalars())  # type: ignore[arg-type]
+    return list(ctx.session.execute(sa.select(Refund).where(col(Refund.shop_id) == ctx.shop_id,
+                                                            col(Refund.order_id) == order_id)).scalars())
 
 
 def _refund_record(row: Refund) -> RefundRecord:
@@ -314,14 +315,14 @@ def _refund_record(row: Refund) -> RefundRecord:
 def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> None:
     conditions = []
     if rec.checkout_token:
-        conditions.append(Checkout.token == rec.checkout_token)
+        conditions.append(col(Checkout.token) == rec.checkout_token)
     if rec.cart_token:
-        conditions.append(Checkout.cart_token == rec.cart_token)
+        conditions.append(col(Checkout.cart_token) == rec.cart_token)
     if rec.checkout_id:
-        conditions.append(Checkout.checkout_id == rec.checkout_id)
+        conditions.append(col(Checkout.checkout_id) == rec.checkout_id)
     if not conditions:
         return
-    for checkout in ctx.session.execute(sa.select(Checkout).where(Checkout.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+    for checkout in ctx.session.execute(sa.select(Checkout).where(col(Checkout.shop_id) == ctx.shop_id,
                                                                   sa.or_(*conditions))).scalars():
         if checkout.completed_at is None:
             checkout.completed_at = rec.created_at or ctx.now
@@ -377,12 +378,12 @@ def apply_product_deleted(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
 
 
 def _order_for_checkout(ctx: ApplyContext, rec: CheckoutRecord) -> Order | None:
-    conditions = [Order.checkout_id == rec.checkout_id]
+    conditions = [col(Order.checkout_id) == rec.checkout_id]
     if rec.token:
-        conditions.append(Order.checkout_token == rec.token)
+        conditions.append(col(Order.checkout_token) == rec.token)
     if rec.cart_token:
-        conditions.append(Order.cart_token == rec.cart_token)
-    return ctx.session.execute(sa.select(Order).where(Order.shop_id == ctx.shop_id,  # type: ignore[arg-type]
+        conditions.append(col(Order.cart_token) == rec.cart_token)
+    return ctx.session.execute(sa.select(Order).where(col(Order.shop_id) == ctx.shop_id,
                                                       sa.or_(*conditions)).limit(1)).scalar_one_or_none()
 
 
@@ -429,9 +430,9 @@ def apply_cart(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
     row.created_at_src, row.updated_at_src = rec.created_at, rec.updated_at
     # Carts are anonymous: they reach a buyer only through a checkout with the same token.
     checkout = ctx.session.execute(
-        sa.select(Checkout).where(Checkout.shop_id == ctx.shop_id, Checkout.cart_token == rec.token,  # type: ignore[arg-type]
-                                  Checkout.contact_key.is_not(None))  # type: ignore[union-attr]
-        .order_by(Checkout.updated_at_src.desc()).limit(1)  # type: ignore[union-attr]
+        sa.select(Checkout).where(col(Checkout.shop_id) == ctx.shop_id, col(Checkout.cart_token) == rec.token,
+                                  col(Checkout.contact_key).is_not(None))
+        .order_by(col(Checkout.updated_at_src).desc()).limit(1)
     ).scalar_one_or_none()
     if checkout is None or checkout.completed_at is not None or not checkout.contact_key:
         return "applied"

@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from connector.clock import as_utc
 from connector.models import Cart, Checkout, Contact, Customer, Order, Refund
@@ -37,24 +38,24 @@ def _opted_out(state: str | None) -> bool | None:
 def build_dirty_contacts(session: Session, shop_id: int, shop_currency: str | None, *, limit: int = 500) -> int:
     """Recompute up to `limit` dirty contacts of one shop; returns how many were looked at."""
     contacts: Sequence[Contact] = session.execute(
-        sa.select(Contact).where(Contact.shop_id == shop_id, Contact.dirty.is_(True))  # type: ignore[arg-type,attr-defined]
+        sa.select(Contact).where(col(Contact.shop_id) == shop_id, col(Contact.dirty).is_(True))
         .limit(limit)).scalars().all()
     if not contacts:
         return 0
     keys = [c.contact_key for c in contacts]
     customer_ids = [c.customer_id for c in contacts if c.customer_id]
     customers = {c.customer_id: c for c in session.execute(
-        sa.select(Customer).where(Customer.shop_id == shop_id,  # type: ignore[arg-type]
-                                  Customer.customer_id.in_(customer_ids))).scalars()} if customer_ids else {}  # type: ignore[attr-defined]
+        sa.select(Customer).where(col(Customer.shop_id) == shop_id,
+                                  col(Customer.customer_id).in_(customer_ids))).scalars()} if customer_ids else {}
     orders: dict[str, list[Order]] = defaultdict(list)
-    for order in session.execute(sa.select(Order).where(Order.shop_id == shop_id,  # type: ignore[arg-type]
-                                                        Order.contact_key.in_(keys))).scalars():  # type: ignore[union-attr]
+    for order in session.execute(sa.select(Order).where(col(Order.shop_id) == shop_id,
+                                                        col(Order.contact_key).in_(keys))).scalars():
         orders[order.contact_key or ""].append(order)
     order_ids = [o.order_id for os in orders.values() for o in os]
     refunded: dict[int, Decimal] = defaultdict(Decimal)
     for start in range(0, len(order_ids), 900):
-        for refund in session.execute(sa.select(Refund.order_id, Refund.amount).where(  # type: ignore[call-overload]
-                Refund.shop_id == shop_id, Refund.order_id.in_(order_ids[start:start + 900]))):  # type: ignore[attr-defined]
+        for refund in session.execute(sa.select(col(Refund.order_id), col(Refund.amount)).where(
+                col(Refund.shop_id) == shop_id, col(Refund.order_id).in_(order_ids[start:start + 900]))):
             refunded[refund.order_id] += refund.amount
     carts = _open_carts(session, shop_id, keys)
     for contact in contacts:
@@ -101,15 +102,15 @@ def _open_carts(session: Session, shop_id: int, keys: Sequence[str]) -> dict[str
     """The newest checkout of each buyer that no order completed, valued at its cart's latest content."""
     newest: dict[str, Checkout] = {}
     for checkout in session.execute(sa.select(Checkout).where(
-            Checkout.shop_id == shop_id, Checkout.contact_key.in_(keys),  # type: ignore[arg-type,union-attr]
-            Checkout.completed_at.is_(None))).scalars():  # type: ignore[union-attr]
+            col(Checkout.shop_id) == shop_id, col(Checkout.contact_key).in_(keys),
+            col(Checkout.completed_at).is_(None))).scalars():
         key = checkout.contact_key or ""
         current = newest.get(key)
         if current is None or _later(checkout.updated_at_src, current.updated_at_src):
             newest[key] = checkout
     tokens = [c.cart_token for c in newest.values() if c.cart_token]
     carts = {c.token: c for c in session.execute(sa.select(Cart).where(
-        Cart.shop_id == shop_id, Cart.token.in_(tokens))).scalars()} if tokens else {}  # type: ignore[arg-type,attr-defined]
+        col(Cart.shop_id) == shop_id, col(Cart.token).in_(tokens))).scalars()} if tokens else {}
     result = {}
     for key, checkout in newest.items():
         value = checkout.subtotal or checkout.total

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,7 +10,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
+from sqlmodel import col
 
 from connector.brevo import (
     BrevoAuthFailed,
@@ -19,6 +18,7 @@ from connector.brevo import (
     BrevoRejected,
     BrevoRetriable,
     Reply,
+    paced,
 )
 from connector.clock import Clock, as_utc
 from connector.database import unit_of_work
@@ -49,19 +49,6 @@ class PushPolicy:
     lease_seconds: float = 30.0
 
 
-def _inline_wait(policy: PushPolicy) -> Callable[[RetryCallState], float]:
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        after = getattr(exc, "retry_after", None)
-        delay = after if after is not None else 0.2 * (2 ** (state.attempt_number - 1))
-        return min(max(delay, 0.05), policy.max_inline_wait)
-    return wait
-
-
-class _TooLongToWait(BrevoRetriable):
-    """The server asked for a wait longer than we hold a shop for."""
-
-
 class Pusher:
     def __init__(self, engine: Engine, client: BrevoClient, lease: Lease, clock: Clock,
                  policy: PushPolicy | None = None, *, list_id: int | None = None) -> None:
@@ -72,26 +59,7 @@ class Pusher:
     # --- calling Brevo ----------------------------------------------------------------------
 
     def _send(self, family: str, call: Callable[[], T]) -> T:
-        """One Brevo call: wait for the family's budget if that is short, retry briefly if retriable."""
-        policy = self.policy
-
-        def attempt() -> T:
-            wait = self.client.pacer.wait_time(family)
-            if wait > policy.max_inline_wait:
-                raise _TooLongToWait(f"{family} budget spent for {wait:.0f}s", retry_after=wait)
-            if wait > 0:
-                time.sleep(wait)
-            try:
-                return call()
-            except BrevoRetriable as exc:
-                if exc.retry_after is not None and exc.retry_after > policy.max_inline_wait:
-                    raise _TooLongToWait(str(exc), retry_after=exc.retry_after) from None
-                raise
-
-        retrying = retry(reraise=True, stop=stop_after_attempt(3), wait=_inline_wait(policy),
-                         retry=retry_if_exception(lambda e: isinstance(e, BrevoRetriable)
-                                                  and not isinstance(e, _TooLongToWait)))
-        return retrying(attempt)()
+        return paced(self.client.pacer, family, call, max_inline_wait=self.policy.max_inline_wait)
 
     def _backoff(self, attempts: int, exc: BrevoRetriable) -> datetime:
         delay = exc.retry_after if exc.retry_after is not None else min(2.0 ** attempts,
@@ -100,7 +68,7 @@ class Pusher:
 
     def _pause(self, exc: BrevoAuthFailed) -> None:
         with unit_of_work(self.engine) as session:
-            session.execute(sa.update(Shop).where(Shop.id == self.lease.shop_id)  # type: ignore[arg-type]
+            session.execute(sa.update(Shop).where(col(Shop.id) == self.lease.shop_id)
                             .values(status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
         raise ShopPaused(str(exc)) from None
 
@@ -111,9 +79,9 @@ class Pusher:
         now = self.clock.now()
         with unit_of_work(self.engine) as session:
             rows = session.execute(sa.select(Contact).where(
-                Contact.shop_id == self.lease.shop_id, Contact.push_state == "pending",  # type: ignore[arg-type]
-                sa.or_(Contact.next_attempt_at.is_(None), Contact.next_attempt_at <= now))  # type: ignore[union-attr,operator]
-                .order_by(Contact.contact_key).limit(self.policy.import_max_rows * 4)).scalars().all()
+                col(Contact.shop_id) == self.lease.shop_id, col(Contact.push_state) == "pending",
+                sa.or_(col(Contact.next_attempt_at).is_(None), col(Contact.next_attempt_at) <= now))
+                .order_by(col(Contact.contact_key)).limit(self.policy.import_max_rows * 4)).scalars().all()
         if not rows:
             return 0
         singles = [c for c in rows if self._needs_single_call(c)]
@@ -140,7 +108,8 @@ class Pusher:
         size = 200
         for contact in contacts:
             row_size = len(json.dumps(_import_row(contact.pending or {}))) + 1
-            if current and (len(current) >= self.policy.import_max_rows or size + row_size > self.policy.import_max_bytes):
+            full = len(current) >= self.policy.import_max_rows or size + row_size > self.policy.import_max_bytes
+            if current and full:
                 chunks.append(current)
                 current, size = [], 200
             current.append(contact)
@@ -204,19 +173,19 @@ class Pusher:
             for contact in contacts:
                 body = contact.pending or {}
                 session.execute(sa.update(Contact).where(
-                    Contact.shop_id == contact.shop_id, Contact.contact_key == contact.contact_key,  # type: ignore[arg-type]
-                    Contact.pending_hash == contact.pending_hash)  # type: ignore[arg-type]
+                    col(Contact.shop_id) == contact.shop_id, col(Contact.contact_key) == contact.contact_key,
+                    col(Contact.pending_hash) == contact.pending_hash)
                     .values(sent=body, sent_hash=contact.pending_hash, pending=None, pending_hash=None,
                             push_state="idle", attempts=0, next_attempt_at=None, last_error=None, pushed_at=now,
                             visible_at=visible_at, brevo_email=body.get("email") or contact.brevo_email))
-            session.execute(sa.update(Shop).where(Shop.id == self.lease.shop_id).values(last_push_at=now))  # type: ignore[arg-type]
+            session.execute(sa.update(Shop).where(col(Shop.id) == self.lease.shop_id).values(last_push_at=now))
             fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
 
     def _reschedule_contacts(self, contacts: Sequence[Contact], exc: BrevoRetriable) -> None:
         with unit_of_work(self.engine) as session:
             for contact in contacts:
                 session.execute(sa.update(Contact).where(
-                    Contact.shop_id == contact.shop_id, Contact.contact_key == contact.contact_key)  # type: ignore[arg-type]
+                    col(Contact.shop_id) == contact.shop_id, col(Contact.contact_key) == contact.contact_key)
                     .values(attempts=contact.attempts + 1, last_error=str(exc)[:2000],
                             next_attempt_at=self._backoff(contact.attempts + 1, exc)))
             fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
@@ -225,7 +194,7 @@ class Pusher:
         now = self.clock.now()
         with unit_of_work(self.engine) as session:
             session.execute(sa.update(Contact).where(
-                Contact.shop_id == contact.shop_id, Contact.contact_key == contact.contact_key)  # type: ignore[arg-type]
+                col(Contact.shop_id) == contact.shop_id, col(Contact.contact_key) == contact.contact_key)
                 .values(push_state="dead", last_error=reason[:2000]))
             session.add(DeadLetter(shop_id=contact.shop_id, shop_domain=self.lease.domain, source="contact",
                                    reference=contact.contact_key, reason=reason,
@@ -237,16 +206,16 @@ class Pusher:
     def push_events(self) -> int:
         """Send due events whose buyer's attributes are already in Brevo. Returns how many Brevo accepted."""
         now = self.clock.now()
-        waiting = sa.select(Contact.contact_key).where(
-            Contact.shop_id == self.lease.shop_id,  # type: ignore[arg-type]
-            sa.or_(Contact.push_state == "pending", Contact.dirty.is_(True),  # type: ignore[arg-type,attr-defined]
-                   Contact.visible_at > now))  # type: ignore[operator]
+        waiting = sa.select(col(Contact.contact_key)).where(
+            col(Contact.shop_id) == self.lease.shop_id,
+            sa.or_(col(Contact.push_state) == "pending", col(Contact.dirty).is_(True),
+                   col(Contact.visible_at) > now))
         with unit_of_work(self.engine) as session:
             rows = session.execute(sa.select(OutboxEntry).where(
-                OutboxEntry.shop_id == self.lease.shop_id, OutboxEntry.status == "pending",  # type: ignore[arg-type]
-                sa.or_(OutboxEntry.next_attempt_at.is_(None), OutboxEntry.next_attempt_at <= now),  # type: ignore[union-attr,operator]
-                sa.or_(OutboxEntry.contact_key.is_(None), OutboxEntry.contact_key.not_in(waiting)))  # type: ignore[union-attr]
-                .order_by(OutboxEntry.id).limit(self.policy.batch_max_events * 10)).scalars().all()
+                col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.status) == "pending",
+                sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= now),
+                sa.or_(col(OutboxEntry.contact_key).is_(None), col(OutboxEntry.contact_key).not_in(waiting)))
+                .order_by(col(OutboxEntry.id)).limit(self.policy.batch_max_events * 10)).scalars().all()
         if not rows:
             return 0
         other_left = self.client.pacer.remaining("other")
@@ -311,22 +280,22 @@ class Pusher:
         with unit_of_work(self.engine) as session:
             ids = [e.id for e in delivered]
             for start in range(0, len(ids), 900):
-                session.execute(sa.update(OutboxEntry).where(OutboxEntry.id.in_(ids[start:start + 900]))  # type: ignore[union-attr]
+                session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id).in_(ids[start:start + 900]))
                                 .values(status="delivered", delivered_at=now, last_error=None))
             for entry, reason in dead:
-                session.execute(sa.update(OutboxEntry).where(OutboxEntry.id == entry.id)  # type: ignore[arg-type]
+                session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id) == entry.id)
                                 .values(status="dead", last_error=reason[:2000]))
                 session.add(DeadLetter(shop_id=entry.shop_id, shop_domain=self.lease.domain, source="event",
                                        reference=entry.idempotency_key, topic=entry.event_name, reason=reason,
                                        payload=json.dumps(entry.body), created_at=now))
             if delivered:
-                session.execute(sa.update(Shop).where(Shop.id == self.lease.shop_id).values(last_push_at=now))  # type: ignore[arg-type]
+                session.execute(sa.update(Shop).where(col(Shop.id) == self.lease.shop_id).values(last_push_at=now))
             fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
 
     def _reschedule_events(self, entries: Sequence[OutboxEntry], exc: BrevoRetriable) -> None:
         with unit_of_work(self.engine) as session:
             for entry in entries:
-                session.execute(sa.update(OutboxEntry).where(OutboxEntry.id == entry.id)  # type: ignore[arg-type]
+                session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id) == entry.id)
                                 .values(attempts=entry.attempts + 1, last_error=str(exc)[:2000],
                                         next_attempt_at=self._backoff(entry.attempts + 1, exc)))
             fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)

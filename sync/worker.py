@@ -11,12 +11,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
+from typing import TypeVar
 
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
-from connector.brevo import BrevoAuthFailed, BrevoClient, BrevoError, BrevoRetriable, Pacer
+from connector.brevo import (
+    BrevoAuthFailed,
+    BrevoClient,
+    BrevoError,
+    BrevoRejected,
+    BrevoRetriable,
+    Pacer,
+    paced,
+)
 from connector.clock import Clock, SystemClock, as_utc
 from connector.database import unit_of_work
 from connector.models import DeadLetter, InboxEntry, Shop
@@ -26,10 +37,11 @@ from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shopify import PayloadError
 from sync.apply import TOPIC_HANDLERS, ApplyContext, write_events
 from sync.profiles import build_dirty_contacts
-from sync.push import PushPolicy, Pusher, ShopPaused
+from sync.push import Pusher, PushPolicy, ShopPaused
 from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
 
 log = logging.getLogger("connector.worker")
+T = TypeVar("T")
 
 INBOX_BATCH = 200
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
@@ -112,8 +124,22 @@ class Worker:
         creds = credentials(shop, self.settings)
         client = None
         if creds.brevo_api_key:
+            pacer = self.pacers.setdefault(lease.shop_id, Pacer())
+            pacer.load(shop.brevo_pacing)
             client = BrevoClient(creds.brevo_api_key, base_url=self.settings.brevo_api_url, http=self.http,
-                                 pacer=self.pacers.setdefault(shop.id or 0, Pacer()))
+                                 pacer=pacer)
+        try:
+            self._work_shop(lease, shop, client)
+        finally:
+            if client is not None:
+                self._save_pacing(lease, client.pacer)
+
+    def _save_pacing(self, lease: Lease, pacer: Pacer) -> None:
+        with unit_of_work(self.engine) as session:
+            session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id, col(Shop.lease_token) == lease.token)
+                            .values(brevo_pacing=pacer.dump()))
+
+    def _work_shop(self, lease: Lease, shop: Shop, client: BrevoClient | None) -> None:
         if shop.brevo_ready_at is None:
             if client is None:
                 self._setup_failed(lease, "no Brevo API key for this shop", retry_in=300)
@@ -137,26 +163,29 @@ class Worker:
 
     def _prepare_brevo(self, lease: Lease, shop: Shop, client: BrevoClient) -> Shop | None:
         """Create our contact attributes and the shop's list in the Brevo account, once and idempotently."""
+        def call(fn: Callable[[], T]) -> T:
+            return paced(client.pacer, "contacts", fn)
+
         try:
-            existing = client.attribute_names()
+            existing = call(client.attribute_names)
             for name, attribute_type in BREVO_ATTRIBUTES.items():
                 if name not in existing:
                     try:
-                        client.create_attribute(name, attribute_type)
-                    except BrevoError as exc:
-                        if exc.status != 400 or "unique" not in str(exc).lower() and "exist" not in str(exc).lower():
+                        call(partial(client.create_attribute, name, attribute_type))
+                    except BrevoRejected as exc:
+                        if "unique" not in str(exc).lower():  # created meanwhile: fine
                             raise
             list_id = shop.brevo_list_id
             if list_id is None:
-                folder_id = client.create_folder("Shopify")
-                list_id = client.create_list(f"Shopify customers - {shop.domain}", folder_id)
+                folder_id = call(lambda: client.create_folder("Shopify"))
+                list_id = call(lambda: client.create_list(f"Shopify customers - {shop.domain}", folder_id))
         except BrevoAuthFailed as exc:
             with unit_of_work(self.engine) as session:
-                session.execute(sa.update(Shop).where(Shop.id == lease.shop_id).values(  # type: ignore[arg-type]
+                session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id).values(
                     status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
             raise ShopPaused(str(exc)) from None
         except BrevoRetriable as exc:
-            self._setup_failed(lease, str(exc), retry_in=exc.retry_after or 30)
+            self._setup_failed(lease, str(exc), retry_in=max(exc.retry_after or 0, 5.0))
             return None
         except BrevoError as exc:
             self._setup_failed(lease, str(exc), retry_in=600)
@@ -171,7 +200,7 @@ class Worker:
 
     def _setup_failed(self, lease: Lease, reason: str, *, retry_in: float) -> None:
         with unit_of_work(self.engine) as session:
-            session.execute(sa.update(Shop).where(Shop.id == lease.shop_id).values(  # type: ignore[arg-type]
+            session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id).values(
                 setup_error=reason, setup_due_at=self.clock.now() + timedelta(seconds=retry_in)))
 
     def apply_inbox(self, lease: Lease, shop: Shop) -> int:
@@ -181,8 +210,8 @@ class Worker:
         shared: dict = {}
         with unit_of_work(self.engine) as session:
             entries = session.execute(sa.select(InboxEntry).where(
-                InboxEntry.shop_domain == lease.domain, InboxEntry.status == "pending")  # type: ignore[arg-type]
-                .order_by(InboxEntry.id).limit(INBOX_BATCH)).scalars().all()  # type: ignore[arg-type]
+                col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending")
+                .order_by(col(InboxEntry.id)).limit(INBOX_BATCH)).scalars().all()
             for entry in entries:
                 handler = TOPIC_HANDLERS.get(entry.topic)
                 entry.processed_at = now

@@ -1,4 +1,4 @@
-"""Shared test fixtures: a migrated database (SQLite by default, PostgreSQL with TEST_DATABASE_URL), clocks, payloads."""
+"""Shared test fixtures: a migrated database (SQLite, or PostgreSQL with TEST_DATABASE_URL), a clock, payloads."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, log_lev
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # Server.run installs signal handlers only on the main thread; here it runs in its own.
     thread = threading.Thread(target=server.run, name=f"asgi-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -81,7 +81,8 @@ def start_connector(engine: Engine, *, limits: BrevoLimits | None = None, policy
                     brevo_keys: set[str] | None = None, brevo_key: str = BREVO_KEY) -> Connector:
     brevo = BrevoSandbox(api_keys=brevo_keys or {BREVO_KEY}, limits=limits)
     brevo_server = serve_in_thread(brevo.app)
-    settings = Settings(DATABASE_URL=engine.url.render_as_string(hide_password=False), SHOPIFY_API_SECRET=SECRET, SHOPIFY_SHOP=SHOP,
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings(DATABASE_URL=url, SHOPIFY_API_SECRET=SECRET, SHOPIFY_SHOP=SHOP,
                         SHOPIFY_ACCESS_TOKEN="test-admin-token", BREVO_API_KEY=brevo_key,
                         BREVO_API_URL=f"{brevo_server.url}/v3", CONNECTOR_LEASE_SECONDS=5,
                         _env_file=None)  # type: ignore[call-arg]

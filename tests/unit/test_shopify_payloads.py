@@ -89,7 +89,8 @@ def test_real_cart_update_payload_totals_its_lines() -> None:
 
 
 def test_consent_topic_with_null_state_says_nothing() -> None:
-    consent = ConsentRecord.from_email_topic(fixture_payload("customers_email_marketing_consent_update__triggerdev.json"))
+    payload = fixture_payload("customers_email_marketing_consent_update__triggerdev.json")
+    consent = ConsentRecord.from_email_topic(payload)
     assert consent.state == ""
 
 

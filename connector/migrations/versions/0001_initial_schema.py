@@ -1,14 +1,14 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 09:25:31.182129
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-import connector.models
+from alembic import op
 
+import connector.models
 
 revision = '0001'
 down_revision = None

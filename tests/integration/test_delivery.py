@@ -1,0 +1,98 @@
+"""Delivery to Brevo under pressure: rate limits, batches, partial failures, refused items, several workers."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import sqlalchemy as sa
+
+from connector.sandbox.brevo import BrevoLimits
+from sync.push import PushPolicy
+from tests.integration.harness import Connector, iter_connector
+from tests.payloads import order
+
+
+def _orders(connector: Connector, n: int, start: int = 1) -> None:
+    for i in range(start, start + n):
+        assert connector.post("orders/create", order(1000 + i, customer_id=i, email=f"buyer{i}@example.com",
+                                                     number=1000 + i)).status_code == 200
+
+
+def test_a_backlog_goes_out_in_batches_and_imports(engine: sa.Engine) -> None:
+    for connector in iter_connector(engine):
+        _orders(connector, 60)
+        connector.sync()
+        calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+        assert len(connector.events("order_completed")) == 60
+        assert calls["/v3/events/batch"] == 1 and calls["/v3/events"] == 0
+        assert calls["/v3/contacts/import"] == 1 and calls["/v3/contacts"] == 0
+        assert connector.contact("buyer60@example.com")["attributes"]["ORDER_COUNT"] == 1
+
+
+def test_a_small_backlog_goes_out_as_single_calls(connector: Connector) -> None:
+    _orders(connector, 3)
+    connector.sync()
+    calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+    assert calls["/v3/events"] == 3 and calls["/v3/events/batch"] == 0
+    assert calls["/v3/contacts"] == 3 and calls["/v3/contacts/import"] == 0
+
+
+def test_rate_limits_are_respected_from_the_headers_and_nothing_is_lost(engine: sa.Engine) -> None:
+    limits = BrevoLimits(contacts=(3, 1.0), events=(2, 1.0))
+    policy = PushPolicy(single_max=100, lease_seconds=5)  # force single calls: the tight budgets matter
+    for connector in iter_connector(engine, limits=limits, policy=policy):
+        _orders(connector, 8)
+        connector.sync()
+        assert len(connector.events("order_completed")) == 8
+        refused = [c for c in connector.brevo.calls if c.status == 429]
+        # The pacer waits for the window instead of hammering: at most the first call of a window is refused.
+        assert len(refused) <= 2
+        assert connector.rows("SELECT count(*) AS n FROM dead_letters")[0].n == 0
+
+
+def test_a_spent_batch_budget_falls_back_to_single_events(engine: sa.Engine) -> None:
+    limits = BrevoLimits(other=(11, 3600.0))  # one batch leaves 10: the reserve kept for account set-up
+    for connector in iter_connector(engine, limits=limits):
+        _orders(connector, 30)
+        connector.sync()
+        _orders(connector, 30, start=31)
+        connector.sync()
+        assert len(connector.events("order_completed")) == 60
+        calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+        assert calls["/v3/events/batch"] == 1 and calls["/v3/events"] == 30
+
+
+def test_a_partial_batch_dead_letters_only_the_refused_events(connector: Connector) -> None:
+    _orders(connector, 30)
+    connector.brevo.inject_fault(mode="partial", path_prefix="/v3/events/batch", count=1)
+    connector.sync()
+    delivered = connector.rows("SELECT count(*) AS n FROM outbox WHERE status = 'delivered'")[0].n
+    dead = connector.rows("SELECT reason FROM dead_letters WHERE source = 'event'")
+    assert delivered + len(dead) == 30 and len(dead) == 15
+    assert all("refused this event" in d.reason for d in dead)
+    assert len(connector.events("order_completed")) == 15
+
+
+def test_an_event_brevo_refuses_is_dead_lettered_with_its_reason_and_the_rest_go_on(connector: Connector) -> None:
+    _orders(connector, 2)
+    connector.brevo.inject_fault(status=400, count=1, path_prefix="/v3/events")
+    connector.sync()
+    [dead] = connector.rows("SELECT source, reference, reason FROM dead_letters")
+    assert dead.source == "event" and "400" in dead.reason
+    assert len(connector.events("order_completed")) == 1
+
+
+def test_two_workers_deliver_each_event_exactly_once(engine: sa.Engine) -> None:
+    for connector in iter_connector(engine):
+        _orders(connector, 40)
+        workers = [connector.worker(owner=f"w{i}") for i in range(2)]
+        threads = [threading.Thread(target=w.run, kwargs={"until_idle": True, "idle_sleep": 0.05})
+                   for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        names = Counter(e["event_properties"]["order_id"] for e in connector.events("order_completed"))
+        assert len(names) == 40 and set(names.values()) == {1}
+        assert sum(w.stats.applied for w in workers) == 40
