@@ -627,12 +627,22 @@ class BrevoSandbox:
         path: str = scope["path"]
         family = rate_limit_family(method, path)
         status = [500]
+        recorded = [False]
         extra_headers: list[tuple[bytes, bytes]] = []
+
+        def record() -> None:
+            # Recorded before the client can see the answer, so a test that reads `calls` after its
+            # client returned never misses the last call.
+            with self.lock:
+                if not recorded[0]:
+                    recorded[0] = True
+                    self.calls.append(CallRecord(method, path, status[0], family, time.time()))
 
         async def send_marked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), *extra_headers]}
+                record()
             await send(message)
 
         try:
@@ -688,8 +698,7 @@ class BrevoSandbox:
                 scope = {**scope, "path": routed}
             await app(scope, receive, send_marked)
         finally:
-            with self.lock:
-                self.calls.append(CallRecord(method, path, status[0], family, time.time()))
+            record()  # a call that never answered (timeout fault, client gone) is recorded too
 
     def _window(self, key: str, family: str) -> _Window:
         limit, seconds = getattr(self.limits, family)
