@@ -212,9 +212,16 @@ class BrevoClient:
         reply = self._request("GET", "contacts/attributes")
         return {str(a.get("name", "")).upper() for a in (reply.body or {}).get("attributes", [])}
 
-    def create_attribute(self, name: str, attribute_type: str) -> None:
-        self._call("POST", f"contacts/attributes/normal/{name}", lambda: self.sdk.contacts.with_raw_response
-                   .create_attribute("normal", quote(name, safe=""), type=attribute_type))  # type: ignore[arg-type]
+    def create_attribute(self, name: str, attribute_type: str, options: Sequence[str] | None = None) -> None:
+        body: dict[str, Any] = {"type": attribute_type}
+        if attribute_type == "multiple-choice":
+            body["multiCategoryOptions"] = list(options or [])
+        self._request("POST", f"contacts/attributes/normal/{quote(name, safe='')}", json=body)
+
+    def update_attribute_options(self, name: str, options: Sequence[str]) -> None:
+        """Replace a multiple-choice attribute's options (values outside them are refused by Brevo)."""
+        self._request("PUT", f"contacts/attributes/normal/{quote(name, safe='')}",
+                      json={"multiCategoryOptions": list(options)})
 
     def create_folder(self, name: str) -> int:
         reply = self._request("POST", "contacts/folders", json={"name": name})

@@ -67,6 +67,11 @@ class Shop(SQLModel, table=True):
     last_webhook_at: datetime | None = _ts()
     last_push_at: datetime | None = _ts()
     created_at: datetime | None = _ts()
+    config: dict[str, Any] | None = _json()  # mappings.shop_config.ShopConfig.to_dict(); None: defaults
+    rfm_thresholds: dict[str, Any] | None = _json()  # mappings.rfm.RfmThresholds.to_json()
+    rfm_due_at: datetime | None = _ts()  # next daily recompute of RFM quintiles and the shop's median cadence
+    median_days_between: Decimal | None = _money(nullable=True, default=None)  # over repeat buyers
+    brevo_options: list[str] | None = _json()  # the choices CATEGORIES_PURCHASED has in Brevo
 
 
 class InboxEntry(SQLModel, table=True):
@@ -108,6 +113,8 @@ class Customer(SQLModel, table=True):
     city: str | None = None
     state: str | None = Field(default=None, max_length=20)
     tags: str | None = None
+    note: str | None = Field(default=None, sa_type=sa.Text)
+    birthday: str | None = Field(default=None, max_length=10)  # YYYY-MM-DD or --MM-DD (year unknown)
     email_consent: str | None = Field(default=None, max_length=30)
     email_consent_at: datetime | None = _ts()
     sms_consent: str | None = Field(default=None, max_length=30)
@@ -144,9 +151,18 @@ class Order(SQLModel, table=True):
     checkout_id: int | None = Field(default=None, sa_type=sa.BigInteger)
     discount_codes: list[str] | None = _json()
     order_status_url: str | None = None
+    source_name: str | None = Field(default=None, max_length=100)
+    tags: str | None = None
+    subscription: bool = False  # any sign of a subscription (selling plan, subscription tag or source)
+    rebill: bool = False  # a recurring charge of a subscription: counted apart from the buyer's own cadence
     created_at_src: datetime | None = _ts()
     cancelled_at: datetime | None = _ts()
+    fulfilled_at: datetime | None = _ts()
     updated_at_src: datetime | None = _ts()
+    # Where a guest lives and speaks: their contact's COUNTRY, CITY and LANGUAGE come from their orders.
+    country_code: str | None = Field(default=None, max_length=2)
+    city: str | None = None
+    locale: str | None = Field(default=None, max_length=20)
 
 
 class OrderLine(SQLModel, table=True):
@@ -190,8 +206,10 @@ class Product(SQLModel, table=True):
     tags: str | None = None
     status: str | None = Field(default=None, max_length=20)
     image_url: str | None = None
+    collections: list[str] | None = _json()  # collection titles, when a poll or backfill told us
     deleted: bool = False
     updated_at_src: datetime | None = _ts()
+    brevo_hash: str | None = Field(default=None, max_length=64)  # the Brevo product body last delivered
 
 
 class Checkout(SQLModel, table=True):
@@ -237,6 +255,7 @@ class Contact(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_contacts_dirty", "shop_id", "dirty"),
         sa.Index("ix_contacts_push", "shop_id", "push_state"),
+        sa.Index("ix_contacts_lifecycle", "shop_id", "lifecycle_due_at"),
     )
 
     shop_id: int = Field(primary_key=True)
@@ -260,6 +279,18 @@ class Contact(SQLModel, table=True):
     # Imports are applied by Brevo asynchronously: events for this buyer wait until then (DESIGN 3.4).
     visible_at: datetime | None = _ts()
     merged_into: str | None = Field(default=None, max_length=300)
+    # Figures kept for shop-wide computations (RFM quintiles, median cadence) without reloading orders.
+    order_count: int = 0
+    total_spent: Decimal = _money()
+    last_order_at: datetime | None = _ts()
+    days_between_orders: Decimal | None = _money(nullable=True, default=None)
+    rfm_score: str | None = Field(default=None, max_length=3)
+    rfm_segment: str | None = Field(default=None, max_length=30)
+    # Time-based triggers (win-back, replenishment, review request, abandoned cart, birthday): the next
+    # moment one falls due, and up to when they have been emitted. Moments before `created_at` are history.
+    lifecycle_due_at: datetime | None = _ts()
+    lifecycle_scanned_at: datetime | None = _ts()
+    created_at: datetime | None = _ts()
 
 
 class ConsentChange(SQLModel, table=True):
@@ -289,6 +320,7 @@ class OutboxEntry(SQLModel, table=True):
     shop_id: int
     idempotency_key: str = Field(max_length=300)
     event_name: str = Field(max_length=100)
+    target: str = Field(default="event", max_length=20)  # event: /events | order: /orders/status
     contact_key: str | None = Field(default=None, max_length=300)
     body: dict[str, Any] = Field(sa_type=sa.JSON)
     status: str = Field(default="pending", max_length=20)  # pending | delivered | dead

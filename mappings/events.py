@@ -21,6 +21,9 @@ ORDER_COMPLETED = "order_completed"
 ORDER_FULFILLED = "order_fulfilled"
 ORDER_CANCELLED = "order_cancelled"
 ORDER_REFUNDED = "order_refunded"
+FIRST_ORDER_COMPLETED = "first_order_completed"
+REPEAT_ORDER_COMPLETED = "repeat_order_completed"
+CART_RECOVERED = "cart_recovered"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +60,7 @@ class EventFact:
     contact_key: str
     occurred_at: datetime | None
     body: dict[str, Any]
+    target: str = "event"  # event: Brevo /events | order: Brevo /orders/status (ecommerce)
 
 
 def money_text(amount: Decimal) -> str:
@@ -180,6 +184,27 @@ def refund_events(refund: RefundRecord, order: OrderSummary | None, buyer: Buyer
         props.update({"order_name": order.name or "", "items": items, "currency": order.currency or "",
                       "order_total": money_text(order.total)})
     return [_event(ORDER_REFUNDED, f"{shop}:{ORDER_REFUNDED}:{refund.refund_id}", buyer, refund.created_at, props)]
+
+
+def purchase_sequence_event(order: OrderRecord, buyer: Buyer, products: Mapping[int, ProductInfo], shop: str,
+                            earlier_orders: int) -> EventFact:
+    """first_order_completed or repeat_order_completed, once per order, with the buyer's order number."""
+    name = FIRST_ORDER_COMPLETED if earlier_orders == 0 else REPEAT_ORDER_COMPLETED
+    props = {**_order_properties(order, products), "order_sequence": earlier_orders + 1}
+    return _event(name, f"{shop}:{name}:{order.order_id}", buyer, order.created_at, props)
+
+
+def cart_recovered_event(checkout_id: int, cart_id: str | None, order: OrderRecord, buyer: Buyer,
+                         shop: str) -> EventFact:
+    props = {"checkout_id": str(checkout_id), "cart_id": cart_id or str(checkout_id), "order_id": str(order.order_id),
+             "order_name": order.name or "", "total": money_text(order.total), "currency": order.currency or ""}
+    return _event(CART_RECOVERED, f"{shop}:{CART_RECOVERED}:{checkout_id}", buyer, order.created_at, props)
+
+
+def lifecycle_event(name: str, key: str, buyer: Buyer, occurred_at: datetime | None,
+                    properties: Mapping[str, Any]) -> EventFact:
+    """A trigger the connector itself decided on (a moment fell due, a segment changed)."""
+    return _event(name, key, buyer, occurred_at, properties)
 
 
 def customer_created_event(buyer: Buyer, created_at: datetime | None, shop: str) -> EventFact:

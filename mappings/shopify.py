@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -146,6 +147,8 @@ class CustomerRecord:
     sms_consent: ConsentRecord | None
     created_at: datetime | None
     updated_at: datetime | None
+    note: str | None = None
+    birthday: str | None = None  # YYYY-MM-DD, or --MM-DD when the year is unknown
 
     @property
     def contact_key(self) -> str:
@@ -175,7 +178,31 @@ class CustomerRecord:
             sms_consent=_known(ConsentRecord.from_consent("sms", sms_consent)) if sms_consent else None,
             created_at=timestamp(payload.get("created_at"), "created_at"),
             updated_at=timestamp(payload.get("updated_at"), "updated_at"),
+            note=_text(payload, "note"),
+            birthday=birthday_from(_text(payload, "note"), tags),
         )
+
+
+_BIRTHDAY = re.compile(r"(?:birthday|birthdate|date of birth|dob)\s*[:=]?\s*(\d{4}-\d{2}-\d{2}|-{0,2}\d{2}-\d{2})",
+                       re.IGNORECASE)
+
+
+def birthday_from(note: str | None, tags: Any) -> str | None:
+    """A birthday a merchant wrote down: `birthday: 1990-05-12` (or `--05-12`, or `05-12`) in the customer
+    note or as a tag. Day/month orders other than ISO's are ambiguous and ignored, not guessed."""
+    texts = [note or ""] + (list(tags) if isinstance(tags, list) else str(tags or "").split(","))
+    for text in texts:
+        match = _BIRTHDAY.search(str(text))
+        if not match:
+            continue
+        value = match.group(1).lstrip("-")
+        year, month_day = (value[:4], value[5:]) if len(value) == 10 else (None, value)
+        try:
+            date.fromisoformat(f"{year or 2000}-{month_day}")  # 2000 is a leap year: 02-29 is a real birthday
+        except ValueError:
+            continue
+        return f"{year}-{month_day}" if year else f"--{month_day}"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +312,14 @@ class OrderRecord:
     lines: tuple[LineRecord, ...]
     refunds: tuple[RefundRecord, ...] = field(default=())
     customer: CustomerRecord | None = None
+    source_name: str | None = None
+    tags: str | None = None
+    subscription: bool = False
+    rebill: bool = False
+    fulfilled_at: datetime | None = None
+    country_code: str | None = None
+    city: str | None = None
+    locale: str | None = None
 
     @property
     def contact_key(self) -> str | None:
@@ -309,6 +344,11 @@ class OrderRecord:
                         for r in _list(payload, "refunds"))
         email = normalise_email(_text(payload, "email") or _text(payload, "contact_email"))
         raw_phone = _text(payload, "phone") or _text(address, "phone")
+        tags = payload.get("tags")
+        tag_text = ", ".join(map(str, tags)) if isinstance(tags, list) else (str(tags) if tags else None)
+        source_name = _text(payload, "source_name")
+        rebill, subscription = subscription_signals(source_name, tag_text, _list(payload, "line_items"))
+        updated_at = timestamp(payload.get("updated_at"), "updated_at")
         return cls(
             order_id=order_id,
             customer_id=customer.customer_id if customer else None,
@@ -337,12 +377,47 @@ class OrderRecord:
             order_status_url=_text(payload, "order_status_url"),
             created_at=timestamp(payload.get("created_at"), "created_at"),
             cancelled_at=timestamp(payload.get("cancelled_at"), "cancelled_at"),
-            updated_at=timestamp(payload.get("updated_at"), "updated_at"),
+            updated_at=updated_at,
             lines=tuple(LineRecord.from_payload(line, i) for i, line in enumerate(_list(payload, "line_items"))
                         if isinstance(line, Mapping)),
             refunds=refunds,
             customer=customer,
+            source_name=source_name,
+            tags=tag_text or None,
+            subscription=subscription,
+            rebill=rebill,
+            fulfilled_at=_fulfilled_at(payload, updated_at),
+            country_code=country.upper() if country else None,
+            city=_text(address, "city"),
+            locale=_text(payload, "customer_locale"),
         )
+
+
+# Tags that subscription apps put on the orders they create for a renewal (compared lower-cased).
+REBILL_TAGS = frozenset({"subscription recurring order", "recurring order", "subscription renewal",
+                         "recurring subscription order"})
+
+
+def subscription_signals(source_name: str | None, tags: str | None, lines: list[Any]) -> tuple[bool, bool]:
+    """(rebill, subscription): a renewal charge comes from Shopify's subscription contracts
+    (`source_name` "subscription_contract...") or carries a renewal tag; any order is a subscription
+    order when it is a rebill, has a tag mentioning subscriptions, or a line bought under a selling plan."""
+    tag_set = {t.strip().lower() for t in (tags or "").split(",") if t.strip()}
+    rebill = (source_name or "").lower().startswith("subscription_contract") or bool(tag_set & REBILL_TAGS)
+    selling_plan = any(isinstance(li, Mapping) and (li.get("selling_plan_allocation") or li.get("selling_plan_id"))
+                       for li in lines)
+    return rebill, rebill or selling_plan or any("subscription" in t for t in tag_set)
+
+
+def _fulfilled_at(payload: Mapping[str, Any], updated_at: datetime | None) -> datetime | None:
+    """When the order was first fulfilled: its earliest successful fulfilment, else (when Shopify says
+    the order is fulfilled without listing fulfilments) its last update."""
+    moments = [timestamp(f.get("created_at"), "fulfillments.created_at") for f in _list(payload, "fulfillments")
+               if isinstance(f, Mapping) and f.get("status") in (None, "success")]
+    known = [m for m in moments if m is not None]
+    if known:
+        return min(known)
+    return updated_at if payload.get("fulfillment_status") == "fulfilled" else None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -53,6 +53,7 @@ class ApplyContext:
     stale_reason: str | None = None
     dirty: dict[str, Contact] = field(default_factory=dict)
     events: list[ev.EventFact] = field(default_factory=list)
+    event_enabled: Callable[[str], bool] | None = None
 
     def touch(self, key: str | None, *, customer_id: int | None = None, email: str | None = None,
               phone: str | None = None, first_name: str | None = None, last_name: str | None = None) -> None:
@@ -62,7 +63,8 @@ class ApplyContext:
         contact = self.dirty.get(key) or self.session.get(Contact, (self.shop_id, key))
         if contact is None:
             contact = Contact(shop_id=self.shop_id, contact_key=key, customer_id=customer_id, email=email,
-                              phone=phone, first_name=first_name, last_name=last_name, dirty=True)
+                              phone=phone, first_name=first_name, last_name=last_name, dirty=True,
+                              created_at=self.now)
             self.session.add(contact)
         else:
             contact.dirty = True
@@ -169,6 +171,7 @@ def apply_customer(ctx: ApplyContext, payload: Mapping[str, Any], *, created: bo
     row.country_code, row.city, row.state = rec.country_code, rec.city, rec.state
     if rec.tags is not None:
         row.tags = rec.tags
+    row.note, row.birthday = rec.note, rec.birthday
     row.deleted = False
     row.created_at_src = rec.created_at or row.created_at_src
     row.updated_at_src = rec.updated_at or row.updated_at_src
@@ -258,6 +261,9 @@ def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
         "cart_token": rec.cart_token, "checkout_token": rec.checkout_token, "checkout_id": rec.checkout_id,
         "discount_codes": list(rec.discount_codes), "order_status_url": rec.order_status_url,
         "created_at_src": rec.created_at, "cancelled_at": rec.cancelled_at, "updated_at_src": rec.updated_at,
+        "source_name": rec.source_name, "tags": rec.tags, "subscription": rec.subscription, "rebill": rec.rebill,
+        "fulfilled_at": rec.fulfilled_at or (row.fulfilled_at if rec.fulfillment_status == "fulfilled" else None),
+        "country_code": rec.country_code, "city": rec.city, "locale": rec.locale,
     }
     for name, value in values.items():
         setattr(row, name, value)
@@ -270,7 +276,7 @@ def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
                         for i, line in enumerate(_unique_lines(rec.lines)))
     for refund in rec.refunds:
         _store_refund(ctx, refund)
-    _complete_checkouts(ctx, rec)
+    recovered = _complete_checkouts(ctx, rec)
     ctx.touch(key, customer_id=rec.customer_id, email=rec.email, phone=rec.phone, first_name=rec.first_name,
               last_name=rec.last_name)
     if previous_key and previous_key != key:
@@ -280,6 +286,12 @@ def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
         if buyer is not None:
             products = _products(ctx, (line.product_id for line in rec.lines))
             ctx.emit(ev.order_events(rec, buyer, products, ctx.shop_domain))
+            if not rec.test and rec.cancelled_at is None:
+                earlier = _earlier_orders(ctx, key, rec)
+                ctx.emit([ev.purchase_sequence_event(rec, buyer, products, ctx.shop_domain, earlier)])
+            for checkout in recovered:
+                ctx.emit([ev.cart_recovered_event(checkout.checkout_id, checkout.cart_token or checkout.token,
+                                                  rec, buyer, ctx.shop_domain)])
             # Refunds that arrived before their order are announced now that we know the buyer.
             known = {r.refund_id for r in rec.refunds}
             summary = ev.OrderSummary(name=rec.name, currency=rec.currency, total=rec.total, test=rec.test,
@@ -312,7 +324,18 @@ def _refund_record(row: Refund) -> RefundRecord:
                         created_at=as_utc(row.created_at_src))
 
 
-def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> None:
+def _earlier_orders(ctx: ApplyContext, key: str, rec: OrderRecord) -> int:
+    """How many purchases this buyer made before this order (cancelled and test orders are none)."""
+    when = rec.created_at or ctx.now
+    return int(ctx.session.execute(sa.select(sa.func.count()).select_from(Order).where(
+        col(Order.shop_id) == ctx.shop_id, col(Order.contact_key) == key, col(Order.order_id) != rec.order_id,
+        col(Order.cancelled_at).is_(None), col(Order.test).is_(False),
+        sa.or_(col(Order.created_at_src) < when,
+               sa.and_(col(Order.created_at_src) == when, col(Order.order_id) < rec.order_id)))).scalar_one())
+
+
+def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> list[Checkout]:
+    """Checkouts this order completes; returns those whose abandonment had been announced (recovered)."""
     conditions = []
     if rec.checkout_token:
         conditions.append(col(Checkout.token) == rec.checkout_token)
@@ -321,12 +344,20 @@ def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> None:
     if rec.checkout_id:
         conditions.append(col(Checkout.checkout_id) == rec.checkout_id)
     if not conditions:
-        return
+        return []
+    recovered = []
     for checkout in ctx.session.execute(sa.select(Checkout).where(col(Checkout.shop_id) == ctx.shop_id,
                                                                   sa.or_(*conditions))).scalars():
         if checkout.completed_at is None:
             checkout.completed_at = rec.created_at or ctx.now
+            announced = ctx.session.execute(sa.select(col(OutboxEntry.id)).where(
+                col(OutboxEntry.shop_id) == ctx.shop_id,
+                col(OutboxEntry.idempotency_key) == f"{ctx.shop_domain}:cart_abandoned:{checkout.checkout_id}",
+                col(OutboxEntry.status).in_(("pending", "delivered")))).first()
+            if announced is not None:
+                recovered.append(checkout)
         ctx.touch(checkout.contact_key)
+    return recovered
 
 
 def apply_refund(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
@@ -473,22 +504,34 @@ TOPIC_HANDLERS: dict[str, Handler] = {
 
 def write_events(ctx: ApplyContext) -> int:
     """Insert the collected events into the outbox; a key already there is left alone (exactly once)."""
-    if not ctx.events:
-        return 0
-    status = "pending" if ctx.fresh else "skipped"
+    written = insert_events(ctx.session, ctx.shop_id, ctx.events, now=ctx.now,
+                            status="pending" if ctx.fresh else "skipped", reason=ctx.stale_reason,
+                            enabled=ctx.event_enabled)
+    ctx.events.clear()
+    return written
+
+
+def insert_events(session: Session, shop_id: int, facts: Iterable[ev.EventFact], *, now: datetime,
+                  status: str = "pending", reason: str | None = None,
+                  enabled: Callable[[str], bool] | None = None) -> int:
+    """The one way into the outbox: unique per (shop, idempotency key), "do nothing" on a replay.
+    An event the shop switched off is recorded as `disabled`, so `contacts explain` can say so."""
     rows = []
     seen: set[str] = set()
-    for fact in ctx.events:
+    for fact in facts:
         if fact.key in seen:
             continue
         seen.add(fact.key)
-        rows.append({"shop_id": ctx.shop_id, "idempotency_key": fact.key, "event_name": fact.name,
-                     "contact_key": fact.contact_key, "body": fact.body, "status": status, "attempts": 0,
-                     "created_at": ctx.now, "last_error": ctx.stale_reason})
-    dialect = ctx.session.get_bind().dialect.name
+        off = enabled is not None and not enabled(fact.name)
+        rows.append({"shop_id": shop_id, "idempotency_key": fact.key, "event_name": fact.name,
+                     "target": fact.target, "contact_key": fact.contact_key, "body": fact.body,
+                     "status": "disabled" if off else status, "attempts": 0, "created_at": now,
+                     "last_error": "switched off in the shop's configuration" if off else reason})
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = OutboxEntry.__table__  # type: ignore[attr-defined]
     statement = insert(table).values(rows).on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"])
-    ctx.session.execute(statement)
-    ctx.events.clear()
+    session.execute(statement)
     return len(rows)

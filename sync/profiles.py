@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -13,20 +14,30 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import as_utc
-from connector.models import Cart, Checkout, Contact, Customer, Order, Refund
+from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop
+from mappings import events as ev
+from mappings.lifecycle import CheckoutFacts, LifecycleDelays, Moment, due_between, moments_for, next_due
 from mappings.profile import (
     BuyerFacts,
     ConsentSent,
+    LineFacts,
     OpenCart,
     OrderFacts,
+    ProductFacts,
+    Profile,
     body_hash,
     brevo_attributes,
     build_profile,
     consent_fields,
     contact_body,
 )
+from mappings.rfm import VIP_SEGMENT, RfmInput, RfmScore, RfmThresholds, score
+from mappings.shop_config import ShopConfig
+from sync.apply import insert_events
 
 OPTED_OUT = {"unsubscribed", "redacted", "invalid"}
+SEGMENT_CHANGED = "segment_changed"
+VIP_ENTERED = "vip_entered"
 
 
 def _opted_out(state: str | None) -> bool | None:
@@ -35,13 +46,66 @@ def _opted_out(state: str | None) -> bool | None:
     return state in OPTED_OUT
 
 
-def build_dirty_contacts(session: Session, shop_id: int, shop_currency: str | None, *, limit: int = 500) -> int:
+@dataclass(frozen=True, kw_only=True)
+class ShopContext:
+    """What the builder needs to know of the shop: its settings and its shop-wide figures."""
+
+    shop_id: int
+    domain: str
+    currency: str | None
+    config: ShopConfig
+    thresholds: RfmThresholds | None
+    median_days: Decimal | None
+    now: datetime
+
+    @classmethod
+    def of(cls, shop: Shop, now: datetime) -> ShopContext:
+        assert shop.id is not None
+        return cls(shop_id=shop.id, domain=shop.domain, currency=shop.currency,
+                   config=ShopConfig.from_dict(shop.config),
+                   thresholds=RfmThresholds.from_json(shop.rfm_thresholds) if shop.rfm_thresholds else None,
+                   median_days=shop.median_days_between, now=now)
+
+    @property
+    def delays(self) -> LifecycleDelays:
+        life = self.config.lifecycle
+        return LifecycleDelays(abandoned_cart_minutes=life.abandoned_cart_minutes, winback_days=life.winback_days,
+                               review_request_days=life.review_request_days)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuyerView:
+    """One buyer as the builder saw them: enough for `connector contacts explain`."""
+
+    buyer: BuyerFacts
+    orders: tuple[OrderFacts, ...]
+    products: dict[int, ProductFacts]
+    profile: Profile
+    rfm: RfmScore | None
+    attributes: dict[str, Any]
+    moments: tuple[Moment, ...]
+
+
+def build_dirty_contacts(session: Session, shop: ShopContext | int, shop_currency: str | None = None, *,
+                         limit: int = 500) -> int:
     """Recompute up to `limit` dirty contacts of one shop; returns how many were looked at."""
+    if isinstance(shop, int):  # the shop's own settings, read now
+        row = session.get(Shop, shop)
+        assert row is not None
+        shop = ShopContext.of(row, datetime.now(UTC))
     contacts: Sequence[Contact] = session.execute(
-        sa.select(Contact).where(col(Contact.shop_id) == shop_id, col(Contact.dirty).is_(True))
+        sa.select(Contact).where(col(Contact.shop_id) == shop.shop_id, col(Contact.dirty).is_(True))
         .limit(limit)).scalars().all()
     if not contacts:
         return 0
+    for contact, view in zip(contacts, load_buyers(session, shop, contacts), strict=True):
+        _settle(session, shop, contact, view)
+    return len(contacts)
+
+
+def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]) -> list[BuyerView]:
+    """Each contact's mirror rows -> profile, RFM score, attributes and lifecycle moments (a few queries)."""
+    shop_id = shop.shop_id
     keys = [c.contact_key for c in contacts]
     customer_ids = [c.customer_id for c in contacts if c.customer_id]
     customers = {c.customer_id: c for c in session.execute(
@@ -53,18 +117,30 @@ def build_dirty_contacts(session: Session, shop_id: int, shop_currency: str | No
         orders[order.contact_key or ""].append(order)
     order_ids = [o.order_id for os in orders.values() for o in os]
     refunded: dict[int, Decimal] = defaultdict(Decimal)
+    refunded_units: dict[tuple[int, int], int] = defaultdict(int)
+    lines: dict[int, list[OrderLine]] = defaultdict(list)
     for start in range(0, len(order_ids), 900):
-        for refund in session.execute(sa.select(col(Refund.order_id), col(Refund.amount)).where(
-                col(Refund.shop_id) == shop_id, col(Refund.order_id).in_(order_ids[start:start + 900]))):
+        chunk = order_ids[start:start + 900]
+        for refund in session.execute(sa.select(Refund).where(col(Refund.shop_id) == shop_id,
+                                                              col(Refund.order_id).in_(chunk))).scalars():
             refunded[refund.order_id] += refund.amount
-    carts = _open_carts(session, shop_id, keys)
+            for item in refund.lines or []:
+                refunded_units[(refund.order_id, int(item["line_item_id"]))] += int(item["quantity"])
+        for line in session.execute(sa.select(OrderLine).where(col(OrderLine.shop_id) == shop_id,
+                                                               col(OrderLine.order_id).in_(chunk))).scalars():
+            lines[line.order_id].append(line)
+    product_ids = {li.product_id for ls in lines.values() for li in ls if li.product_id}
+    checkouts = _open_checkouts(session, shop_id, keys)
+    product_ids |= {int(li["product_id"]) for c in checkouts.values() for li in c.lines or [] if li.get("product_id")}
+    products = _products(session, shop, product_ids)
+    carts = _open_carts(session, shop_id, checkouts)
+    life = shop.config.lifecycle
+    views = []
     for contact in contacts:
         customer = customers.get(contact.customer_id) if contact.customer_id else None
-        facts = [OrderFacts(order_id=o.order_id, name=o.name, created_at=as_utc(o.created_at_src),
-                            cancelled_at=o.cancelled_at, test=o.test, total=o.total,
-                            refunded=refunded.get(o.order_id, Decimal("0")), currency=o.currency)
-                 for o in orders.get(contact.contact_key, [])]
-        first_order = min(orders.get(contact.contact_key, []), key=lambda o: o.order_id, default=None)
+        mine = orders.get(contact.contact_key, [])
+        facts = tuple(_order_facts(o, lines.get(o.order_id, []), refunded, refunded_units) for o in mine)
+        latest = max(mine, key=lambda o: (as_utc(o.created_at_src) or _EPOCH, o.order_id), default=None)
         buyer = BuyerFacts(
             contact_key=contact.contact_key,
             customer_id=contact.customer_id,
@@ -74,32 +150,115 @@ def build_dirty_contacts(session: Session, shop_id: int, shop_currency: str | No
             last_name=(customer.last_name if customer else None) or contact.last_name,
             email_opted_out=_opted_out(customer.email_consent) if customer else None,
             sms_opted_out=_opted_out(customer.sms_consent) if customer else None,
-            shop_currency=shop_currency or (first_order.currency if first_order else None),
+            shop_currency=shop.currency or (latest.currency if latest else None),
+            sms_subscribed=bool(customer and customer.sms_consent == "subscribed"),
+            tags=customer.tags if customer else None,
+            country_code=(customer.country_code if customer else None) or (latest.country_code if latest else None),
+            city=(customer.city if customer else None) or (latest.city if latest else None),
+            locale=(customer.locale if customer else None) or (latest.locale if latest else None),
         )
-        profile = build_profile(facts, buyer.shop_currency)
-        attributes = brevo_attributes(buyer, profile, carts.get(contact.contact_key))
-        memory = dict(contact.sent.get("_consent", {})) if contact.sent else {}
-        seen = ConsentSent(email_blacklisted=memory.get("shopify_email"), sms_blacklisted=memory.get("shopify_sms"))
-        told = ConsentSent(email_blacklisted=memory.get("told_email"), sms_blacklisted=memory.get("told_sms"))
-        body = contact_body(buyer, attributes, consent_fields(buyer, seen, told))
-        contact.dirty = False
-        contact.email, contact.phone = buyer.email, buyer.phone
-        if not (buyer.email or buyer.phone):
-            continue  # Brevo needs an email or a phone number to hold a contact
-        digest = body_hash(body)
-        consent_memory = {"shopify_email": buyer.email_opted_out, "shopify_sms": buyer.sms_opted_out,
-                          "told_email": body.get("emailBlacklisted", told.email_blacklisted),
-                          "told_sms": body.get("smsBlacklisted", told.sms_blacklisted)}
-        if digest == contact.sent_hash or digest == contact.pending_hash:
-            continue
-        body["_consent"] = consent_memory
-        contact.pending, contact.pending_hash = body, digest
-        contact.push_state, contact.attempts, contact.next_attempt_at = "pending", 0, None
-    return len(contacts)
+        profile = build_profile(facts, buyer.shop_currency, products=products, shop_median_days=shop.median_days,
+                                count_test_orders=life.count_test_orders)
+        rfm = None
+        if shop.thresholds is not None and profile.order_count and profile.last_order_at is not None:
+            rfm = score(RfmInput(last_order_at=profile.last_order_at, order_count=profile.order_count,
+                                 total_spent=profile.total_spent), shop.thresholds, shop.now)
+        attributes = brevo_attributes(buyer, profile, carts.get(contact.contact_key),
+                                      (rfm.code, rfm.segment) if rfm else None)
+        checkout = checkouts.get(contact.contact_key)
+        moments = moments_for(contact.contact_key, profile=profile, orders=facts, products=products,
+                              checkout=_checkout_facts(checkout, products, shop) if checkout else None,
+                              birthday=customer.birthday if customer else None, delays=shop.delays, now=shop.now)
+        views.append(BuyerView(buyer=buyer, orders=facts, products=products, profile=profile, rfm=rfm,
+                               attributes=attributes, moments=tuple(moments)))
+    return views
 
 
-def _open_carts(session: Session, shop_id: int, keys: Sequence[str]) -> dict[str, OpenCart]:
-    """The newest checkout of each buyer that no order completed, valued at its cart's latest content."""
+def _settle(session: Session, shop: ShopContext, contact: Contact, view: BuyerView) -> None:
+    """Store the figures, emit what fell due, and queue the Brevo body when it changed."""
+    buyer, profile, rfm = view.buyer, view.profile, view.rfm
+    contact.dirty = False
+    contact.email, contact.phone = buyer.email, buyer.phone
+    contact.order_count, contact.total_spent = profile.order_count, profile.total_spent
+    contact.last_order_at, contact.days_between_orders = profile.last_order_at, profile.days_between_orders
+    armed = as_utc(contact.created_at) or shop.now
+    contact.created_at = armed
+    facts: list[ev.EventFact] = []
+    identity = _event_buyer(buyer)
+    previous_segment = contact.rfm_segment
+    contact.rfm_score, contact.rfm_segment = (rfm.code, rfm.segment) if rfm else (None, None)
+    if identity is not None and rfm is not None and previous_segment and previous_segment != rfm.segment:
+        props = {"from": previous_segment, "to": rfm.segment, "rfm_score": rfm.code}
+        day = shop.now.date().isoformat()
+        facts.append(ev.lifecycle_event(SEGMENT_CHANGED, f"{shop.domain}:{SEGMENT_CHANGED}:{contact.contact_key}:"
+                                        f"{rfm.segment}:{day}", identity, shop.now, props))
+        if rfm.segment == VIP_SEGMENT and buyer.can_be_marketed:
+            facts.append(ev.lifecycle_event(VIP_ENTERED, f"{shop.domain}:{VIP_ENTERED}:{contact.contact_key}:{day}",
+                                            identity, shop.now, props))
+    after = max(as_utc(contact.lifecycle_scanned_at) or armed, armed)
+    if identity is not None and buyer.can_be_marketed:
+        for moment in due_between(view.moments, after, shop.now):
+            facts.append(ev.lifecycle_event(moment.name, f"{shop.domain}:{moment.key}", identity, moment.due_at,
+                                            moment.properties))
+    contact.lifecycle_scanned_at = max(after, shop.now)
+    contact.lifecycle_due_at = next_due(view.moments, contact.lifecycle_scanned_at)
+    if facts:
+        insert_events(session, shop.shop_id, facts, now=shop.now, enabled=shop.config.event_enabled)
+    if not (buyer.email or buyer.phone):
+        return  # Brevo needs an email or a phone number to hold a contact
+    memory = dict(contact.sent.get("_consent", {})) if contact.sent else {}
+    seen = ConsentSent(email_blacklisted=memory.get("shopify_email"), sms_blacklisted=memory.get("shopify_sms"))
+    told = ConsentSent(email_blacklisted=memory.get("told_email"), sms_blacklisted=memory.get("told_sms"))
+    body = contact_body(buyer, shop.config.apply(view.attributes), consent_fields(buyer, seen, told))
+    digest = body_hash(body)
+    consent_memory = {"shopify_email": buyer.email_opted_out, "shopify_sms": buyer.sms_opted_out,
+                      "told_email": body.get("emailBlacklisted", told.email_blacklisted),
+                      "told_sms": body.get("smsBlacklisted", told.sms_blacklisted)}
+    if digest == contact.sent_hash or digest == contact.pending_hash:
+        return
+    body["_consent"] = consent_memory
+    contact.pending, contact.pending_hash = body, digest
+    contact.push_state, contact.attempts, contact.next_attempt_at = "pending", 0, None
+
+
+def _event_buyer(buyer: BuyerFacts) -> ev.Buyer | None:
+    if not (buyer.email or buyer.phone or buyer.customer_id):
+        return None
+    return ev.Buyer(contact_key=buyer.contact_key, customer_id=buyer.customer_id, email=buyer.email,
+                    phone=buyer.phone)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _order_facts(order: Order, lines: Sequence[OrderLine], refunded: Mapping[int, Decimal],
+                 refunded_units: Mapping[tuple[int, int], int]) -> OrderFacts:
+    return OrderFacts(
+        order_id=order.order_id, name=order.name, created_at=as_utc(order.created_at_src),
+        cancelled_at=as_utc(order.cancelled_at), test=order.test, total=order.total,
+        refunded=refunded.get(order.order_id, Decimal("0")), currency=order.currency,
+        lines=tuple(LineFacts(product_id=li.product_id, title=li.title, vendor=li.vendor, quantity=li.quantity,
+                              refunded_quantity=refunded_units.get((order.order_id, li.line_id), 0), price=li.price)
+                    for li in sorted(lines, key=lambda li: li.line_id)),
+        discounted=order.total_discounts > 0 or bool(order.discount_codes),
+        subscription=order.subscription, rebill=order.rebill, fulfilled_at=as_utc(order.fulfilled_at))
+
+
+def _products(session: Session, shop: ShopContext, ids: set[int]) -> dict[int, ProductFacts]:
+    found: dict[int, ProductFacts] = {}
+    wanted = sorted(ids)
+    for start in range(0, len(wanted), 900):
+        for p in session.execute(sa.select(Product).where(col(Product.shop_id) == shop.shop_id,
+                                                          col(Product.product_id).in_(wanted[start:start + 900]))
+                                 ).scalars():
+            found[p.product_id] = ProductFacts(title=p.title, url=ev.product_url(shop.domain, p.handle),
+                                               image_url=p.image_url, product_type=p.product_type, vendor=p.vendor,
+                                               collections=tuple(p.collections or ()), deleted=p.deleted)
+    return found
+
+
+def _open_checkouts(session: Session, shop_id: int, keys: Sequence[str]) -> dict[str, Checkout]:
+    """The newest checkout of each buyer that no order completed."""
     newest: dict[str, Checkout] = {}
     for checkout in session.execute(sa.select(Checkout).where(
             col(Checkout.shop_id) == shop_id, col(Checkout.contact_key).in_(keys),
@@ -108,6 +267,25 @@ def _open_carts(session: Session, shop_id: int, keys: Sequence[str]) -> dict[str
         current = newest.get(key)
         if current is None or _later(checkout.updated_at_src, current.updated_at_src):
             newest[key] = checkout
+    return newest
+
+
+def _checkout_facts(checkout: Checkout, products: Mapping[int, ProductFacts], shop: ShopContext
+                    ) -> CheckoutFacts | None:
+    updated = as_utc(checkout.updated_at_src) or as_utc(checkout.created_at_src)
+    if updated is None:
+        return None
+    info = {pid: ev.ProductInfo(title=p.title, url=p.url if not p.deleted else None,
+                                image_url=p.image_url if not p.deleted else None) for pid, p in products.items()}
+    return CheckoutFacts(checkout_id=checkout.checkout_id,
+                         cart_id=checkout.cart_token or checkout.token or str(checkout.checkout_id),
+                         updated_at=updated, items=tuple(ev.cart_items(checkout.lines or [], info)),
+                         subtotal=ev.money_text(checkout.subtotal), total=ev.money_text(checkout.total),
+                         currency=checkout.currency or shop.currency or "", recovery_url=checkout.recovery_url or "")
+
+
+def _open_carts(session: Session, shop_id: int, newest: Mapping[str, Checkout]) -> dict[str, OpenCart]:
+    """Each buyer's open checkout, valued at its cart's latest content."""
     tokens = [c.cart_token for c in newest.values() if c.cart_token]
     carts = {c.token: c for c in session.execute(sa.select(Cart).where(
         col(Cart.shop_id) == shop_id, col(Cart.token).in_(tokens))).scalars()} if tokens else {}

@@ -34,6 +34,8 @@ _DUE = """
                    AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= :now))
         OR EXISTS (SELECT 1 FROM outbox o WHERE o.shop_id = s.id AND o.status = 'pending'
                    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now))
+        OR s.rfm_due_at IS NULL OR s.rfm_due_at <= :now
+        OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.lifecycle_due_at <= :now)
     )
 """
 

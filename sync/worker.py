@@ -30,15 +30,17 @@ from connector.brevo import (
 )
 from connector.clock import Clock, SystemClock, as_utc
 from connector.database import unit_of_work
-from connector.models import DeadLetter, InboxEntry, Shop
+from connector.models import DeadLetter, InboxEntry, Product, Shop, UTCDateTime
 from connector.settings import Settings
 from connector.shops import credentials
 from mappings.profile import BREVO_ATTRIBUTES
+from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
 from sync.apply import TOPIC_HANDLERS, ApplyContext, write_events
-from sync.profiles import build_dirty_contacts
+from sync.profiles import ShopContext, build_dirty_contacts
 from sync.push import Pusher, PushPolicy, ShopPaused
 from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
+from sync.segments import mark_due_lifecycle, recompute_shop
 
 log = logging.getLogger("connector.worker")
 T = TypeVar("T")
@@ -97,7 +99,11 @@ class Worker:
                 + (SELECT count(*) FROM outbox o JOIN shops s ON s.id = o.shop_id
                      WHERE o.status = 'pending' AND s.status = 'active')
                 + (SELECT count(*) FROM shops s WHERE s.status = 'active' AND s.brevo_ready_at IS NULL)
-            """)).scalar_one()
+                + (SELECT count(*) FROM shops s WHERE s.status = 'active'
+                     AND (s.rfm_due_at IS NULL OR s.rfm_due_at <= :now))
+                + (SELECT count(*) FROM contacts c JOIN shops s ON s.id = c.shop_id
+                     WHERE c.lifecycle_due_at <= :now AND s.status = 'active')
+            """).bindparams(sa.bindparam("now", type_=UTCDateTime)), {"now": self.clock.now()}).scalar_one()
         return bool(row)
 
     def run_once(self) -> int:
@@ -149,14 +155,24 @@ class Worker:
         while time.monotonic() - started < SHOP_TIME_SLICE:
             if not self.apply_inbox(lease, shop):
                 break
+        now = self.clock.now()
+        with unit_of_work(self.engine) as session:
+            if shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now:  # type: ignore[operator]
+                recompute_shop(session, shop, now)
+            mark_due_lifecycle(session, lease.shop_id, now)
+            fence(session, lease, now=now, seconds=self.settings.lease_seconds)
+            shop = session.get(Shop, lease.shop_id) or shop
+        context = ShopContext.of(shop, now)
         while True:
             with unit_of_work(self.engine) as session:
-                built = build_dirty_contacts(session, lease.shop_id, shop.currency)
+                built = build_dirty_contacts(session, context)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             if not built:
                 break
         if client is None or shop.brevo_ready_at is None:
             return  # nothing can be delivered before the account is set up; the rows wait
+        if not self._sync_category_options(lease, shop, client):
+            return  # contacts would carry a category Brevo refuses: wait for the options
         pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
         self.stats.contacts_pushed += pusher.push_contacts()
         self.stats.events_pushed += pusher.push_events()
@@ -168,10 +184,12 @@ class Worker:
 
         try:
             existing = call(client.attribute_names)
-            for name, attribute_type in BREVO_ATTRIBUTES.items():
+            wanted = ShopConfig.from_dict(shop.config).attribute_types(BREVO_ATTRIBUTES)
+            for name, attribute_type in wanted.items():
                 if name not in existing:
+                    options = self._category_options(lease.shop_id) if attribute_type == "multiple-choice" else None
                     try:
-                        call(partial(client.create_attribute, name, attribute_type))
+                        call(partial(client.create_attribute, name, attribute_type, options))
                     except BrevoRejected as exc:
                         if "unique" not in str(exc).lower():  # created meanwhile: fine
                             raise
@@ -180,10 +198,7 @@ class Worker:
                 folder_id = call(lambda: client.create_folder("Shopify"))
                 list_id = call(lambda: client.create_list(f"Shopify customers - {shop.domain}", folder_id))
         except BrevoAuthFailed as exc:
-            with unit_of_work(self.engine) as session:
-                session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id).values(
-                    status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
-            raise ShopPaused(str(exc)) from None
+            self._pause(lease, exc)
         except BrevoRetriable as exc:
             self._setup_failed(lease, str(exc), retry_in=max(exc.retry_after or 0, 5.0))
             return None
@@ -191,12 +206,46 @@ class Worker:
             self._setup_failed(lease, str(exc), retry_in=600)
             return None
         now = self.clock.now()
+        created_options = self._category_options(lease.shop_id) if "CATEGORIES_PURCHASED" not in existing else None
         with unit_of_work(self.engine) as session:
             row = session.get(Shop, lease.shop_id)
             assert row is not None
             row.brevo_list_id, row.brevo_ready_at, row.setup_error = list_id, now, None
+            if created_options is not None:
+                row.brevo_options = created_options
             fence(session, lease, now=now, seconds=self.settings.lease_seconds)
         return row
+
+    def _sync_category_options(self, lease: Lease, shop: Shop, client: BrevoClient) -> bool:
+        """Every product type a contact can carry in CATEGORIES_PURCHASED must be one of its options first."""
+        name = ShopConfig.from_dict(shop.config).brevo_name("CATEGORIES_PURCHASED")
+        options = self._category_options(lease.shop_id)
+        if name is None or set(options) <= set(shop.brevo_options or []):
+            return True
+        try:
+            paced(client.pacer, "other", partial(client.update_attribute_options, name, options))
+        except BrevoAuthFailed as exc:
+            self._pause(lease, exc)
+        except BrevoError as exc:
+            log.warning("shop %s: could not add categories to %s: %s", lease.domain, name, exc)
+            return False
+        with unit_of_work(self.engine) as session:
+            session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id).values(brevo_options=options))
+        shop.brevo_options = options
+        return True
+
+    def _pause(self, lease: Lease, exc: BrevoAuthFailed) -> None:
+        with unit_of_work(self.engine) as session:
+            session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id).values(
+                status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
+        raise ShopPaused(str(exc)) from None
+
+    def _category_options(self, shop_id: int) -> list[str]:
+        """The shop's product types: the choices of the multiple-choice CATEGORIES_PURCHASED."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sa.distinct(col(Product.product_type))).where(
+                col(Product.shop_id) == shop_id, col(Product.product_type).is_not(None))).scalars().all()
+        return sorted(str(r) for r in rows if r)
 
     def _setup_failed(self, lease: Lease, reason: str, *, retry_in: float) -> None:
         with unit_of_work(self.engine) as session:
@@ -208,6 +257,7 @@ class Worker:
         now = self.clock.now()
         window = timedelta(hours=self.settings.event_freshness_hours)
         shared: dict = {}
+        config = ShopConfig.from_dict(shop.config)
         with unit_of_work(self.engine) as session:
             entries = session.execute(sa.select(InboxEntry).where(
                 col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending")
@@ -223,7 +273,7 @@ class Worker:
                 fresh = now - happened <= window
                 ctx = ApplyContext(session=session, shop_id=lease.shop_id, shop_domain=lease.domain,
                                    shop_currency=shop.currency, now=now, live=entry.source == "webhook",
-                                   fresh=fresh, dirty=shared,
+                                   fresh=fresh, dirty=shared, event_enabled=config.event_enabled,
                                    stale_reason=None if fresh else f"delivery older than {window} : not a trigger")
                 try:
                     payload = json.loads(entry.body)

@@ -106,6 +106,7 @@ _VALIDATED_BODIES = (
     ("/contacts/{identifier}", "put"),
     ("/contacts/import", "post"),
     ("/contacts/attributes/{attributeCategory}/{attributeName}", "post"),
+    ("/contacts/attributes/{attributeCategory}/{attributeName}", "put"),
     ("/contacts/folders", "post"),
     ("/contacts/lists", "post"),
     ("/contacts/lists/{listId}/contacts/add", "post"),
@@ -781,6 +782,7 @@ class BrevoSandbox:
             ("/contacts/import", self._import_contacts, "POST"),
             ("/contacts/attributes", self._list_attributes, "GET"),
             ("/contacts/attributes/{attributeCategory}/{attributeName}", self._create_attribute, "POST"),
+            ("/contacts/attributes/{attributeCategory}/{attributeName}", self._update_attribute, "PUT"),
             ("/contacts/folders", self._list_folders, "GET"),
             ("/contacts/folders", self._create_folder, "POST"),
             ("/contacts/lists", self._list_lists, "GET"),
@@ -1327,6 +1329,26 @@ class BrevoSandbox:
                     definition[optional] = copy.deepcopy(body[optional])
             self.attributes[name] = definition
         return Response(status_code=201)
+
+    async def _update_attribute(self, request: Request) -> Response:
+        body = await self._body(request, ("/contacts/attributes/{attributeCategory}/{attributeName}", "put"))
+        name = _raw_segment(request, 5).upper()
+        with self.lock:
+            definition = self.attributes.get(name)
+            if definition is None or definition["category"] != _raw_segment(request, 4):
+                raise _BrevoError(404, "document_not_found", f"Attribute {name} does not exist")
+            if "multiCategoryOptions" in body:
+                if definition["type"] != "multiple-choice":
+                    raise _BrevoError(400, "invalid_parameter",
+                                      "multiCategoryOptions is only available for multiple-choice attributes")
+                # Brevo adds the options it is given to those the attribute already has.
+                known = list(definition.get("multiCategoryOptions") or [])
+                definition["multiCategoryOptions"] = known + [o for o in body["multiCategoryOptions"]
+                                                              if o not in known]
+            for optional in ("enumeration", "value"):
+                if optional in body:
+                    definition[optional] = copy.deepcopy(body[optional])
+        return Response(status_code=204)
 
     # ---- folders and lists ----------------------------------------------------------------------------
 

@@ -31,10 +31,10 @@ def test_a_backlog_goes_out_in_batches_and_imports(engine: sa.Engine) -> None:
 
 
 def test_a_small_backlog_goes_out_as_single_calls(connector: Connector) -> None:
-    _orders(connector, 3)
+    _orders(connector, 3)  # each order: order_completed and first_order_completed
     connector.sync()
     calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
-    assert calls["/v3/events"] == 3 and calls["/v3/events/batch"] == 0
+    assert calls["/v3/events"] == 6 and calls["/v3/events/batch"] == 0
     assert calls["/v3/contacts"] == 3 and calls["/v3/contacts/import"] == 0
 
 
@@ -60,7 +60,7 @@ def test_a_spent_batch_budget_falls_back_to_single_events(engine: sa.Engine) -> 
         connector.sync()
         assert len(connector.events("order_completed")) == 60
         calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
-        assert calls["/v3/events/batch"] == 1 and calls["/v3/events"] == 30
+        assert calls["/v3/events/batch"] == 1 and calls["/v3/events"] == 60  # two events per order
 
 
 def test_a_partial_batch_dead_letters_only_the_refused_events(connector: Connector) -> None:
@@ -69,7 +69,7 @@ def test_a_partial_batch_dead_letters_only_the_refused_events(connector: Connect
     connector.sync()
     delivered = connector.rows("SELECT count(*) AS n FROM outbox WHERE status = 'delivered'")[0].n
     dead = connector.rows("SELECT reason FROM dead_letters WHERE source = 'event'")
-    assert delivered + len(dead) == 30 and len(dead) == 15
+    assert delivered + len(dead) == 60 and len(dead) == 30  # two events per order, the first half refused
     assert all("refused this event" in d.reason for d in dead)
     assert len(connector.events("order_completed")) == 15
 

@@ -53,6 +53,10 @@ def test_attributes_carry_the_product_contract_names() -> None:
         "ORDER_COUNT": 1, "TOTAL_SPENT": Decimal("19.99"), "AVERAGE_ORDER_VALUE": Decimal("19.99"),
         "FIRST_ORDER_DATE": "2026-03-02", "LAST_ORDER_DATE": "2026-03-02", "LAST_ORDER_NUMBER": "#1001",
         "CURRENCY": "USD", "CART_URL": "https://x.example/recover", "CART_VALUE": Decimal("5.00"),
+        "AVERAGE_DAYS_BETWEEN_ORDERS": "", "PREDICTED_NEXT_ORDER_DATE": "", "FAVORITE_CATEGORY": "",
+        "FAVORITE_VENDOR": "", "LAST_PRODUCT_TITLE": "", "LAST_PRODUCT_URL": "", "LAST_PRODUCT_IMAGE": "",
+        "CATEGORIES_PURCHASED": [], "DISCOUNT_SHARE": Decimal("0.00"), "SUBSCRIPTION_BUYER": False,
+        "CUSTOMER_TAGS": "", "COUNTRY": "", "CITY": "", "LANGUAGE": "", "RFM_SCORE": "", "RFM_SEGMENT": "",
     }
     body = contact_body(BUYER, attributes, {})
     assert body["email"] == "ana@example.com"
