@@ -172,16 +172,16 @@ def uvicorn_server(factory: str, env: dict[str, str], log: Path, *, loop: str, h
                 proc.wait()
 
 
-def fresh_postgres(server_url: str) -> str:
-    """Create database `bench_intake` on the server if missing, empty its public schema; return its URL."""
+def fresh_postgres(server_url: str, database: str = PG_BENCH_DATABASE) -> str:
+    """Create a benchmark's own database on the server if missing, empty its public schema; return its URL."""
     admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                              {"name": PG_BENCH_DATABASE}).first()
+                              {"name": database}).first()
         if exists is None:
-            conn.execute(sa.text(f'CREATE DATABASE "{PG_BENCH_DATABASE}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
     admin.dispose()
-    url = sa.make_url(server_url).set(database=PG_BENCH_DATABASE).render_as_string(hide_password=False)
+    url = sa.make_url(server_url).set(database=database).render_as_string(hide_password=False)
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))

@@ -20,7 +20,9 @@ app = typer.Typer(help="Shopify -> Brevo connector.", no_args_is_help=True, add_
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 shops_app = typer.Typer(help="The shops this connector syncs.", no_args_is_help=True)
 dead_app = typer.Typer(help="What could not be applied or delivered, with the reason.", no_args_is_help=True)
+contacts_app = typer.Typer(help="Buyers as Brevo sees them.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(contacts_app, name="contacts")
 app.add_typer(shops_app, name="shops")
 app.add_typer(dead_app, name="dead-letters")
 
@@ -173,6 +175,46 @@ def shops_add(
     except ShopError as exc:
         raise _fail(str(exc)) from None
     console.print(f"shop {domain} registered (id {shop_id})")
+
+
+@shops_app.command("configure")
+def shops_configure(
+    shop: Annotated[str, typer.Option(help="my-store.myshopify.com")],
+    file: Annotated[str, typer.Option("--file", help="The mapping configuration (TOML); see README, Mapping.")],
+) -> None:
+    """Rename or switch off attributes and events, set lifecycle delays and segment lists, for one shop."""
+    from pathlib import Path
+
+    from connector.shops import ShopError, configure_shop
+    from mappings.shop_config import ConfigError
+
+    settings = _settings()
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        stored = configure_shop(_engine(settings), shop, text)
+    except ConfigError as exc:
+        raise _fail(f"{file}: {exc} (the previous configuration stays in force)") from None
+    except ShopError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"configuration of {shop} saved: {json.dumps(stored) if stored else 'all defaults'}")
+
+
+@contacts_app.command("explain")
+def contacts_explain(
+    email: Annotated[str, typer.Argument(help="The buyer's email address (or phone in E.164).")],
+    shop: Annotated[str, typer.Option(help="my-store.myshopify.com")],
+) -> None:
+    """The buyer's profile, how each figure was computed, what Brevo last received and which events were sent."""
+    from connector.explain import ExplainError, explain_contact
+
+    settings = _settings()
+    try:
+        explain_contact(_engine(settings), shop, email, console)
+    except ExplainError as exc:
+        raise _fail(str(exc)) from None
 
 
 @shops_app.command("list")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -26,6 +27,20 @@ class FixedClock:
 
     def advance(self, **delta: float) -> None:
         self.at += timedelta(**delta)
+
+
+class ShiftedClock:
+    """Real time moving on from a chosen start, that can also jump ahead: time-travel tests and demos
+    of days-long triggers (win-back, review requests) while waits of a few seconds still pass."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start, self.began, self.jumped = start, time.monotonic(), timedelta(0)
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self.began) + self.jumped
+
+    def advance(self, **delta: float) -> None:
+        self.jumped += timedelta(**delta)
 
 
 def as_utc(value: datetime | None) -> datetime | None:

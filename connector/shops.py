@@ -92,3 +92,27 @@ def credentials(shop: Shop, settings: Settings) -> ShopCredentials:
         return ShopCredentials(domain=shop.domain, shopify_access_token=settings.shopify_access_token,
                                brevo_api_key=settings.brevo_api_key)
     return ShopCredentials(domain=shop.domain, shopify_access_token=None, brevo_api_key=None)
+
+
+def configure_shop(engine: Engine, domain: str, text: str) -> dict:
+    """Validate a shop's mapping configuration (TOML) and store it. An invalid file changes nothing.
+
+    The Brevo set-up runs again (it is idempotent: renamed attributes are created) and every contact is
+    rebuilt, so Brevo receives the new names at once.
+    """
+    from mappings.shop_config import ShopConfig
+
+    config = ShopConfig.from_toml(text)  # raises ConfigError naming the key
+    domain = normalise_domain(domain)
+    with unit_of_work(engine) as session:
+        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+        if shop is None:
+            raise ShopError(f"no shop {domain}: register it with `connector shops add` first")
+        shop.config = config.to_dict()
+        shop.brevo_ready_at = None
+        shop.setup_due_at = None
+        shop.rfm_due_at = None  # the recompute interval may have changed
+        from connector.models import Contact
+
+        session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id).values(dirty=True))
+    return config.to_dict()

@@ -54,6 +54,7 @@ class ApplyContext:
     dirty: dict[str, Contact] = field(default_factory=dict)
     events: list[ev.EventFact] = field(default_factory=list)
     event_enabled: Callable[[str], bool] | None = None
+    happened: datetime | None = None  # when Shopify says the change happened: a new contact is armed then
 
     def touch(self, key: str | None, *, customer_id: int | None = None, email: str | None = None,
               phone: str | None = None, first_name: str | None = None, last_name: str | None = None) -> None:
@@ -64,7 +65,7 @@ class ApplyContext:
         if contact is None:
             contact = Contact(shop_id=self.shop_id, contact_key=key, customer_id=customer_id, email=email,
                               phone=phone, first_name=first_name, last_name=last_name, dirty=True,
-                              created_at=self.now)
+                              created_at=self.happened or self.now)
             self.session.add(contact)
         else:
             contact.dirty = True

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
@@ -30,7 +30,7 @@ from connector.brevo import (
 )
 from connector.clock import Clock, SystemClock, as_utc
 from connector.database import unit_of_work
-from connector.models import DeadLetter, InboxEntry, Product, Shop, UTCDateTime
+from connector.models import Contact, DeadLetter, InboxEntry, Product, Shop, UTCDateTime
 from connector.settings import Settings
 from connector.shops import credentials
 from mappings.profile import BREVO_ATTRIBUTES
@@ -157,18 +157,17 @@ class Worker:
                 break
         now = self.clock.now()
         with unit_of_work(self.engine) as session:
-            if shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now:  # type: ignore[operator]
-                recompute_shop(session, shop, now)
             mark_due_lifecycle(session, lease.shop_id, now)
             fence(session, lease, now=now, seconds=self.settings.lease_seconds)
-            shop = session.get(Shop, lease.shop_id) or shop
-        context = ShopContext.of(shop, now)
-        while True:
+        shop = self._build_profiles(lease, shop, now)
+        if (shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now  # type: ignore[operator]
+                or (shop.rfm_thresholds is None and self._has_buyers(lease.shop_id))):
+            # Daily, and on a shop's first day as soon as it has buyers; contacts whose score moved
+            # are rebuilt at once (their segment_changed events come from the builder).
             with unit_of_work(self.engine) as session:
-                built = build_dirty_contacts(session, context)
-                fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
-            if not built:
-                break
+                recompute_shop(session, shop, now)
+                fence(session, lease, now=now, seconds=self.settings.lease_seconds)
+            shop = self._build_profiles(lease, shop, now)
         if client is None or shop.brevo_ready_at is None:
             return  # nothing can be delivered before the account is set up; the rows wait
         if not self._sync_category_options(lease, shop, client):
@@ -215,6 +214,22 @@ class Worker:
                 row.brevo_options = created_options
             fence(session, lease, now=now, seconds=self.settings.lease_seconds)
         return row
+
+    def _build_profiles(self, lease: Lease, shop: Shop, now: datetime) -> Shop:
+        with unit_of_work(self.engine) as session:
+            shop = session.get(Shop, lease.shop_id) or shop
+        context = ShopContext.of(shop, now)
+        while True:
+            with unit_of_work(self.engine) as session:
+                built = build_dirty_contacts(session, context)
+                fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
+            if not built:
+                return shop
+
+    def _has_buyers(self, shop_id: int) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(col(Contact.contact_key)).where(
+                col(Contact.shop_id) == shop_id, col(Contact.order_count) > 0).limit(1)).first() is not None
 
     def _sync_category_options(self, lease: Lease, shop: Shop, client: BrevoClient) -> bool:
         """Every product type a contact can carry in CATEGORIES_PURCHASED must be one of its options first."""
@@ -274,7 +289,9 @@ class Worker:
                 ctx = ApplyContext(session=session, shop_id=lease.shop_id, shop_domain=lease.domain,
                                    shop_currency=shop.currency, now=now, live=entry.source == "webhook",
                                    fresh=fresh, dirty=shared, event_enabled=config.event_enabled,
-                                   stale_reason=None if fresh else f"delivery older than {window} : not a trigger")
+                                   happened=happened if entry.source == "webhook" else now,
+                                   stale_reason=None if fresh else
+                                   f"delivery older than {self.settings.event_freshness_hours:g} h: not a trigger")
                 try:
                     payload = json.loads(entry.body)
                     if not isinstance(payload, dict):

@@ -65,3 +65,43 @@ def test_db_upgrade_builds_the_schema_of_the_models(migrated: str) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_an_invalid_shop_configuration_is_refused_naming_the_key_and_the_old_one_stays(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    env = {"DATABASE_URL": db, "CONNECTOR_SECRET_KEY": "a-long-random-key"}
+    assert _connector("shops", "add", "--domain", "my-store", "--access-token", "shpat_t", "--brevo-api-key",
+                      "xkeysib-k", env=env, cwd=tmp_path).returncode == 0
+    (tmp_path / "good.toml").write_text('[attributes]\nTOTAL_SPENT = "LIFETIME_VALUE"\n')
+    (tmp_path / "bad.toml").write_text("[lifecycle]\nwinback_days = 3\n")
+    good = _connector("shops", "configure", "--shop", "my-store", "--file", "good.toml", env=env, cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    bad = _connector("shops", "configure", "--shop", "my-store", "--file", "bad.toml", env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "lifecycle.winback_days" in bad.stderr
+    engine = sa.create_engine(db)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT config FROM shops")).scalar_one()
+    engine.dispose()
+    assert "LIFETIME_VALUE" in stored and "winback_days" not in stored
+
+
+def test_contacts_explain_shows_the_figures_their_reasons_and_the_events_sent(engine: sa.Engine, tmp_path: Path
+                                                                              ) -> None:
+    from tests.integration.harness import SHOP, iter_connector
+    from tests.payloads import order, refund
+
+    for running in iter_connector(engine):
+        running.post("orders/create", order(4101, total="80.00", refunds=[refund(41010, 4101, "30.00")]))
+        running.post("orders/create", order(4102, total="20.00", cancelled=True))
+        running.sync()
+        url = engine.url.render_as_string(hide_password=False)
+        result = _connector("contacts", "explain", "ana@example.com", "--shop", SHOP,
+                            env={"DATABASE_URL": url}, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        out = " ".join(result.stdout.split())
+        assert "total spent 50.00 = order totals 80.00 - refunds 30.00" in out
+        assert "4102 (cancelled)" in out
+        assert f"{SHOP}:order_completed:4101" in out and "TOTAL_SPENT" in out
+        unknown = _connector("contacts", "explain", "nobody@example.com", "--shop", SHOP,
+                             env={"DATABASE_URL": url}, cwd=tmp_path)
+        assert unknown.returncode == 2 and "no buyer nobody@example.com" in unknown.stderr
