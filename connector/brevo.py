@@ -59,7 +59,7 @@ def endpoint_family(method: str, path: str) -> str:
         return "orders"
     if p.endswith("/products") or p == "products":
         return "products"
-    return "other"
+    return "other"  # the batch endpoints (events, orders, products, categories) and account set-up
 
 
 @dataclass
@@ -246,6 +246,10 @@ class BrevoClient:
         return self._request("PUT", f"contacts/{quote(ext_id, safe='')}", json=payload,
                              params={"identifierType": "ext_id"})
 
+    def unlink_lists(self, identifier: str, list_ids: Sequence[int], *, by: str = "email_id") -> Reply:
+        return self._request("PUT", f"contacts/{quote(identifier, safe='')}", json={"unlinkListIds": list(list_ids)},
+                             params={"identifierType": by})
+
     def import_contacts(self, rows: Sequence[Mapping[str, Any]], list_id: int) -> Reply:
         return self._request("POST", "contacts/import", json={
             "jsonBody": list(rows), "listIds": [list_id], "updateExistingContacts": True,
@@ -259,6 +263,25 @@ class BrevoClient:
 
     def send_events_batch(self, bodies: Sequence[Mapping[str, Any]]) -> Reply:
         return self._request("POST", "events/batch", json={"events": list(bodies)})
+
+    # --- ecommerce ------------------------------------------------------------------------------
+
+    def upsert_products(self, products: Sequence[Mapping[str, Any]]) -> Reply:
+        return self._request("POST", "products/batch", json={"products": list(products), "updateEnabled": True})
+
+    def upsert_product(self, product: Mapping[str, Any]) -> Reply:
+        return self._request("POST", "products", json={**product, "updateEnabled": True})
+
+    def upsert_categories(self, categories: Sequence[Mapping[str, Any]]) -> Reply:
+        return self._request("POST", "categories/batch", json={"categories": list(categories),
+                                                               "updateEnabled": True})
+
+    def create_order(self, order: Mapping[str, Any]) -> Reply:
+        return self._request("POST", "orders/status", json=dict(order))
+
+    def create_orders(self, orders: Sequence[Mapping[str, Any]], *, historical: bool) -> Reply:
+        """Live orders in a batch say `historical: false` so that Brevo's automations see them."""
+        return self._request("POST", "orders/status/batch", json={"orders": list(orders), "historical": historical})
 
     def close(self) -> None:
         self.http.close()

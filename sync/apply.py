@@ -25,6 +25,7 @@ from connector.models import (
     Product,
     Refund,
 )
+from mappings import ecommerce
 from mappings import events as ev
 from mappings.shopify import (
     CartRecord,
@@ -290,6 +291,13 @@ def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
             if not rec.test and rec.cancelled_at is None:
                 earlier = _earlier_orders(ctx, key, rec)
                 ctx.emit([ev.purchase_sequence_event(rec, buyer, products, ctx.shop_domain, earlier)])
+            if not rec.test and (buyer.email or buyer.phone or buyer.customer_id):
+                status = ecommerce.order_status(rec)
+                ctx.emit([ev.EventFact(name=ecommerce.BREVO_ORDER, target="order", contact_key=key,
+                                       key=f"{ctx.shop_domain}:{ecommerce.BREVO_ORDER}:{rec.order_id}:{status}",
+                                       occurred_at=rec.updated_at,
+                                       body=ecommerce.order_body(rec, buyer, ctx.shop_domain, status,
+                                                                 rec.updated_at))])
             for checkout in recovered:
                 ctx.emit([ev.cart_recovered_event(checkout.checkout_id, checkout.cart_token or checkout.token,
                                                   rec, buyer, ctx.shop_domain)])
@@ -396,6 +404,7 @@ def apply_product(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
     row.title, row.handle, row.product_type, row.vendor = rec.title, rec.handle, rec.product_type, rec.vendor
     row.tags, row.status, row.image_url, row.updated_at_src = rec.tags, rec.status, rec.image_url, rec.updated_at
     row.deleted = False
+    row.brevo_hash = None  # Brevo's copy of the product is due for an update
     return "applied"
 
 
@@ -406,6 +415,7 @@ def apply_product_deleted(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
         row = Product(shop_id=ctx.shop_id, product_id=product_id)
         ctx.session.add(row)
     row.deleted = True
+    row.brevo_hash = None
     return "applied"
 
 

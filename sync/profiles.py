@@ -210,6 +210,9 @@ def _settle(session: Session, shop: ShopContext, contact: Contact, view: BuyerVi
     seen = ConsentSent(email_blacklisted=memory.get("shopify_email"), sms_blacklisted=memory.get("shopify_sms"))
     told = ConsentSent(email_blacklisted=memory.get("told_email"), sms_blacklisted=memory.get("told_sms"))
     body = contact_body(buyer, shop.config.apply(view.attributes), consent_fields(buyer, seen, told))
+    if shop.config.segment_lists:  # membership follows the segment; leaving a list is pushed too
+        body["listIds"] = sorted(list_id for segment, list_id in shop.config.segment_lists.items()
+                                 if rfm is not None and segment == rfm.segment)
     digest = body_hash(body)
     consent_memory = {"shopify_email": buyer.email_opted_out, "shopify_sms": buyer.sms_opted_out,
                       "told_email": body.get("emailBlacklisted", told.email_blacklisted),

@@ -22,7 +22,9 @@ from connector.brevo import (
 )
 from connector.clock import Clock, as_utc
 from connector.database import unit_of_work
-from connector.models import Contact, DeadLetter, OutboxEntry, Shop
+from connector.models import Contact, DeadLetter, OutboxEntry, Product, Shop
+from mappings.ecommerce import CatalogProduct, categories_of, category_body, product_body
+from mappings.ecommerce import body_hash as catalog_hash
 from sync.profiles import strip_memory
 from sync.queue import Lease, fence
 
@@ -98,8 +100,9 @@ class Pusher:
     @staticmethod
     def _needs_single_call(contact: Contact) -> bool:
         body = contact.pending or {}
-        # Imports apply one blacklist flag to all rows and cannot change an email: those go one by one.
-        return ("emailBlacklisted" in body or "smsBlacklisted" in body or "email" not in body
+        # Imports apply one blacklist flag and one list to all rows and cannot change an email or leave a
+        # list: those go one by one.
+        return ("emailBlacklisted" in body or "smsBlacklisted" in body or "email" not in body or "listIds" in body
                 or (contact.brevo_email is not None and contact.brevo_email != body.get("email")))
 
     def _import_chunks(self, contacts: Sequence[Contact]) -> list[list[Contact]]:
@@ -140,19 +143,31 @@ class Pusher:
         body = strip_memory(contact.pending or {})
         ext_id = body.get("ext_id")
         moved = contact.brevo_email is not None and body.get("email") != contact.brevo_email
-        list_ids = [self.list_id] if self.list_id else []
+        segment_lists = body.pop("listIds", None)
+        list_ids = ([self.list_id] if self.list_id else []) + list(segment_lists or [])
+        left = sorted(set((contact.sent or {}).get("listIds") or []) - set(segment_lists or []))
 
         def call() -> Reply:
             if moved and ext_id:
                 # An email change in Shopify updates the Brevo contact found by ext_id; never a second one.
                 update = dict(body)
                 update["attributes"] = {**body.get("attributes", {}), "EMAIL": body.get("email")}
+                if list_ids:
+                    update["listIds"] = list_ids
+                if left:
+                    update["unlinkListIds"] = left
                 try:
                     return self.client.update_contact_by_ext_id(str(ext_id), update)
                 except BrevoRejected as exc:
                     if exc.status != 404:
                         raise
-            return self.client.upsert_contact(body, list_ids)
+            reply = self.client.upsert_contact(body, list_ids)
+            if left:  # the buyer left a segment: out of its list (the upsert cannot unlink)
+                identifier = body.get("email") or ext_id
+                if identifier:
+                    reply = self.client.unlink_lists(str(identifier), left,
+                                                     by="email_id" if body.get("email") else "ext_id")
+            return reply
 
         try:
             self._send("contacts", call)
@@ -203,8 +218,9 @@ class Pusher:
 
     # --- events -----------------------------------------------------------------------------
 
-    def push_events(self) -> int:
-        """Send due events whose buyer's attributes are already in Brevo. Returns how many Brevo accepted."""
+    def push_events(self, target: str = "event") -> int:
+        """Send due outbox rows (events, or with target "order" ecommerce orders) whose buyer's attributes are
+        already in Brevo. Returns how many Brevo accepted."""
         now = self.clock.now()
         waiting = sa.select(col(Contact.contact_key)).where(
             col(Contact.shop_id) == self.lease.shop_id,
@@ -213,6 +229,7 @@ class Pusher:
         with unit_of_work(self.engine) as session:
             rows = session.execute(sa.select(OutboxEntry).where(
                 col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.status) == "pending",
+                col(OutboxEntry.target) == target,
                 sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= now),
                 sa.or_(col(OutboxEntry.contact_key).is_(None), col(OutboxEntry.contact_key).not_in(waiting)))
                 .order_by(col(OutboxEntry.id)).limit(self.policy.batch_max_events * 10)).scalars().all()
@@ -246,7 +263,10 @@ class Pusher:
 
     def _send_one(self, entry: OutboxEntry) -> int:
         try:
-            self._send("events", lambda: self.client.send_event(entry.body))
+            if entry.target == "order":
+                self._send("orders", lambda: self.client.create_order(entry.body))
+            else:
+                self._send("events", lambda: self.client.send_event(entry.body))
         except BrevoAuthFailed as exc:
             self._pause(exc)
         except BrevoRetriable as exc:
@@ -259,8 +279,12 @@ class Pusher:
         return 1
 
     def _send_batch(self, chunk: list[OutboxEntry]) -> int:
+        bodies = [e.body for e in chunk]
         try:
-            reply = self._send("other", lambda: self.client.send_events_batch([e.body for e in chunk]))
+            if chunk[0].target == "order":  # live orders: not historical, so Brevo's automations see them
+                reply = self._send("other", lambda: self.client.create_orders(bodies, historical=False))
+            else:
+                reply = self._send("other", lambda: self.client.send_events_batch(bodies))
         except BrevoAuthFailed as exc:
             self._pause(exc)
         except BrevoRetriable as exc:
@@ -298,6 +322,79 @@ class Pusher:
                 session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id) == entry.id)
                                 .values(attempts=entry.attempts + 1, last_error=str(exc)[:2000],
                                         next_attempt_at=self._backoff(entry.attempts + 1, exc)))
+            fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
+
+
+    # --- the catalogue (Brevo ecommerce products and categories) -------------------------------
+
+    def push_catalog(self, shop_domain: str, *, batch_max: int = 100) -> int:
+        """Products changed since Brevo last heard of them, with their categories. Returns how many went out."""
+        with unit_of_work(self.engine) as session:
+            rows = session.execute(sa.select(Product).where(
+                col(Product.shop_id) == self.lease.shop_id, col(Product.brevo_hash).is_(None))
+                .order_by(col(Product.product_id)).limit(batch_max)).scalars().all()
+        if not rows:
+            return 0
+        products = [CatalogProduct(product_id=p.product_id, title=p.title, handle=p.handle,
+                                   product_type=p.product_type, vendor=p.vendor, image_url=p.image_url,
+                                   collections=tuple(p.collections or ()), deleted=p.deleted) for p in rows]
+        bodies = [product_body(p, shop_domain) for p in products]
+        other_left = self.client.pacer.remaining("other")
+        try:
+            if len(rows) > 2 and (other_left is None or other_left > self.policy.other_reserve + 1):
+                categories = {cid: category_body(cid, name, shop_domain) for p in products
+                              for cid, name in categories_of(p)}
+                if categories:
+                    self._send("other", lambda: self.client.upsert_categories(list(categories.values())))
+                self._send("other", lambda: self.client.upsert_products(bodies))
+                self._mark_products(rows, bodies)
+                return len(rows)
+            sent = 0
+            for row, body in zip(rows, bodies, strict=True):
+                try:
+                    self._send("products", lambda b=body: self.client.upsert_product(b))  # type: ignore[misc]
+                except BrevoRejected as exc:
+                    self._dead_product(row, body, str(exc))
+                    continue
+                self._mark_products([row], [body])
+                sent += 1
+            return sent
+        except BrevoAuthFailed as exc:
+            self._pause(exc)
+        except BrevoRetriable:
+            return 0  # the products stay due; the next pass of this shop tries again
+        except BrevoRejected:
+            # A batch refused as a whole: find the bad product with single calls next time round.
+            for row, body in zip(rows, bodies, strict=True):
+                try:
+                    self._send("products", lambda b=body: self.client.upsert_product(b))  # type: ignore[misc]
+                except BrevoRejected as exc:
+                    self._dead_product(row, body, str(exc))
+                except (BrevoRetriable, BrevoAuthFailed):
+                    return 0
+                else:
+                    self._mark_products([row], [body])
+            return len(rows)
+        return 0
+
+    def _mark_products(self, rows: Sequence[Product], bodies: Sequence[dict[str, Any]]) -> None:
+        with unit_of_work(self.engine) as session:
+            for row, body in zip(rows, bodies, strict=True):
+                # Only if the product did not change meanwhile (a newer webhook cleared the hash again).
+                session.execute(sa.update(Product).where(
+                    col(Product.shop_id) == row.shop_id, col(Product.product_id) == row.product_id,
+                    col(Product.brevo_hash).is_(None), col(Product.updated_at_src) == row.updated_at_src)
+                    .values(brevo_hash=catalog_hash(body)))
+            fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
+
+    def _dead_product(self, row: Product, body: dict[str, Any], reason: str) -> None:
+        with unit_of_work(self.engine) as session:
+            session.execute(sa.update(Product).where(col(Product.shop_id) == row.shop_id,
+                                                     col(Product.product_id) == row.product_id)
+                            .values(brevo_hash=f"refused:{catalog_hash(body)[:50]}"))
+            session.add(DeadLetter(shop_id=row.shop_id, shop_domain=self.lease.domain, source="product",
+                                   reference=str(row.product_id), reason=reason, payload=json.dumps(body),
+                                   created_at=self.clock.now()))
             fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
 
 

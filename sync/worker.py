@@ -173,8 +173,10 @@ class Worker:
         if not self._sync_category_options(lease, shop, client):
             return  # contacts would carry a category Brevo refuses: wait for the options
         pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
+        pusher.push_catalog(shop.domain)
         self.stats.contacts_pushed += pusher.push_contacts()
         self.stats.events_pushed += pusher.push_events()
+        pusher.push_events(target="order")
 
     def _prepare_brevo(self, lease: Lease, shop: Shop, client: BrevoClient) -> Shop | None:
         """Create our contact attributes and the shop's list in the Brevo account, once and idempotently."""

@@ -40,7 +40,7 @@ def create_app(engine: Engine, settings: Settings, *, on_stored: Callable[[], No
             body = await _read_body(request, intake.max_body_bytes)
         except _TooLarge:
             return JSONResponse({"error": f"body larger than {intake.max_body_bytes} bytes"}, status_code=413)
-        result = intake.accept(body, request.headers.get)
+        result = await intake.accept_async(body, request.headers.get)
         if result.status == 200:
             return Response(status_code=200)
         return JSONResponse({"error": result.message}, status_code=result.status)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import queue
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from connector.models import UTCDateTime
+from connector.models import InboxEntry, UTCDateTime
 
 _INSERT = sa.text("""
     INSERT INTO inbox (shop_domain, event_id, topic, webhook_id, triggered_at, api_version, source, body,
@@ -59,6 +65,54 @@ class IntakeResult:
     stored: bool = False
 
 
+class InboxWriter:
+    """Group commit: deliveries that arrive together are inserted together, by one thread, in one transaction.
+
+    Each caller still gets its answer only after its own row is committed (nothing is acknowledged before
+    it is stored). On SQLite, whose single write lock the worker holds for a moment at a time, this turns
+    "one lock wait per webhook" into "one lock wait per batch", and keeps the event loop free meanwhile.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 500) -> None:
+        self.engine, self.max_batch = engine, max_batch
+        self.queue: queue.Queue[tuple[dict[str, Any], Future[bool]]] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, params: dict[str, Any]) -> Future[bool]:
+        future: Future[bool] = Future()
+        self.queue.put((params, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                stored = self._insert([params for params, _ in batch])
+            except Exception as exc:  # the database is down or refused: every caller hears it (503)
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for params, future in batch:
+                key = (params["shop_domain"], params["event_id"])
+                future.set_result(key in stored)
+                stored.discard(key)  # the same event twice in one batch: the second is the duplicate
+
+    def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        table = InboxEntry.__table__  # type: ignore[attr-defined]
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        values = [{**row, "source": "webhook", "status": "pending"} for row in rows]
+        statement = (insert(table).values(values).on_conflict_do_nothing(index_elements=["shop_domain", "event_id"])
+                     .returning(table.c.shop_domain, table.c.event_id))
+        with self.engine.begin() as conn:
+            return {(r.shop_domain, r.event_id) for r in conn.execute(statement)}
+
+
 class Intake:
     """Stores verified deliveries in the inbox. Used by the HTTP route; holds no Shopify or Brevo client."""
 
@@ -68,8 +122,16 @@ class Intake:
         self.secrets = tuple(secrets)
         self.max_body_bytes = max_body_bytes
         self.on_stored = on_stored
+        self._writer: InboxWriter | None = None
 
-    def accept(self, body: bytes, header: Callable[[str], str | None]) -> IntakeResult:
+    @property
+    def writer(self) -> InboxWriter:
+        if self._writer is None:
+            self._writer = InboxWriter(self.engine)
+        return self._writer
+
+    def check(self, body: bytes, header: Callable[[str], str | None]) -> IntakeResult | dict[str, Any]:
+        """The row to store, or the refusal (413, 401, 400) with its reason."""
         if len(body) > self.max_body_bytes:
             return IntakeResult(413, f"body larger than {self.max_body_bytes} bytes")
         hmac_header = header("x-shopify-hmac-sha256") or header("shopify-hmac-sha256")
@@ -89,15 +151,35 @@ class Intake:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             text = body.decode("utf-8", errors="replace")  # kept; the applier will quarantine it with the reason
-        params = {
+        return {
             "shop_domain": shop.strip().lower()[:255], "event_id": event_id.strip()[:100],
             "topic": topic.strip().lower()[:100], "webhook_id": (webhook_id or "")[:100] or None,
             "triggered_at": parse_triggered_at(header("x-shopify-triggered-at") or header("shopify-triggered-at")),
             "api_version": (header("x-shopify-api-version") or header("shopify-api-version") or "")[:20] or None,
             "body": text, "received_at": datetime.now(UTC),
         }
-        with self.engine.begin() as conn:
-            stored = conn.execute(_INSERT, params).rowcount == 1
-        if stored and self.on_stored is not None:
+
+    def stored(self, was_new: bool) -> IntakeResult:
+        if was_new and self.on_stored is not None:
             self.on_stored()
-        return IntakeResult(200, "stored" if stored else "duplicate", stored=stored)
+        return IntakeResult(200, "stored" if was_new else "duplicate", stored=was_new)
+
+    def accept(self, body: bytes, header: Callable[[str], str | None]) -> IntakeResult:
+        """Synchronous intake (one delivery, its own transaction): for callers without an event loop."""
+        checked = self.check(body, header)
+        if isinstance(checked, IntakeResult):
+            return checked
+        with self.engine.begin() as conn:
+            was_new = conn.execute(_INSERT, checked).rowcount == 1
+        return self.stored(was_new)
+
+    async def accept_async(self, body: bytes, header: Callable[[str], str | None]) -> IntakeResult:
+        """The HTTP route's intake: stored through the group-commit writer, answered once committed."""
+        checked = self.check(body, header)
+        if isinstance(checked, IntakeResult):
+            return checked
+        try:
+            was_new = await asyncio.wrap_future(self.writer.submit(checked))
+        except Exception as exc:
+            return IntakeResult(503, f"the delivery could not be stored ({type(exc).__name__}); Shopify will retry")
+        return self.stored(was_new)

@@ -67,7 +67,7 @@ def test_a_partial_batch_dead_letters_only_the_refused_events(connector: Connect
     _orders(connector, 30)
     connector.brevo.inject_fault(mode="partial", path_prefix="/v3/events/batch", count=1)
     connector.sync()
-    delivered = connector.rows("SELECT count(*) AS n FROM outbox WHERE status = 'delivered'")[0].n
+    delivered = connector.rows("SELECT count(*) AS n FROM outbox WHERE status = 'delivered' AND target = 'event'")[0].n
     dead = connector.rows("SELECT reason FROM dead_letters WHERE source = 'event'")
     assert delivered + len(dead) == 60 and len(dead) == 30  # two events per order, the first half refused
     assert all("refused this event" in d.reason for d in dead)

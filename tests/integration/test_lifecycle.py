@@ -181,3 +181,27 @@ def test_a_shops_configuration_renames_attributes_and_switches_events_off(store:
     assert store.names("first_order_completed") == [] and len(store.names("order_completed")) == 1
     [row] = store.connector.rows("SELECT status FROM outbox WHERE event_name = 'first_order_completed'")
     assert row.status == "disabled"
+
+
+def test_segment_lists_follow_the_buyer_and_entering_champions_is_a_vip_moment(store: Store) -> None:
+    with store.connector.brevo.lock:
+        new_list = store.connector.brevo._add_list("New buyers", 1)["id"]
+        vip_list = store.connector.brevo._add_list("Champions", 1)["id"]
+    config = ShopConfig.from_dict({"segments": {"New": new_list, "Champions": vip_list}})
+    with store.connector.engine.begin() as conn:
+        conn.execute(sa.update(Shop).values(config=config.to_dict()))
+    for i in range(5):  # one order each, same day: the smallest spender is "New", the others potential loyalists
+        store.post("orders/create", order(9970 + i, customer_id=400 + i, email=f"seg{i}@example.com",
+                                          total=f"{(i + 1) * 40}.00", created=1, updated=1))
+    store.sync()
+    assert new_list in store.connector.contact("seg0@example.com")["listIds"]
+    now = _minutes(store.clock.now() - T0)
+    for n in range(3):
+        store.post("orders/create", order(9980 + n, customer_id=400, email="seg0@example.com", total="200.00",
+                                          created=now + n, updated=now + n))
+    store.sync()
+    contact = store.connector.contact("seg0@example.com")
+    assert contact["attributes"]["RFM_SEGMENT"] == "Champions"
+    assert vip_list in contact["listIds"] and new_list not in contact["listIds"]
+    [vip] = store.names("vip_entered")
+    assert vip["identifiers"] == {"email_id": "seg0@example.com"} and vip["event_properties"]["from"] == "New"

@@ -1,0 +1,77 @@
+"""Brevo ecommerce objects: products and categories kept in sync, live orders sent as not historical."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Any
+
+from tests.conftest import fixture_payload
+from tests.integration.harness import Connector
+from tests.payloads import order, when
+
+
+def _product(product_id: int, *, title: str, product_type: str, updated: float = 0) -> dict[str, Any]:
+    payload: dict[str, Any] = copy.deepcopy(fixture_payload("products_create__triggerdev.json"))
+    payload.update({"id": product_id, "admin_graphql_api_id": f"gid://shopify/Product/{product_id}",
+                    "title": title, "handle": title.lower().replace(" ", "-"), "product_type": product_type,
+                    "updated_at": when(updated), "image": {"src": f"https://cdn.example/{product_id}.jpg"}})
+    return payload
+
+
+def test_products_reach_brevo_with_their_category_and_follow_an_update(connector: Connector) -> None:
+    for i in range(3):
+        connector.post("products/create", _product(7001 + i, title=f"Bean {i}", product_type="Coffee beans"))
+    connector.sync()
+    with connector.brevo.lock:
+        products = dict(connector.brevo.products)
+        categories = dict(connector.brevo.categories)
+    assert set(products) == {"7001", "7002", "7003"}
+    assert products["7001"]["name"] == "Bean 0"
+    assert products["7001"]["url"] == "https://test-store.myshopify.com/products/bean-0"
+    assert products["7001"]["imageUrl"] == "https://cdn.example/7001.jpg"
+    assert products["7001"]["categories"] == ["type-coffee-beans"]
+    assert categories["type-coffee-beans"]["name"] == "Coffee beans"
+
+    connector.post("products/update", _product(7001, title="Bean zero", product_type="Coffee beans", updated=5))
+    connector.sync()
+    with connector.brevo.lock:
+        assert connector.brevo.products["7001"]["name"] == "Bean zero"
+    calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+    assert calls["/v3/products/batch"] == 1 and calls["/v3/products"] == 1  # three at once, then one change
+
+    connector.sync()  # nothing changed: nothing sent again
+    assert Counter(c.path for c in connector.brevo.calls)["/v3/products"] == 1
+
+
+def test_a_live_order_is_sent_to_brevo_ecommerce_as_not_historical_and_its_status_follows(
+        connector: Connector) -> None:
+    connector.post("orders/create", order(8101, total="64.00", lines=2))
+    connector.sync()
+    connector.post("orders/updated", order(8101, total="64.00", lines=2, fulfilled=True, updated=9))
+    connector.sync()
+    with connector.brevo.lock:
+        orders = [dict(o) for o in connector.brevo.orders]
+    assert [(o["id"], o["status"], o["historical"]) for o in orders] == [("8101", "paid", False),
+                                                                         ("8101", "fulfilled", False)]
+    assert orders[0]["amount"] == 64.0 and orders[0]["identifiers"] == {"email_id": "ana@example.com"}
+    assert [(p["productId"], p["quantity"], p["price"]) for p in orders[0]["products"]] == [
+        ("7001", 1, 32.0), ("7002", 1, 32.0)]
+
+
+def test_a_backlog_of_live_orders_goes_out_in_one_batch_that_is_not_historical(connector: Connector) -> None:
+    for i in range(30):
+        connector.post("orders/create", order(8200 + i, customer_id=300 + i, email=f"o{i}@example.com"))
+    connector.sync()
+    calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+    assert calls["/v3/orders/status/batch"] == 1 and calls["/v3/orders/status"] == 0
+    with connector.brevo.lock:
+        assert len(connector.brevo.orders) == 30
+        assert {o["historical"] for o in connector.brevo.orders} == {False}
+
+
+def test_test_orders_never_reach_brevo_ecommerce(connector: Connector) -> None:
+    connector.post("orders/create", order(8301, test=True))
+    connector.sync()
+    with connector.brevo.lock:
+        assert connector.brevo.orders == []
