@@ -198,9 +198,9 @@ def build_profile(orders: Sequence[OrderFacts], shop_currency: str | None, *,
                for o in orders if o not in counted]
     if skipped:
         notes.append("not counted: " + ", ".join(f"{oid} ({why})" for oid, why in sorted(skipped)))
-    refunds = sum((o.refunded for o in counted), Decimal("0"))
-    notes.append(f"total spent {total} = order totals {sum((o.total for o in counted), Decimal('0'))}"
-                 f" - refunds {refunds} (shop currency {currency or '?'})")
+    refunds = sum((o.refunded for o in counted), Decimal("0")).quantize(CENT, ROUND_HALF_UP)
+    totals = sum((o.total for o in counted), Decimal("0")).quantize(CENT, ROUND_HALF_UP)
+    notes.append(f"total spent {total} = order totals {totals} - refunds {refunds} (shop currency {currency or '?'})")
 
     # Cadence from the buyer's own choices: subscription renewals would only echo the plan's interval.
     own = [o for o in dated if not o.rebill]

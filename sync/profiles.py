@@ -18,6 +18,7 @@ from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine
 from mappings import events as ev
 from mappings.lifecycle import CheckoutFacts, LifecycleDelays, Moment, due_between, moments_for, next_due
 from mappings.profile import (
+    TENTH,
     BuyerFacts,
     ConsentSent,
     LineFacts,
@@ -64,7 +65,8 @@ class ShopContext:
         return cls(shop_id=shop.id, domain=shop.domain, currency=shop.currency,
                    config=ShopConfig.from_dict(shop.config),
                    thresholds=RfmThresholds.from_json(shop.rfm_thresholds) if shop.rfm_thresholds else None,
-                   median_days=shop.median_days_between, now=now)
+                   median_days=shop.median_days_between.quantize(TENTH) if shop.median_days_between is not None
+                   else None, now=now)
 
     @property
     def delays(self) -> LifecycleDelays:

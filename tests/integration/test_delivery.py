@@ -96,3 +96,26 @@ def test_two_workers_deliver_each_event_exactly_once(engine: sa.Engine) -> None:
         names = Counter(e["event_properties"]["order_id"] for e in connector.events("order_completed"))
         assert len(names) == 40 and set(names.values()) == {1}
         assert sum(w.stats.applied for w in workers) == 40
+
+
+def test_one_order_rebuilds_one_contact_and_sends_one_update_and_its_events(connector: Connector) -> None:
+    _orders(connector, 25)
+    connector.sync()
+    before = len(connector.brevo.calls)
+    with connector.engine.connect() as conn:
+        pushed = dict(conn.execute(sa.text("SELECT contact_key, pushed_at FROM contacts")).all())
+    assert connector.post("orders/create", order(2999, customer_id=7, email="buyer7@example.com",
+                                                 number=2999)).status_code == 200
+    connector.sync()
+    calls = Counter(c.path for c in connector.brevo.calls[before:] if c.status < 300)
+    buyer = {"email_id": "buyer7@example.com"}
+    sent = Counter(e["event_name"] for e in connector.events() if e["identifiers"] == buyer)
+    assert calls["/v3/contacts"] == 1 and calls["/v3/orders/status"] == 1
+    assert calls["/v3/events"] == sum(sent.values()) - 2  # everything new for buyer 7, one call each
+    assert sent["order_completed"] == 2 and sent["repeat_order_completed"] == 1
+    assert set(sent) <= {"order_completed", "first_order_completed", "repeat_order_completed", "segment_changed",
+                         "vip_entered"}
+    assert set(calls) <= {"/v3/contacts", "/v3/events", "/v3/orders/status"}
+    with connector.engine.connect() as conn:
+        after = dict(conn.execute(sa.text("SELECT contact_key, pushed_at FROM contacts")).all())
+    assert [k for k in after if after[k] != pushed.get(k)] == ["c:7"]
