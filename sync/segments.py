@@ -46,10 +46,17 @@ def recompute_shop(session: Session, shop: Shop, now: datetime) -> Recomputed:
     moved = [r.contact_key for r in rows
              if (score(buyers[r.contact_key], new, now).code if new and r.contact_key in buyers else None)
              != r.rfm_score]
-    for start in range(0, len(moved), 900):
-        session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id,
-                                                 col(Contact.contact_key).in_(moved[start:start + 900]))
-                        .values(dirty=True))
+    if len(moved) > len(rows) // 4:
+        # Many moved (a shop's first day, a big shift): one statement for all buyers beats thousands of keys;
+        # a rebuilt contact whose body did not change sends nothing.
+        session.execute(sa.update(Contact).where(
+            col(Contact.shop_id) == shop.id, col(Contact.merged_into).is_(None),
+            sa.or_(col(Contact.order_count) > 0, col(Contact.rfm_score).is_not(None))).values(dirty=True))
+    else:
+        for start in range(0, len(moved), 500):
+            session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id,
+                                                     col(Contact.contact_key).in_(moved[start:start + 500]))
+                            .values(dirty=True))
     hours = ShopConfig.from_dict(shop.config).lifecycle.rfm_recompute_hours
     session.execute(sa.update(Shop).where(col(Shop.id) == shop.id).values(
         rfm_thresholds=new.to_json() if new else None, median_days_between=median,
