@@ -191,7 +191,8 @@ def purchase_sequence_event(order: OrderRecord, buyer: Buyer, products: Mapping[
     """first_order_completed or repeat_order_completed, once per order, with the buyer's order number."""
     name = FIRST_ORDER_COMPLETED if earlier_orders == 0 else REPEAT_ORDER_COMPLETED
     props = {**_order_properties(order, products), "order_sequence": earlier_orders + 1}
-    return _event(name, f"{shop}:{name}:{order.order_id}", buyer, order.created_at, props)
+    # One key for both names: an order is announced first or repeat once, whatever arrives later.
+    return _event(name, f"{shop}:order_sequence:{order.order_id}", buyer, order.created_at, props)
 
 
 def cart_recovered_event(checkout_id: int, cart_id: str | None, order: OrderRecord, buyer: Buyer,

@@ -129,6 +129,7 @@ def _merge_guest(ctx: ApplyContext, customer_key: str, email: str | None, phone:
         guest.merged_into = customer_key
         guest.dirty = False
         guest.push_state = "idle"
+        guest.lifecycle_due_at = None  # the customer's own moments carry on; the guest has none
         ctx.dirty.pop(guest_key, None)
         # The customer inherits what Brevo already knows of the guest, so no duplicate is created.
         customer = ctx.dirty.get(customer_key) or ctx.session.get(Contact, (ctx.shop_id, customer_key))
@@ -334,13 +335,13 @@ def _refund_record(row: Refund) -> RefundRecord:
 
 
 def _earlier_orders(ctx: ApplyContext, key: str, rec: OrderRecord) -> int:
-    """How many purchases this buyer made before this order (cancelled and test orders are none)."""
-    when = rec.created_at or ctx.now
+    """How many other purchases of this buyer the connector already knows (cancelled and test orders are none).
+
+    Whatever their dates: an older order delivered late is a repeat for the flows, and each buyer is
+    announced "first" once."""
     return int(ctx.session.execute(sa.select(sa.func.count()).select_from(Order).where(
         col(Order.shop_id) == ctx.shop_id, col(Order.contact_key) == key, col(Order.order_id) != rec.order_id,
-        col(Order.cancelled_at).is_(None), col(Order.test).is_(False),
-        sa.or_(col(Order.created_at_src) < when,
-               sa.and_(col(Order.created_at_src) == when, col(Order.order_id) < rec.order_id)))).scalar_one())
+        col(Order.cancelled_at).is_(None), col(Order.test).is_(False))).scalar_one())
 
 
 def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> list[Checkout]:
@@ -359,10 +360,15 @@ def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> list[Checkout]:
                                                                   sa.or_(*conditions))).scalars():
         if checkout.completed_at is None:
             checkout.completed_at = rec.created_at or ctx.now
+            abandoned_key = f"{ctx.shop_domain}:cart_abandoned:{checkout.checkout_id}"
+            # A reminder not sent yet must not reach a buyer who has just bought.
+            ctx.session.execute(sa.update(OutboxEntry).where(
+                col(OutboxEntry.shop_id) == ctx.shop_id, col(OutboxEntry.idempotency_key) == abandoned_key,
+                col(OutboxEntry.status) == "pending").values(status="superseded",
+                                                             last_error="the order arrived before it was sent"))
             announced = ctx.session.execute(sa.select(col(OutboxEntry.id)).where(
-                col(OutboxEntry.shop_id) == ctx.shop_id,
-                col(OutboxEntry.idempotency_key) == f"{ctx.shop_domain}:cart_abandoned:{checkout.checkout_id}",
-                col(OutboxEntry.status).in_(("pending", "delivered")))).first()
+                col(OutboxEntry.shop_id) == ctx.shop_id, col(OutboxEntry.idempotency_key) == abandoned_key,
+                col(OutboxEntry.status) == "delivered")).first()
             if announced is not None:
                 recovered.append(checkout)
         ctx.touch(checkout.contact_key)

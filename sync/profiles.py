@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -58,15 +58,16 @@ class ShopContext:
     thresholds: RfmThresholds | None
     median_days: Decimal | None
     now: datetime
+    freshness: timedelta = timedelta(hours=24)  # a moment further back than this is history, not a trigger
 
     @classmethod
-    def of(cls, shop: Shop, now: datetime) -> ShopContext:
+    def of(cls, shop: Shop, now: datetime, *, freshness_hours: float = 24.0) -> ShopContext:
         assert shop.id is not None
         return cls(shop_id=shop.id, domain=shop.domain, currency=shop.currency,
                    config=ShopConfig.from_dict(shop.config),
                    thresholds=RfmThresholds.from_json(shop.rfm_thresholds) if shop.rfm_thresholds else None,
                    median_days=shop.median_days_between.quantize(TENTH) if shop.median_days_between is not None
-                   else None, now=now)
+                   else None, now=now, freshness=timedelta(hours=freshness_hours))
 
     @property
     def delays(self) -> LifecycleDelays:
@@ -98,6 +99,12 @@ def build_dirty_contacts(session: Session, shop: ShopContext | int, shop_currenc
     contacts: Sequence[Contact] = session.execute(
         sa.select(Contact).where(col(Contact.shop_id) == shop.shop_id, col(Contact.dirty).is_(True))
         .limit(limit)).scalars().all()
+    merged = [c for c in contacts if c.merged_into]
+    for contact in merged:  # a guest merged into a customer is nobody of their own any more
+        contact.dirty, contact.lifecycle_due_at = False, None
+    contacts = [c for c in contacts if not c.merged_into]
+    if not contacts:
+        return len(merged)
     if not contacts:
         return 0
     for contact, view in zip(contacts, load_buyers(session, shop, contacts), strict=True):
@@ -197,7 +204,7 @@ def _settle(session: Session, shop: ShopContext, contact: Contact, view: BuyerVi
         if rfm.segment == VIP_SEGMENT and buyer.can_be_marketed:
             facts.append(ev.lifecycle_event(VIP_ENTERED, f"{shop.domain}:{VIP_ENTERED}:{contact.contact_key}:{day}",
                                             identity, shop.now, props))
-    after = max(as_utc(contact.lifecycle_scanned_at) or armed, armed)
+    after = max(as_utc(contact.lifecycle_scanned_at) or armed, armed, shop.now - shop.freshness)
     if identity is not None and buyer.can_be_marketed:
         for moment in due_between(view.moments, after, shop.now):
             facts.append(ev.lifecycle_event(moment.name, f"{shop.domain}:{moment.key}", identity, moment.due_at,

@@ -102,7 +102,9 @@ class Pusher:
         body = contact.pending or {}
         # Imports apply one blacklist flag and one list to all rows and cannot change an email or leave a
         # list: those go one by one.
+        left_lists = set((contact.sent or {}).get("listIds") or []) - set(body.get("listIds") or [])
         return ("emailBlacklisted" in body or "smsBlacklisted" in body or "email" not in body or "listIds" in body
+                or bool(left_lists)
                 or (contact.brevo_email is not None and contact.brevo_email != body.get("email")))
 
     def _import_chunks(self, contacts: Sequence[Contact]) -> list[list[Contact]]:
@@ -162,11 +164,12 @@ class Pusher:
                     if exc.status != 404:
                         raise
             reply = self.client.upsert_contact(body, list_ids)
-            if left:  # the buyer left a segment: out of its list (the upsert cannot unlink)
-                identifier = body.get("email") or ext_id
+            if left:  # the buyer left a segment (or the rule went): out of its list; the upsert cannot unlink
+                sms = body.get("attributes", {}).get("SMS")
+                identifier, by = ((body["email"], "email_id") if body.get("email") else
+                                  (ext_id, "ext_id") if ext_id else (sms, "phone_id"))
                 if identifier:
-                    reply = self.client.unlink_lists(str(identifier), left,
-                                                     by="email_id" if body.get("email") else "ext_id")
+                    reply = self.client.unlink_lists(str(identifier), left, by=by)
             return reply
 
         try:

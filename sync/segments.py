@@ -67,6 +67,7 @@ def recompute_shop(session: Session, shop: Shop, now: datetime) -> Recomputed:
 def mark_due_lifecycle(session: Session, shop_id: int, now: datetime) -> int:
     """Contacts with a trigger due are rebuilt: the builder emits what fell due since it last looked."""
     result = session.execute(sa.update(Contact).where(
-        col(Contact.shop_id) == shop_id, col(Contact.lifecycle_due_at) <= now, col(Contact.dirty).is_(False))
+        col(Contact.shop_id) == shop_id, col(Contact.lifecycle_due_at) <= now, col(Contact.dirty).is_(False),
+        col(Contact.merged_into).is_(None))
         .values(dirty=True))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

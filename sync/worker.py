@@ -170,11 +170,12 @@ class Worker:
             shop = self._build_profiles(lease, shop, now)
         if client is None or shop.brevo_ready_at is None:
             return  # nothing can be delivered before the account is set up; the rows wait
-        if not self._sync_category_options(lease, shop, client):
-            return  # contacts would carry a category Brevo refuses: wait for the options
+        # Contacts carrying a category Brevo does not offer yet wait for the options (events wait for them).
+        options_ready = self._sync_category_options(lease, shop, client)
         pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
         pusher.push_catalog(shop.domain)
-        self.stats.contacts_pushed += pusher.push_contacts()
+        if options_ready:
+            self.stats.contacts_pushed += pusher.push_contacts()
         self.stats.events_pushed += pusher.push_events()
         pusher.push_events(target="order")
 
@@ -220,7 +221,7 @@ class Worker:
     def _build_profiles(self, lease: Lease, shop: Shop, now: datetime) -> Shop:
         with unit_of_work(self.engine) as session:
             shop = session.get(Shop, lease.shop_id) or shop
-        context = ShopContext.of(shop, now)
+        context = ShopContext.of(shop, now, freshness_hours=self.settings.event_freshness_hours)
         while True:
             with unit_of_work(self.engine) as session:
                 built = build_dirty_contacts(session, context)
@@ -243,9 +244,18 @@ class Worker:
             paced(client.pacer, "other", partial(client.update_attribute_options, name, options))
         except BrevoAuthFailed as exc:
             self._pause(lease, exc)
-        except BrevoError as exc:
-            log.warning("shop %s: could not add categories to %s: %s", lease.domain, name, exc)
+        except BrevoRetriable as exc:
+            log.warning("shop %s: could not add categories to %s yet: %s", lease.domain, name, exc)
             return False
+        except BrevoError as exc:
+            # Refused for good: say so, and deliver anyway (Brevo drops a value it has no option for).
+            with unit_of_work(self.engine) as session:
+                session.add(DeadLetter(shop_id=lease.shop_id, shop_domain=lease.domain, source="setup",
+                                       reference=name, reason=f"options of {name} refused: {exc}",
+                                       payload=json.dumps(options), created_at=self.clock.now()))
+                session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id).values(brevo_options=options))
+            shop.brevo_options = options
+            return True
         with unit_of_work(self.engine) as session:
             session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id).values(brevo_options=options))
         shop.brevo_options = options
@@ -291,7 +301,7 @@ class Worker:
                 ctx = ApplyContext(session=session, shop_id=lease.shop_id, shop_domain=lease.domain,
                                    shop_currency=shop.currency, now=now, live=entry.source == "webhook",
                                    fresh=fresh, dirty=shared, event_enabled=config.event_enabled,
-                                   happened=happened if entry.source == "webhook" else now,
+                                   happened=happened if entry.source == "webhook" and fresh else now,
                                    stale_reason=None if fresh else
                                    f"delivery older than {self.settings.event_freshness_hours:g} h: not a trigger")
                 try:

@@ -9,7 +9,7 @@ import hmac
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -85,7 +85,7 @@ class InboxWriter:
         return future
 
     def _run(self) -> None:
-        while True:
+        while True:  # this thread must outlive any one batch: every later webhook depends on it
             batch = [self.queue.get()]
             while len(batch) < self.max_batch:
                 try:
@@ -93,15 +93,25 @@ class InboxWriter:
                 except queue.Empty:
                     break
             try:
-                stored = self._insert([params for params, _ in batch])
-            except Exception as exc:  # the database is down or refused: every caller hears it (503)
+                self._store(batch)
+            except BaseException as exc:  # pragma: no cover - a bug here must not leave callers waiting
                 for _, future in batch:
-                    future.set_exception(exc)
-                continue
-            for params, future in batch:
-                key = (params["shop_domain"], params["event_id"])
-                future.set_result(key in stored)
-                stored.discard(key)  # the same event twice in one batch: the second is the duplicate
+                    _settle(future, exc=exc)
+
+    def _store(self, batch: list[tuple[dict[str, Any], Future[bool]]]) -> None:
+        try:
+            stored = self._insert([params for params, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:  # the database is down or refused this row: its caller hears it (503)
+                _settle(batch[0][1], exc=exc)
+                return
+            for item in batch:  # one bad row must not fail its neighbours: store them one by one
+                self._store([item])
+            return
+        for params, future in batch:
+            key = (params["shop_domain"], params["event_id"])
+            _settle(future, result=key in stored)
+            stored.discard(key)  # the same event twice in one batch: the second is the duplicate
 
     def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         table = InboxEntry.__table__  # type: ignore[attr-defined]
@@ -111,6 +121,19 @@ class InboxWriter:
                      .returning(table.c.shop_domain, table.c.event_id))
         with self.engine.begin() as conn:
             return {(r.shop_domain, r.event_id) for r in conn.execute(statement)}
+
+
+def _settle(future: Future[bool], *, result: bool = False, exc: BaseException | None = None) -> None:
+    """Answer a caller unless it has gone (a cancelled request): the row is stored either way."""
+    if future.done():
+        return
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass  # cancelled meanwhile
 
 
 class Intake:
@@ -179,7 +202,8 @@ class Intake:
         if isinstance(checked, IntakeResult):
             return checked
         try:
-            was_new = await asyncio.wrap_future(self.writer.submit(checked))
+            # Shielded: a request cancelled while waiting leaves the writer's future alone.
+            was_new = await asyncio.shield(asyncio.wrap_future(self.writer.submit(checked)))
         except Exception as exc:
             return IntakeResult(503, f"the delivery could not be stored ({type(exc).__name__}); Shopify will retry")
         return self.stored(was_new)

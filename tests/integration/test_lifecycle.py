@@ -112,7 +112,7 @@ def test_winback_is_due_after_the_shop_delay_once_per_silence(store: Store) -> N
     store.sync()
     store.travel(days=59)
     assert store.names("winback_due") == []
-    store.travel(days=2)
+    store.travel(hours=30)  # a worker that runs all along; a moment more than a day overdue would be history
     [event] = store.names("winback_due")
     assert event["event_properties"]["order_count"] == 1 and event["event_properties"]["days_waited"] == 60
     store.travel(days=30)
@@ -127,7 +127,7 @@ def test_a_review_request_follows_fulfilment_and_skips_a_refunded_order(store: S
     store.sync()
     store.travel(days=6)
     assert store.names("review_request_due") == []
-    store.travel(days=2)
+    store.travel(hours=30)
     [event] = store.names("review_request_due")
     assert event["event_properties"]["order_id"] == "9801"
     assert [i["title"] for i in event["event_properties"]["items"]] == ["Product 0"]
@@ -142,7 +142,7 @@ def test_replenishment_is_due_after_the_products_own_interval(store: Store) -> N
                                       created=now, updated=now))
     store.travel(days=19)
     assert store.names("replenishment_due") == []
-    store.travel(days=2)
+    store.travel(hours=30)
     [event] = store.names("replenishment_due")
     assert event["event_properties"]["product_id"] == "7300"
     assert event["event_properties"]["times_bought"] == 2
@@ -205,3 +205,50 @@ def test_segment_lists_follow_the_buyer_and_entering_champions_is_a_vip_moment(s
     assert vip_list in contact["listIds"] and new_list not in contact["listIds"]
     [vip] = store.names("vip_entered")
     assert vip["identifiers"] == {"email_id": "seg0@example.com"} and vip["event_properties"]["from"] == "New"
+
+
+def test_a_reminder_not_yet_sent_is_dropped_when_the_buyer_buys(store: Store) -> None:
+    store.post("checkouts/create", checkout(505, email="liv@example.com", token="chk-505", cart_token="cart-505"))
+    store.sync()
+    store.clock.advance(minutes=61)
+    store.connector.brevo.inject_fault(status=503, count=1000, path_prefix="/v3/events")  # Brevo's events are down
+    worker = store.connector.worker(clock=store.clock)
+    for _ in range(3):
+        worker.run_once()
+    [pending] = store.connector.rows("SELECT status FROM outbox WHERE event_name = 'cart_abandoned'")
+    assert pending.status == "pending"
+    store.connector.brevo.clear_faults()
+    now = _minutes(store.clock.now() - T0)
+    store.post("orders/create", order(9505, customer_id=None, email="liv@example.com", checkout_token="chk-505",
+                                      created=now, updated=now))
+    store.travel(minutes=10)
+    assert store.names("cart_abandoned") == [] and store.names("cart_recovered") == []
+    [row] = store.connector.rows("SELECT status FROM outbox WHERE event_name = 'cart_abandoned'")
+    assert row.status == "superseded"
+
+
+def test_an_order_is_announced_as_first_or_repeat_once_whatever_arrives_later(store: Store) -> None:
+    store.post("orders/create", order(9611, customer_id=72, email="max@example.com", created=5, updated=5))
+    store.sync()
+    # An earlier order shows up late: the first one stays announced as the first.
+    store.post("orders/create", order(9610, customer_id=72, email="max@example.com", created=1, updated=1))
+    store.post("orders/updated", order(9611, customer_id=72, email="max@example.com", created=5, updated=9))
+    store.sync()
+    sequence = [(e["event_name"], e["event_properties"]["order_id"]) for e in store.connector.events()
+                if e["event_name"] in ("first_order_completed", "repeat_order_completed")]
+    assert sorted(sequence) == [("first_order_completed", "9611"), ("repeat_order_completed", "9610")]
+
+
+def test_a_trigger_overdue_by_more_than_the_freshness_window_is_history(store: Store) -> None:
+    store.post("orders/create", order(9702, customer_id=82, email="oz@example.com", created=1, updated=1))
+    store.sync()
+    store.travel(days=62)  # the worker was stopped for two months: the win-back moment is two days old
+    assert store.names("winback_due") == []
+
+
+def test_a_checkout_delivered_a_day_late_fires_no_abandoned_cart(store: Store) -> None:
+    store.clock.advance(hours=30)  # the checkout changed at T0; Shopify delivers it 30 hours later
+    assert store.connector.post("checkouts/create", checkout(506, email="ned@example.com"),
+                                triggered_at=T0).status_code == 200
+    store.travel(hours=2)
+    assert store.names("cart_abandoned") == []

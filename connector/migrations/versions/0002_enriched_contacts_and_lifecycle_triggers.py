@@ -63,6 +63,8 @@ def upgrade() -> None:
 
     # The Brevo set-up is idempotent: running it again creates the attributes this release adds.
     op.execute("UPDATE shops SET brevo_ready_at = NULL")
+    # Every existing contact is rebuilt once: the new figures and RFM need their orders read again.
+    op.execute("UPDATE contacts SET dirty = true WHERE merged_into IS NULL")
 
 
 def downgrade() -> None:
