@@ -82,6 +82,14 @@ class ApplyContext:
                 contact.first_name, contact.last_name = first_name, last_name
         self.dirty[key] = contact
 
+    def resolve(self, key: str | None) -> str | None:
+        """A guest key merged into a customer stands for that customer: their later guest checkouts and
+        orders (same email, no login) join the customer instead of reviving a second contact."""
+        if not key or key.startswith("c:"):
+            return key
+        guest = self.dirty.get(key) or self.session.get(Contact, (self.shop_id, key))
+        return guest.merged_into if guest is not None and guest.merged_into else key
+
     def emit(self, facts: Iterable[ev.EventFact]) -> None:
         self.events.extend(facts)
 
@@ -240,7 +248,7 @@ def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
     row = ctx.session.get(Order, (ctx.shop_id, rec.order_id))
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
-    key = rec.contact_key
+    key = ctx.resolve(rec.contact_key)
     if rec.customer is not None:
         customer = ctx.session.get(Customer, (ctx.shop_id, rec.customer.customer_id))
         if customer is None:  # the order knows the buyer before customers/create arrives: start a stub
@@ -441,7 +449,7 @@ def apply_checkout(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     previous_key = row.contact_key if row is not None else None
-    key = rec.contact_key or previous_key
+    key = ctx.resolve(rec.contact_key) or previous_key
     if row is None:
         row = Checkout(shop_id=ctx.shop_id, checkout_id=rec.checkout_id)
         ctx.session.add(row)

@@ -154,6 +154,15 @@ def test_a_guest_who_creates_an_account_keeps_their_history(connector: Connector
     attributes = contacts[0]["attributes"]
     assert attributes["ORDER_COUNT"] == 2 and attributes["TOTAL_SPENT"] == 35
     assert contacts[0]["ext_id"] == "gid://shopify/Customer/55"
+    # Later, a checkout without logging in (same email, no customer id): still the same buyer.
+    connector.post("orders/create", order(112, customer_id=None, email="guest@example.com", total="5.00",
+                                          number=1003, created=30, updated=30))
+    connector.sync()
+    with connector.brevo.lock:
+        contacts = list(connector.brevo.contacts.values())
+    assert len(contacts) == 1 and contacts[0]["attributes"]["ORDER_COUNT"] == 3
+    active = connector.rows("SELECT contact_key FROM contacts WHERE merged_into IS NULL")
+    assert [r.contact_key for r in active] == ["c:55"]
 
 
 def test_an_email_unsubscribe_in_shopify_blacklists_the_brevo_contact(connector: Connector) -> None:
