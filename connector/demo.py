@@ -39,6 +39,9 @@ class DemoSummary:
     dead_letters: int = 0
     brevo_calls: int = 0
     seconds: float = 0.0
+    products: int = 0
+    categories: int = 0
+    orders: int = 0  # ecommerce orders (one per order status)
 
 
 def run_demo(*, customers: int = 200, seed: int = 7, database_url: str | None = None,
@@ -97,6 +100,8 @@ def run_demo(*, customers: int = 200, seed: int = 7, database_url: str | None = 
     summary.contacts = len(snapshot["contacts"])
     summary.events = Counter(e["event_name"] for e in snapshot["events"])
     summary.brevo_calls = len(brevo.calls)
+    summary.products, summary.categories = len(snapshot["products"]), len(snapshot["categories"])
+    summary.orders = len(snapshot["orders"])
     with engine.connect() as conn:
         dead = conn.execute(sa.text("SELECT source, reference, reason FROM dead_letters")).all()
     summary.dead_letters = len(dead)
@@ -111,6 +116,8 @@ def _print(console: Console, summary: DemoSummary, dead: Sequence[sa.Row[Any]], 
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("contacts", str(summary.contacts))
+    table.add_row("ecommerce products / categories", f"{summary.products} / {summary.categories}")
+    table.add_row("ecommerce order statuses", str(summary.orders))
     for name, count in sorted(summary.events.items()):
         table.add_row(f"event {name}", str(count))
     table.add_row("Brevo API calls", str(summary.brevo_calls))
