@@ -221,10 +221,11 @@ class Pusher:
 
     # --- events -----------------------------------------------------------------------------
 
-    def push_events(self, target: str = "event") -> int:
+    def push_events(self, target: str = "event", *, now: datetime | None = None) -> int:
         """Send due outbox rows (events, or with target "order" ecommerce orders) whose buyer's attributes are
-        already in Brevo. Returns how many Brevo accepted."""
-        now = self.clock.now()
+        already in Brevo. Returns how many Brevo accepted. Events and orders of one pass are judged at the
+        same `now`, so a buyer's events go before (and batch no worse than) their orders."""
+        now = now or self.clock.now()
         waiting = sa.select(col(Contact.contact_key)).where(
             col(Contact.shop_id) == self.lease.shop_id,
             sa.or_(col(Contact.push_state) == "pending", col(Contact.dirty).is_(True),

@@ -176,8 +176,9 @@ class Worker:
         pusher.push_catalog(shop.domain)
         if options_ready:
             self.stats.contacts_pushed += pusher.push_contacts()
-        self.stats.events_pushed += pusher.push_events()
-        pusher.push_events(target="order")
+        now = self.clock.now()
+        self.stats.events_pushed += pusher.push_events(now=now)
+        pusher.push_events(target="order", now=now)
 
     def _prepare_brevo(self, lease: Lease, shop: Shop, client: BrevoClient) -> Shop | None:
         """Create our contact attributes and the shop's list in the Brevo account, once and idempotently."""
