@@ -8,10 +8,8 @@ a renamed product type becomes a new category rather than rewriting another one.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -68,10 +66,6 @@ def product_body(product: CatalogProduct, shop_domain: str) -> dict[str, Any]:
     if product.deleted:
         body["isDeleted"] = True
     return body
-
-
-def body_hash(body: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def order_status(order: OrderRecord) -> str:

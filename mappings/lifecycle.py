@@ -25,20 +25,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from mappings.events import money_text
 from mappings.profile import DAY_SECONDS, TENTH, OrderFacts, ProductFacts, Profile
+from mappings.shop_config import LifecycleSettings
 
 WINBACK_DUE = "winback_due"
 REPLENISHMENT_DUE = "replenishment_due"
 REVIEW_REQUEST_DUE = "review_request_due"
 CART_ABANDONED = "cart_abandoned"
 BIRTHDAY = "birthday"
-
-
-@dataclass(frozen=True, kw_only=True)
-class LifecycleDelays:
-    abandoned_cart_minutes: int = 60
-    winback_days: int = 60
-    review_request_days: int = 7
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,20 +56,16 @@ class Moment:
     properties: dict[str, Any] = field(default_factory=dict)
 
 
-def _money(amount: Decimal) -> str:
-    return str(amount.quantize(Decimal("0.01"), ROUND_HALF_UP))
-
-
 def _item(line_title: str | None, product_id: int | None, price: Decimal, quantity: int,
           products: Mapping[int, ProductFacts]) -> dict[str, Any]:
     info = products.get(product_id) if product_id else None
     live = info is not None and not info.deleted
     return {"product_id": str(product_id or ""), "title": line_title or (info.title if info else "") or "",
-            "quantity": quantity, "price": _money(price), "url": (info.url if live and info else None) or "",
+            "quantity": quantity, "price": money_text(price), "url": (info.url if live and info else None) or "",
             "image": (info.image_url if live and info else None) or ""}
 
 
-def winback(contact_key: str, profile: Profile, delays: LifecycleDelays) -> Moment | None:
+def winback(contact_key: str, profile: Profile, delays: LifecycleSettings) -> Moment | None:
     if not profile.order_count or profile.last_order_at is None or profile.last_order_id is None:
         return None
     own = profile.days_between_orders
@@ -82,7 +73,7 @@ def winback(contact_key: str, profile: Profile, delays: LifecycleDelays) -> Mome
     due = profile.last_order_at + timedelta(seconds=float(wait_days * DAY_SECONDS))
     props = {"last_order_date": profile.last_order_at.date().isoformat(),
              "last_order_name": profile.last_order_name or "", "order_count": profile.order_count,
-             "total_spent": _money(profile.total_spent), "days_waited": int(wait_days),
+             "total_spent": money_text(profile.total_spent), "days_waited": int(wait_days),
              "last_product_title": (profile.last_product.title or "") if profile.last_product else "",
              "last_product_url": (profile.last_product.url or "") if profile.last_product else "",
              "last_product_image": (profile.last_product.image_url or "") if profile.last_product else ""}
@@ -127,7 +118,7 @@ def replenishments(contact_key: str, orders: Sequence[OrderFacts],
 
 
 def review_requests(orders: Sequence[OrderFacts], products: Mapping[int, ProductFacts],
-                    delays: LifecycleDelays) -> list[Moment]:
+                    delays: LifecycleSettings) -> list[Moment]:
     moments = []
     for order in orders:
         if not order.counts or order.fulfilled_at is None:
@@ -143,7 +134,7 @@ def review_requests(orders: Sequence[OrderFacts], products: Mapping[int, Product
     return moments
 
 
-def abandoned_cart(checkout: CheckoutFacts | None, delays: LifecycleDelays) -> Moment | None:
+def abandoned_cart(checkout: CheckoutFacts | None, delays: LifecycleSettings) -> Moment | None:
     if checkout is None or not checkout.items:
         return None
     props = {"cart_id": checkout.cart_id, "checkout_id": str(checkout.checkout_id), "items": list(checkout.items),
@@ -172,7 +163,7 @@ def birthdays(contact_key: str, birthday: str | None, now: datetime) -> list[Mom
 
 def moments_for(contact_key: str, *, profile: Profile, orders: Sequence[OrderFacts],
                 products: Mapping[int, ProductFacts], checkout: CheckoutFacts | None, birthday: str | None,
-                delays: LifecycleDelays, now: datetime) -> list[Moment]:
+                delays: LifecycleSettings, now: datetime) -> list[Moment]:
     found: list[Moment] = []
     for single in (winback(contact_key, profile, delays), abandoned_cart(checkout, delays)):
         if single is not None:

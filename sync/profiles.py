@@ -16,7 +16,7 @@ from sqlmodel import col
 from connector.clock import as_utc
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop
 from mappings import events as ev
-from mappings.lifecycle import CheckoutFacts, LifecycleDelays, Moment, due_between, moments_for, next_due
+from mappings.lifecycle import CheckoutFacts, Moment, due_between, moments_for, next_due
 from mappings.profile import (
     TENTH,
     BuyerFacts,
@@ -69,11 +69,6 @@ class ShopContext:
                    median_days=shop.median_days_between.quantize(TENTH) if shop.median_days_between is not None
                    else None, now=now, freshness=timedelta(hours=freshness_hours))
 
-    @property
-    def delays(self) -> LifecycleDelays:
-        life = self.config.lifecycle
-        return LifecycleDelays(abandoned_cart_minutes=life.abandoned_cart_minutes, winback_days=life.winback_days,
-                               review_request_days=life.review_request_days)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,13 +84,8 @@ class BuyerView:
     moments: tuple[Moment, ...]
 
 
-def build_dirty_contacts(session: Session, shop: ShopContext | int, shop_currency: str | None = None, *,
-                         limit: int = 500) -> int:
+def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 500) -> int:
     """Recompute up to `limit` dirty contacts of one shop; returns how many were looked at."""
-    if isinstance(shop, int):  # the shop's own settings, read now
-        row = session.get(Shop, shop)
-        assert row is not None
-        shop = ShopContext.of(row, datetime.now(UTC))
     contacts: Sequence[Contact] = session.execute(
         sa.select(Contact).where(col(Contact.shop_id) == shop.shop_id, col(Contact.dirty).is_(True))
         .limit(limit)).scalars().all()
@@ -177,7 +167,8 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
         checkout = checkouts.get(contact.contact_key)
         moments = moments_for(contact.contact_key, profile=profile, orders=facts, products=products,
                               checkout=_checkout_facts(checkout, products, shop) if checkout else None,
-                              birthday=customer.birthday if customer else None, delays=shop.delays, now=shop.now)
+                              birthday=customer.birthday if customer else None, delays=shop.config.lifecycle,
+                              now=shop.now)
         views.append(BuyerView(buyer=buyer, orders=facts, products=products, profile=profile, rfm=rfm,
                                attributes=attributes, moments=tuple(moments)))
     return views

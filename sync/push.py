@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,7 +24,7 @@ from connector.clock import Clock, as_utc
 from connector.database import unit_of_work
 from connector.models import Contact, DeadLetter, OutboxEntry, Product, Shop
 from mappings.ecommerce import CatalogProduct, categories_of, category_body, product_body
-from mappings.ecommerce import body_hash as catalog_hash
+from mappings.profile import body_hash as catalog_hash
 from sync.profiles import strip_memory
 from sync.queue import Lease, fence
 
@@ -33,6 +33,14 @@ T = TypeVar("T")
 
 class ShopPaused(Exception):
     """Brevo refused the shop's API key: the shop is paused until the merchant fixes it."""
+
+
+def pause_shop(engine: Engine, shop_id: int, exc: BrevoAuthFailed) -> NoReturn:
+    """Pause the shop with Brevo's reason (shown by `connector shops list`) and stop its work."""
+    with unit_of_work(engine) as session:
+        session.execute(sa.update(Shop).where(col(Shop.id) == shop_id)
+                        .values(status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
+    raise ShopPaused(str(exc)) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,10 +77,7 @@ class Pusher:
         return self.clock.now() + timedelta(seconds=max(delay, 0.5))
 
     def _pause(self, exc: BrevoAuthFailed) -> None:
-        with unit_of_work(self.engine) as session:
-            session.execute(sa.update(Shop).where(col(Shop.id) == self.lease.shop_id)
-                            .values(status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
-        raise ShopPaused(str(exc)) from None
+        pause_shop(self.engine, self.lease.shop_id, exc)
 
     # --- contacts ---------------------------------------------------------------------------
 

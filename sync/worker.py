@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -38,7 +38,7 @@ from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
 from sync.apply import TOPIC_HANDLERS, ApplyContext, write_events
 from sync.profiles import ShopContext, build_dirty_contacts
-from sync.push import Pusher, PushPolicy, ShopPaused
+from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
 from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
 from sync.segments import mark_due_lifecycle, recompute_shop
 
@@ -262,11 +262,8 @@ class Worker:
         shop.brevo_options = options
         return True
 
-    def _pause(self, lease: Lease, exc: BrevoAuthFailed) -> None:
-        with unit_of_work(self.engine) as session:
-            session.execute(sa.update(Shop).where(col(Shop.id) == lease.shop_id).values(
-                status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
-        raise ShopPaused(str(exc)) from None
+    def _pause(self, lease: Lease, exc: BrevoAuthFailed) -> NoReturn:
+        pause_shop(self.engine, lease.shop_id, exc)
 
     def _category_options(self, shop_id: int) -> list[str]:
         """The shop's product types: the choices of the multiple-choice CATEGORIES_PURCHASED."""

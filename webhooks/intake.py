@@ -14,19 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from connector.models import InboxEntry, UTCDateTime
-
-_INSERT = sa.text("""
-    INSERT INTO inbox (shop_domain, event_id, topic, webhook_id, triggered_at, api_version, source, body,
-                       status, received_at)
-    VALUES (:shop_domain, :event_id, :topic, :webhook_id, :triggered_at, :api_version, 'webhook', :body,
-            'pending', :received_at)
-    ON CONFLICT (shop_domain, event_id) DO NOTHING
-""").bindparams(sa.bindparam("triggered_at", type_=UTCDateTime), sa.bindparam("received_at", type_=UTCDateTime))
+from connector.models import InboxEntry
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -186,15 +177,6 @@ class Intake:
         if was_new and self.on_stored is not None:
             self.on_stored()
         return IntakeResult(200, "stored" if was_new else "duplicate", stored=was_new)
-
-    def accept(self, body: bytes, header: Callable[[str], str | None]) -> IntakeResult:
-        """Synchronous intake (one delivery, its own transaction): for callers without an event loop."""
-        checked = self.check(body, header)
-        if isinstance(checked, IntakeResult):
-            return checked
-        with self.engine.begin() as conn:
-            was_new = conn.execute(_INSERT, checked).rowcount == 1
-        return self.stored(was_new)
 
     async def accept_async(self, body: bytes, header: Callable[[str], str | None]) -> IntakeResult:
         """The HTTP route's intake: stored through the group-commit writer, answered once committed."""

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 from mappings.lifecycle import (
     CheckoutFacts,
-    LifecycleDelays,
     abandoned_cart,
     birthdays,
     due_between,
@@ -18,9 +17,10 @@ from mappings.lifecycle import (
     winback,
 )
 from mappings.profile import LineFacts, OrderFacts, ProductFacts, build_profile
+from mappings.shop_config import LifecycleSettings
 
 DAY0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-DELAYS = LifecycleDelays()
+DELAYS = LifecycleSettings()
 PRODUCTS = {5: ProductFacts(title="Beans", url="https://s/products/beans", image_url="https://i/5.jpg"),
             6: ProductFacts(title="Filter", url="https://s/products/filter", image_url=None, deleted=True)}
 
@@ -81,7 +81,7 @@ def test_a_review_is_requested_after_fulfilment_without_the_refunded_items() -> 
 def test_an_abandoned_cart_is_due_the_shops_delay_after_the_last_change() -> None:
     checkout = CheckoutFacts(checkout_id=9, cart_id="tok", updated_at=DAY0, items=({"title": "Beans"},),
                              subtotal="10.00", total="12.00", currency="USD", recovery_url="https://r")
-    moment = abandoned_cart(checkout, LifecycleDelays(abandoned_cart_minutes=45))
+    moment = abandoned_cart(checkout, LifecycleSettings(abandoned_cart_minutes=45))
     assert moment is not None and moment.due_at == DAY0 + timedelta(minutes=45)
     empty = CheckoutFacts(checkout_id=9, cart_id="tok", updated_at=DAY0, items=(), subtotal="0", total="0",
                           currency="USD", recovery_url="")
