@@ -1,4 +1,8 @@
-"""The inbox applier: one handler per Shopify topic; mirror rows, dirty marks and outbox rows in one unit of work."""
+"""The inbox applier: one handler per Shopify topic; mirror rows, dirty marks and outbox rows in one unit of work.
+
+A topic is parsed first (an unreadable payload is quarantined before anything is written), then the whole
+batch's lookups are prefetched into a `BatchMirror`, then each delivery is applied in arrival order.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_attribute
 from sqlmodel import col
 
 from connector.clock import as_utc
@@ -38,6 +42,7 @@ from mappings.shopify import (
     RefundRecord,
     as_id,
 )
+from sync.mirror import BatchMirror, Wanted, insert_outbox
 
 
 @dataclass
@@ -45,6 +50,7 @@ class ApplyContext:
     """What a handler needs: the open unit of work, the shop, and whether live events may be sent."""
 
     session: Session
+    mirror: BatchMirror
     shop_id: int
     shop_domain: str
     shop_currency: str | None
@@ -62,12 +68,12 @@ class ApplyContext:
         """Mark a contact for recomputation, creating it on first sight."""
         if not key:
             return
-        contact = self.dirty.get(key) or self.session.get(Contact, (self.shop_id, key))
+        contact = self.dirty.get(key) or self.mirror.get(Contact, key)
         if contact is None:
-            contact = Contact(shop_id=self.shop_id, contact_key=key, customer_id=customer_id, email=email,
-                              phone=phone, first_name=first_name, last_name=last_name, dirty=True,
-                              created_at=self.happened or self.now)
-            self.session.add(contact)
+            contact = self.mirror.add(Contact(shop_id=self.shop_id, contact_key=key, customer_id=customer_id,
+                                              email=email, phone=phone, first_name=first_name,
+                                              last_name=last_name, dirty=True,
+                                              created_at=self.happened or self.now))
         else:
             contact.dirty = True
             if contact.merged_into:
@@ -87,14 +93,19 @@ class ApplyContext:
         orders (same email, no login) join the customer instead of reviving a second contact."""
         if not key or key.startswith("c:"):
             return key
-        guest = self.dirty.get(key) or self.session.get(Contact, (self.shop_id, key))
+        guest = self.dirty.get(key) or self.mirror.get(Contact, key)
         return guest.merged_into if guest is not None and guest.merged_into else key
 
     def emit(self, facts: Iterable[ev.EventFact]) -> None:
         self.events.extend(facts)
 
 
-Handler = Callable[[ApplyContext, Mapping[str, Any]], str]  # returns "applied" or "stale"
+@dataclass(frozen=True)
+class Topic:
+    """How a topic's payload is read (raises PayloadError) and applied (returns "applied" or "stale")."""
+
+    parse: Callable[[Mapping[str, Any]], Any]
+    apply: Callable[[ApplyContext, Any], str]
 
 
 def _is_stale(stored: datetime | None, incoming: datetime | None) -> bool:
@@ -104,13 +115,8 @@ def _is_stale(stored: datetime | None, incoming: datetime | None) -> bool:
 
 
 def _products(ctx: ApplyContext, ids: Iterable[int | None]) -> dict[int, ev.ProductInfo]:
-    wanted = {i for i in ids if i}
-    if not wanted:
-        return {}
-    rows = ctx.session.execute(sa.select(Product).where(col(Product.shop_id) == ctx.shop_id,
-                                                        col(Product.product_id).in_(wanted))).scalars()
-    return {p.product_id: ev.ProductInfo(title=p.title, url=ev.product_url(ctx.shop_domain, p.handle),
-                                         image_url=p.image_url) for p in rows}
+    return {i: ev.ProductInfo(title=p.title, url=ev.product_url(ctx.shop_domain, p.handle), image_url=p.image_url)
+            for i, p in ctx.mirror.products(ids).items()}
 
 
 def _buyer(key: str, customer_id: int | None, email: str | None, phone: str | None) -> ev.Buyer | None:
@@ -124,9 +130,10 @@ def _merge_guest(ctx: ApplyContext, customer_key: str, email: str | None, phone:
     for guest_key in (f"e:{email}" if email else None, f"p:{phone}" if phone else None):
         if not guest_key or guest_key == customer_key:
             continue
-        guest = ctx.dirty.get(guest_key) or ctx.session.get(Contact, (ctx.shop_id, guest_key))
+        guest = ctx.dirty.get(guest_key) or ctx.mirror.get(Contact, guest_key)
         if guest is None or guest.merged_into:
             continue
+        ctx.mirror.orders_moved(guest_key, customer_key)
         for model in (Order, Checkout):
             ctx.session.execute(sa.update(model).where(col(model.shop_id) == ctx.shop_id,
                                                        col(model.contact_key) == guest_key)
@@ -140,7 +147,7 @@ def _merge_guest(ctx: ApplyContext, customer_key: str, email: str | None, phone:
         guest.lifecycle_due_at = None  # the customer's own moments carry on; the guest has none
         ctx.dirty.pop(guest_key, None)
         # The customer inherits what Brevo already knows of the guest, so no duplicate is created.
-        customer = ctx.dirty.get(customer_key) or ctx.session.get(Contact, (ctx.shop_id, customer_key))
+        customer = ctx.dirty.get(customer_key) or ctx.mirror.get(Contact, customer_key)
         if customer is not None and customer.sent is None and guest.sent is not None:
             customer.sent, customer.brevo_email = guest.sent, guest.brevo_email
 
@@ -168,15 +175,13 @@ def _set_consent(ctx: ApplyContext, row: Customer, consent: ConsentRecord, sourc
     return True
 
 
-def apply_customer(ctx: ApplyContext, payload: Mapping[str, Any], *, created: bool = False) -> str:
-    rec = CustomerRecord.from_payload(payload)
+def apply_customer(ctx: ApplyContext, rec: CustomerRecord, *, created: bool = False) -> str:
     key = rec.contact_key
-    row = ctx.session.get(Customer, (ctx.shop_id, rec.customer_id))
+    row = ctx.mirror.get(Customer, rec.customer_id)
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     if row is None:
-        row = Customer(shop_id=ctx.shop_id, customer_id=rec.customer_id, contact_key=key)
-        ctx.session.add(row)
+        row = ctx.mirror.add(Customer(shop_id=ctx.shop_id, customer_id=rec.customer_id, contact_key=key))
     row.email, row.phone = rec.email, rec.phone
     row.first_name, row.last_name, row.locale = rec.first_name, rec.last_name, rec.locale
     row.country_code, row.city, row.state = rec.country_code, rec.city, rec.state
@@ -198,12 +203,10 @@ def apply_customer(ctx: ApplyContext, payload: Mapping[str, Any], *, created: bo
     return "applied"
 
 
-def apply_customer_deleted(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
-    customer_id = as_id(payload.get("id"), "id")
-    row = ctx.session.get(Customer, (ctx.shop_id, customer_id))
+def apply_customer_deleted(ctx: ApplyContext, customer_id: int) -> str:
+    row = ctx.mirror.get(Customer, customer_id)
     if row is None:
-        row = Customer(shop_id=ctx.shop_id, customer_id=customer_id, contact_key=f"c:{customer_id}")
-        ctx.session.add(row)
+        row = ctx.mirror.add(Customer(shop_id=ctx.shop_id, customer_id=customer_id, contact_key=f"c:{customer_id}"))
     row.deleted = True
     return "applied"
 
@@ -211,12 +214,11 @@ def apply_customer_deleted(ctx: ApplyContext, payload: Mapping[str, Any]) -> str
 def apply_consent(ctx: ApplyContext, consent: ConsentRecord) -> str:
     if not consent.customer_id or not consent.state:
         return "stale"
-    row = ctx.session.get(Customer, (ctx.shop_id, consent.customer_id))
+    row = ctx.mirror.get(Customer, consent.customer_id)
     if row is None:  # consent can arrive before customers/create: keep it on a stub the create will fill
-        row = Customer(shop_id=ctx.shop_id, customer_id=consent.customer_id,
-                       contact_key=f"c:{consent.customer_id}",
-                       email=consent.address if consent.channel == "email" else None)
-        ctx.session.add(row)
+        row = ctx.mirror.add(Customer(shop_id=ctx.shop_id, customer_id=consent.customer_id,
+                                      contact_key=f"c:{consent.customer_id}",
+                                      email=consent.address if consent.channel == "email" else None))
     if not _set_consent(ctx, row, consent, f"shopify:{consent.channel}_consent_topic"):
         return "stale"
     ctx.touch(row.contact_key, customer_id=row.customer_id)
@@ -226,43 +228,46 @@ def apply_consent(ctx: ApplyContext, consent: ConsentRecord) -> str:
 # --- orders and refunds ---------------------------------------------------------------------
 
 
+_LINE_FIELDS = ("line_id", "product_id", "variant_id", "title", "variant_title", "sku", "vendor", "quantity",
+                "price", "total_discount")
+
+
 def _line_records(ctx: ApplyContext, order_id: int) -> tuple[LineRecord, ...]:
+    pending = ctx.mirror.pending_lines(order_id)
+    if pending is not None:
+        return tuple(LineRecord(**{name: line[name] for name in _LINE_FIELDS}) for line in pending)
     rows = ctx.session.execute(sa.select(OrderLine).where(col(OrderLine.shop_id) == ctx.shop_id,
                                                           col(OrderLine.order_id) == order_id)).scalars()
-    return tuple(LineRecord(line_id=r.line_id, product_id=r.product_id, variant_id=r.variant_id, title=r.title,
-                            variant_title=r.variant_title, sku=r.sku, vendor=r.vendor, quantity=r.quantity,
-                            price=r.price, total_discount=r.total_discount) for r in rows)
+    return tuple(LineRecord(**{name: getattr(r, name) for name in _LINE_FIELDS}) for r in rows)
 
 
 def _store_refund(ctx: ApplyContext, rec: RefundRecord) -> bool:
-    if ctx.session.get(Refund, (ctx.shop_id, rec.refund_id)) is not None:
+    if ctx.mirror.get(Refund, rec.refund_id) is not None:
         return False  # refunds never change once issued
-    ctx.session.add(Refund(shop_id=ctx.shop_id, refund_id=rec.refund_id, order_id=rec.order_id, amount=rec.amount,
-                           lines=[{"line_item_id": lid, "quantity": q} for lid, q in rec.lines],
-                           created_at_src=rec.created_at))
+    ctx.mirror.add(Refund(shop_id=ctx.shop_id, refund_id=rec.refund_id, order_id=rec.order_id, amount=rec.amount,
+                          lines=[{"line_item_id": lid, "quantity": q} for lid, q in rec.lines],
+                          created_at_src=rec.created_at))
     return True
 
 
-def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
-    rec = OrderRecord.from_payload(payload)
-    row = ctx.session.get(Order, (ctx.shop_id, rec.order_id))
+def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
+    row = ctx.mirror.get(Order, rec.order_id)
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     key = ctx.resolve(rec.contact_key)
     if rec.customer is not None:
-        customer = ctx.session.get(Customer, (ctx.shop_id, rec.customer.customer_id))
+        customer = ctx.mirror.get(Customer, rec.customer.customer_id)
         if customer is None:  # the order knows the buyer before customers/create arrives: start a stub
             c = rec.customer
-            ctx.session.add(Customer(shop_id=ctx.shop_id, customer_id=c.customer_id, contact_key=c.contact_key,
-                                     email=c.email or rec.email, phone=c.phone or rec.phone,
-                                     first_name=c.first_name, last_name=c.last_name,
-                                     country_code=c.country_code, city=c.city))
+            ctx.mirror.add(Customer(shop_id=ctx.shop_id, customer_id=c.customer_id, contact_key=c.contact_key,
+                                    email=c.email or rec.email, phone=c.phone or rec.phone,
+                                    first_name=c.first_name, last_name=c.last_name,
+                                    country_code=c.country_code, city=c.city))
     if key and key.startswith("c:"):
         _merge_guest(ctx, key, rec.email, rec.phone)
     previous_key = row.contact_key if row is not None else None
     if row is None:
-        row = Order(shop_id=ctx.shop_id, order_id=rec.order_id)
-        ctx.session.add(row)
+        row = ctx.mirror.add(Order(shop_id=ctx.shop_id, order_id=rec.order_id))
     values = {
         "contact_key": key, "customer_id": rec.customer_id, "email": rec.email, "phone": rec.phone,
         "name": rec.name, "order_number": rec.order_number, "currency": rec.currency,
@@ -277,14 +282,13 @@ def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
         "country_code": rec.country_code, "city": rec.city, "locale": rec.locale,
     }
     for name, value in values.items():
-        setattr(row, name, value)
-    ctx.session.execute(sa.delete(OrderLine).where(col(OrderLine.shop_id) == ctx.shop_id,
-                                                   col(OrderLine.order_id) == rec.order_id))
-    ctx.session.add_all(OrderLine(shop_id=ctx.shop_id, order_id=rec.order_id, line_id=line.line_id or i + 1,
-                                  product_id=line.product_id, variant_id=line.variant_id, title=line.title,
-                                  variant_title=line.variant_title, sku=line.sku, vendor=line.vendor,
-                                  quantity=line.quantity, price=line.price, total_discount=line.total_discount)
-                        for i, line in enumerate(_unique_lines(rec.lines)))
+        set_attribute(row, name, value)  # SQLAlchemy's own setter: SQLModel's would set each value twice
+    ctx.mirror.replace_lines(row, [
+        {"shop_id": ctx.shop_id, "order_id": rec.order_id, "line_id": line.line_id or i + 1,
+         "product_id": line.product_id, "variant_id": line.variant_id, "title": line.title,
+         "variant_title": line.variant_title, "sku": line.sku, "vendor": line.vendor, "quantity": line.quantity,
+         "price": line.price, "total_discount": line.total_discount}
+        for i, line in enumerate(_unique_lines(rec.lines))])
     for refund in rec.refunds:
         _store_refund(ctx, refund)
     recovered = _complete_checkouts(ctx, rec)
@@ -314,7 +318,7 @@ def apply_order(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
             known = {r.refund_id for r in rec.refunds}
             summary = ev.OrderSummary(name=rec.name, currency=rec.currency, total=rec.total, test=rec.test,
                                       lines=rec.lines)
-            for refund_row in _refund_rows(ctx, rec.order_id):
+            for refund_row in ctx.mirror.refunds_of(rec.order_id):
                 if refund_row.refund_id not in known:
                     ctx.emit(ev.refund_events(_refund_record(refund_row), summary, buyer, products, ctx.shop_domain))
     return "applied"
@@ -331,11 +335,6 @@ def _unique_lines(lines: Iterable[LineRecord]) -> list[LineRecord]:
     return unique
 
 
-def _refund_rows(ctx: ApplyContext, order_id: int) -> list[Refund]:
-    return list(ctx.session.execute(sa.select(Refund).where(col(Refund.shop_id) == ctx.shop_id,
-                                                            col(Refund.order_id) == order_id)).scalars())
-
-
 def _refund_record(row: Refund) -> RefundRecord:
     return RefundRecord(refund_id=row.refund_id, order_id=row.order_id, amount=row.amount,
                         lines=tuple((int(li["line_item_id"]), int(li["quantity"])) for li in row.lines or []),
@@ -347,25 +346,13 @@ def _earlier_orders(ctx: ApplyContext, key: str, rec: OrderRecord) -> int:
 
     Whatever their dates: an older order delivered late is a repeat for the flows, and each buyer is
     announced "first" once."""
-    return int(ctx.session.execute(sa.select(sa.func.count()).select_from(Order).where(
-        col(Order.shop_id) == ctx.shop_id, col(Order.contact_key) == key, col(Order.order_id) != rec.order_id,
-        col(Order.cancelled_at).is_(None), col(Order.test).is_(False))).scalar_one())
+    return ctx.mirror.purchases_besides(key, rec.order_id)
 
 
 def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> list[Checkout]:
     """Checkouts this order completes; returns those whose abandonment had been announced (recovered)."""
-    conditions = []
-    if rec.checkout_token:
-        conditions.append(col(Checkout.token) == rec.checkout_token)
-    if rec.cart_token:
-        conditions.append(col(Checkout.cart_token) == rec.cart_token)
-    if rec.checkout_id:
-        conditions.append(col(Checkout.checkout_id) == rec.checkout_id)
-    if not conditions:
-        return []
     recovered = []
-    for checkout in ctx.session.execute(sa.select(Checkout).where(col(Checkout.shop_id) == ctx.shop_id,
-                                                                  sa.or_(*conditions))).scalars():
+    for checkout in ctx.mirror.checkouts_completed_by(rec.checkout_token, rec.cart_token, rec.checkout_id):
         if checkout.completed_at is None:
             checkout.completed_at = rec.created_at or ctx.now
             abandoned_key = f"{ctx.shop_domain}:cart_abandoned:{checkout.checkout_id}"
@@ -383,11 +370,26 @@ def _complete_checkouts(ctx: ApplyContext, rec: OrderRecord) -> list[Checkout]:
     return recovered
 
 
-def apply_refund(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
-    order_id = as_id(payload.get("order_id"), "order_id")
-    order = ctx.session.get(Order, (ctx.shop_id, order_id))
-    rec = RefundRecord.from_payload(payload, order_id=order_id, shop_currency=order.currency if order else
-                                    ctx.shop_currency)
+@dataclass(frozen=True)
+class RefundDelivery:
+    """A refunds/create payload, read once to check it; its amount is read again in the order's currency."""
+
+    order_id: int
+    refund_id: int
+    payload: Mapping[str, Any]
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> RefundDelivery:
+        order_id = as_id(payload.get("order_id"), "order_id")
+        return cls(order_id=order_id, refund_id=RefundRecord.from_payload(payload, order_id=order_id).refund_id,
+                   payload=payload)
+
+
+def apply_refund(ctx: ApplyContext, delivery: RefundDelivery) -> str:
+    order_id = delivery.order_id
+    order = ctx.mirror.get(Order, order_id)
+    rec = RefundRecord.from_payload(delivery.payload, order_id=order_id,
+                                    shop_currency=order.currency if order else ctx.shop_currency)
     if not _store_refund(ctx, rec):
         return "stale"
     if order is None or not order.contact_key:
@@ -407,14 +409,12 @@ def apply_refund(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
 # --- products, checkouts, carts -------------------------------------------------------------
 
 
-def apply_product(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
-    rec = ProductRecord.from_payload(payload)
-    row = ctx.session.get(Product, (ctx.shop_id, rec.product_id))
+def apply_product(ctx: ApplyContext, rec: ProductRecord) -> str:
+    row = ctx.mirror.get(Product, rec.product_id)
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     if row is None:
-        row = Product(shop_id=ctx.shop_id, product_id=rec.product_id)
-        ctx.session.add(row)
+        row = ctx.mirror.add(Product(shop_id=ctx.shop_id, product_id=rec.product_id))
     row.title, row.handle, row.product_type, row.vendor = rec.title, rec.handle, rec.product_type, rec.vendor
     row.tags, row.status, row.image_url, row.updated_at_src = rec.tags, rec.status, rec.image_url, rec.updated_at
     row.deleted = False
@@ -422,38 +422,24 @@ def apply_product(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
     return "applied"
 
 
-def apply_product_deleted(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
-    product_id = as_id(payload.get("id"), "id")
-    row = ctx.session.get(Product, (ctx.shop_id, product_id))
+def apply_product_deleted(ctx: ApplyContext, product_id: int) -> str:
+    row = ctx.mirror.get(Product, product_id)
     if row is None:
-        row = Product(shop_id=ctx.shop_id, product_id=product_id)
-        ctx.session.add(row)
+        row = ctx.mirror.add(Product(shop_id=ctx.shop_id, product_id=product_id))
     row.deleted = True
     row.brevo_hash = None
     return "applied"
 
 
-def _order_for_checkout(ctx: ApplyContext, rec: CheckoutRecord) -> Order | None:
-    conditions = [col(Order.checkout_id) == rec.checkout_id]
-    if rec.token:
-        conditions.append(col(Order.checkout_token) == rec.token)
-    if rec.cart_token:
-        conditions.append(col(Order.cart_token) == rec.cart_token)
-    return ctx.session.execute(sa.select(Order).where(col(Order.shop_id) == ctx.shop_id,
-                                                      sa.or_(*conditions)).limit(1)).scalar_one_or_none()
-
-
-def apply_checkout(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
-    rec = CheckoutRecord.from_payload(payload)
-    row = ctx.session.get(Checkout, (ctx.shop_id, rec.checkout_id))
+def apply_checkout(ctx: ApplyContext, rec: CheckoutRecord) -> str:
+    row = ctx.mirror.get(Checkout, rec.checkout_id)
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     previous_key = row.contact_key if row is not None else None
     key = ctx.resolve(rec.contact_key) or previous_key
     if row is None:
-        row = Checkout(shop_id=ctx.shop_id, checkout_id=rec.checkout_id)
-        ctx.session.add(row)
-    order = _order_for_checkout(ctx, rec)
+        row = ctx.mirror.add(Checkout(shop_id=ctx.shop_id, checkout_id=rec.checkout_id))
+    order = ctx.mirror.order_completing(rec.checkout_id, rec.token, rec.cart_token)
     completed_at = rec.completed_at or (as_utc(order.created_at_src) or ctx.now if order is not None else None)
     row.token, row.cart_token, row.contact_key, row.customer_id = rec.token, rec.cart_token, key, rec.customer_id
     row.email, row.phone, row.currency = rec.email or row.email, rec.phone or row.phone, rec.currency
@@ -474,22 +460,16 @@ def apply_checkout(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
     return "applied"
 
 
-def apply_cart(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
-    rec = CartRecord.from_payload(payload)
-    row = ctx.session.get(Cart, (ctx.shop_id, rec.token))
+def apply_cart(ctx: ApplyContext, rec: CartRecord) -> str:
+    row = ctx.mirror.get(Cart, rec.token)
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     if row is None:
-        row = Cart(shop_id=ctx.shop_id, token=rec.token)
-        ctx.session.add(row)
+        row = ctx.mirror.add(Cart(shop_id=ctx.shop_id, token=rec.token))
     row.lines, row.total = list(rec.lines), rec.total
     row.created_at_src, row.updated_at_src = rec.created_at, rec.updated_at
     # Carts are anonymous: they reach a buyer only through a checkout with the same token.
-    checkout = ctx.session.execute(
-        sa.select(Checkout).where(col(Checkout.shop_id) == ctx.shop_id, col(Checkout.cart_token) == rec.token,
-                                  col(Checkout.contact_key).is_not(None))
-        .order_by(col(Checkout.updated_at_src).desc()).limit(1)
-    ).scalar_one_or_none()
+    checkout = ctx.mirror.checkout_for_cart(rec.token)
     if checkout is None or checkout.completed_at is not None or not checkout.contact_key:
         return "applied"
     ctx.touch(checkout.contact_key)
@@ -504,43 +484,99 @@ def apply_cart(ctx: ApplyContext, payload: Mapping[str, Any]) -> str:
     return "applied"
 
 
-TOPIC_HANDLERS: dict[str, Handler] = {
-    "customers/create": lambda ctx, p: apply_customer(ctx, p, created=True),
-    "customers/update": apply_customer,
-    "customers/delete": apply_customer_deleted,
-    "customers_email_marketing_consent/update": lambda ctx, p: apply_consent(ctx, ConsentRecord.from_email_topic(p)),
-    "customers_marketing_consent/update": lambda ctx, p: apply_consent(ctx, ConsentRecord.from_sms_topic(p)),
-    "orders/create": apply_order,
-    "orders/updated": apply_order,
-    "orders/paid": apply_order,
-    "orders/cancelled": apply_order,
-    "orders/fulfilled": apply_order,
-    "orders/partially_fulfilled": apply_order,
-    "refunds/create": apply_refund,
-    "products/create": apply_product,
-    "products/update": apply_product,
-    "products/delete": apply_product_deleted,
-    "checkouts/create": apply_checkout,
-    "checkouts/update": apply_checkout,
-    "carts/create": apply_cart,
-    "carts/update": apply_cart,
+def _id_of(payload: Mapping[str, Any]) -> int:
+    return as_id(payload.get("id"), "id")
+
+
+_ORDER = Topic(OrderRecord.from_payload, apply_order)
+_CUSTOMER = Topic(CustomerRecord.from_payload, apply_customer)
+_PRODUCT = Topic(ProductRecord.from_payload, apply_product)
+_CHECKOUT = Topic(CheckoutRecord.from_payload, apply_checkout)
+_CART = Topic(CartRecord.from_payload, apply_cart)
+
+TOPICS: dict[str, Topic] = {
+    "customers/create": Topic(CustomerRecord.from_payload, lambda ctx, rec: apply_customer(ctx, rec, created=True)),
+    "customers/update": _CUSTOMER,
+    "customers/delete": Topic(_id_of, apply_customer_deleted),
+    "customers_email_marketing_consent/update": Topic(ConsentRecord.from_email_topic, apply_consent),
+    "customers_marketing_consent/update": Topic(ConsentRecord.from_sms_topic, apply_consent),
+    "orders/create": _ORDER,
+    "orders/updated": _ORDER,
+    "orders/paid": _ORDER,
+    "orders/cancelled": _ORDER,
+    "orders/fulfilled": _ORDER,
+    "orders/partially_fulfilled": _ORDER,
+    "refunds/create": Topic(RefundDelivery.from_payload, apply_refund),
+    "products/create": _PRODUCT,
+    "products/update": _PRODUCT,
+    "products/delete": Topic(_id_of, apply_product_deleted),
+    "checkouts/create": _CHECKOUT,
+    "checkouts/update": _CHECKOUT,
+    "carts/create": _CART,
+    "carts/update": _CART,
 }
 
 
+def _line_products(lines: Iterable[Any]) -> list[int | None]:
+    return [line.product_id if isinstance(line, LineRecord) else line.get("product_id") for line in lines]
+
+
+def wanted_by(records: Iterable[Any]) -> Wanted:
+    """Everything applying these parsed deliveries will look up, for one prefetch."""
+    wanted = Wanted()
+    for rec in records:
+        if isinstance(rec, OrderRecord):
+            wanted.add(Order, rec.order_id)
+            wanted.buyer(rec.contact_key, rec.email, rec.phone)
+            wanted.order_keys.add(rec.contact_key or "")
+            if rec.customer is not None:
+                wanted.add(Customer, rec.customer.customer_id)
+            wanted.refunds_of.add(rec.order_id)
+            wanted.add(Refund, *(r.refund_id for r in rec.refunds))
+            wanted.checkouts_by["token"].add(rec.checkout_token)
+            wanted.checkouts_by["cart_token"].add(rec.cart_token)
+            wanted.checkouts_by["checkout_id"].add(rec.checkout_id)
+            wanted.add(Product, *_line_products(rec.lines))
+        elif isinstance(rec, CustomerRecord):
+            wanted.add(Customer, rec.customer_id)
+            wanted.buyer(rec.contact_key, rec.email, rec.phone)
+        elif isinstance(rec, ConsentRecord):
+            wanted.add(Customer, rec.customer_id)
+            wanted.contact(f"c:{rec.customer_id}" if rec.customer_id else None)
+        elif isinstance(rec, RefundDelivery):
+            wanted.add(Order, rec.order_id)
+            wanted.add(Refund, rec.refund_id)
+            wanted.refunds_of.add(rec.order_id)
+        elif isinstance(rec, ProductRecord):
+            wanted.add(Product, rec.product_id)
+        elif isinstance(rec, CheckoutRecord):
+            wanted.add(Checkout, rec.checkout_id)
+            wanted.buyer(rec.contact_key, rec.email, rec.phone)
+            wanted.orders_by_checkout["checkout_id"].add(rec.checkout_id)
+            wanted.orders_by_checkout["checkout_token"].add(rec.token)
+            wanted.orders_by_checkout["cart_token"].add(rec.cart_token)
+            wanted.add(Product, *_line_products(rec.lines))
+        elif isinstance(rec, CartRecord):
+            wanted.add(Cart, rec.token)
+            wanted.checkouts_by["cart_token"].add(rec.token)
+            wanted.add(Product, *_line_products(rec.lines))
+    wanted.order_keys.discard("")
+    return wanted
+
+
 def write_events(ctx: ApplyContext) -> int:
-    """Insert the collected events into the outbox; a key already there is left alone (exactly once)."""
-    written = insert_events(ctx.session, ctx.shop_id, ctx.events, now=ctx.now,
-                            status="pending" if ctx.fresh else "skipped", reason=ctx.stale_reason,
-                            enabled=ctx.event_enabled)
+    """Queue the collected events for the outbox with the batch; a key already there is left alone."""
+    rows = outbox_rows(ctx.shop_id, ctx.events, now=ctx.now, status="pending" if ctx.fresh else "skipped",
+                       reason=ctx.stale_reason, enabled=ctx.event_enabled)
+    ctx.mirror.queue_outbox(rows)
     ctx.events.clear()
-    return written
+    return len(rows)
 
 
-def insert_events(session: Session, shop_id: int, facts: Iterable[ev.EventFact], *, now: datetime,
-                  status: str = "pending", reason: str | None = None,
-                  enabled: Callable[[str], bool] | None = None) -> int:
-    """The one way into the outbox: unique per (shop, idempotency key), "do nothing" on a replay.
-    An event the shop switched off is recorded as `disabled`, so `contacts explain` can say so."""
+def outbox_rows(shop_id: int, facts: Iterable[ev.EventFact], *, now: datetime, status: str = "pending",
+                reason: str | None = None, enabled: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+    """Outbox rows for these facts, one per idempotency key. An event the shop switched off is recorded as
+    `disabled`, so `contacts explain` can say so."""
     rows = []
     seen: set[str] = set()
     for fact in facts:
@@ -552,11 +588,13 @@ def insert_events(session: Session, shop_id: int, facts: Iterable[ev.EventFact],
                      "target": fact.target, "contact_key": fact.contact_key, "body": fact.body,
                      "status": "disabled" if off else status, "attempts": 0, "created_at": now,
                      "last_error": "switched off in the shop's configuration" if off else reason})
-    if not rows:
-        return 0
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = OutboxEntry.__table__  # type: ignore[attr-defined]
-    statement = insert(table).values(rows).on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"])
-    session.execute(statement)
+    return rows
+
+
+def insert_events(session: Session, shop_id: int, facts: Iterable[ev.EventFact], *, now: datetime,
+                  status: str = "pending", reason: str | None = None,
+                  enabled: Callable[[str], bool] | None = None) -> int:
+    """The one way into the outbox: unique per (shop, idempotency key), "do nothing" on a replay."""
+    rows = outbox_rows(shop_id, facts, now=now, status=status, reason=reason, enabled=enabled)
+    insert_outbox(session, rows)
     return len(rows)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -36,7 +36,8 @@ from connector.shops import credentials
 from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
-from sync.apply import TOPIC_HANDLERS, ApplyContext, write_events
+from sync.apply import TOPICS, ApplyContext, Topic, wanted_by, write_events
+from sync.mirror import BatchMirror
 from sync.profiles import ShopContext, build_dirty_contacts
 from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
 from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
@@ -278,55 +279,95 @@ class Worker:
                 setup_error=reason, setup_due_at=self.clock.now() + timedelta(seconds=retry_in)))
 
     def apply_inbox(self, lease: Lease, shop: Shop) -> int:
-        """Apply one batch of the shop's pending deliveries in one unit of work; returns the batch size."""
+        """Apply one batch of the shop's pending deliveries in one unit of work; returns the batch size.
+
+        The batch is applied as a whole: one prefetch of what it touches, bulk writes. Should anything in
+        it fail, that unit of work is rolled back and the batch applied again one delivery at a time, each
+        in a savepoint, so that the failing delivery is quarantined with its error and the others land.
+        """
+        try:
+            with unit_of_work(self.engine) as session:
+                size, tally = self._apply_batch(session, lease, shop, one_by_one=False)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.info("shop %s: a delivery of the batch failed (%s: %s); applying one at a time",
+                     lease.domain, type(exc).__name__, exc)
+            with unit_of_work(self.engine) as session:
+                size, tally = self._apply_batch(session, lease, shop, one_by_one=True)
+        self.stats.applied += tally.applied
+        self.stats.failed += tally.failed
+        self.stats.ignored += tally.ignored
+        return size
+
+    def _apply_batch(self, session: sa.orm.Session, lease: Lease, shop: Shop, *,
+                     one_by_one: bool) -> tuple[int, WorkerStats]:
         now = self.clock.now()
         window = timedelta(hours=self.settings.event_freshness_hours)
-        shared: dict = {}
         config = ShopConfig.from_dict(shop.config)
-        with unit_of_work(self.engine) as session:
-            entries = session.execute(sa.select(InboxEntry).where(
-                col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending")
-                .order_by(col(InboxEntry.id)).limit(INBOX_BATCH)).scalars().all()
-            for entry in entries:
-                handler = TOPIC_HANDLERS.get(entry.topic)
-                entry.processed_at = now
-                if handler is None:
-                    entry.status = "ignored"
-                    self.stats.ignored += 1
-                    continue
-                happened = as_utc(entry.triggered_at) or as_utc(entry.received_at) or now
-                fresh = now - happened <= window
-                ctx = ApplyContext(session=session, shop_id=lease.shop_id, shop_domain=lease.domain,
-                                   shop_currency=shop.currency, now=now, live=entry.source == "webhook",
-                                   fresh=fresh, dirty=shared, event_enabled=config.event_enabled,
-                                   happened=happened if entry.source == "webhook" and fresh else now,
-                                   stale_reason=None if fresh else
-                                   f"delivery older than {self.settings.event_freshness_hours:g} h: not a trigger")
+        tally = WorkerStats()
+        entries = session.execute(sa.select(InboxEntry).where(
+            col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending")
+            .order_by(col(InboxEntry.id)).limit(INBOX_BATCH)).scalars().all()
+        parsed: list[tuple[InboxEntry, Topic, Any]] = []
+        for entry in entries:
+            entry.processed_at = now
+            topic = TOPICS.get(entry.topic)
+            if topic is None:
+                entry.status = "ignored"
+                tally.ignored += 1
+                continue
+            try:
+                payload = json.loads(entry.body)
+                if not isinstance(payload, dict):
+                    raise PayloadError("the body is not a JSON object")
+                parsed.append((entry, topic, topic.parse(payload)))
+            except (ValueError, PayloadError) as exc:
+                self._quarantine(session, entry, lease, f"unreadable {entry.topic} payload: {exc}", tally)
+        batch = BatchMirror(session, lease.shop_id)
+        if not one_by_one:
+            batch.prefetch(wanted_by(rec for _, _, rec in parsed))
+        dirty: dict = {}
+        for entry, topic, rec in parsed:
+            happened = as_utc(entry.triggered_at) or as_utc(entry.received_at) or now
+            fresh = now - happened <= window
+            ctx = ApplyContext(session=session, mirror=BatchMirror(session, lease.shop_id) if one_by_one else batch,
+                               shop_id=lease.shop_id, shop_domain=lease.domain,
+                               shop_currency=shop.currency, now=now, live=entry.source == "webhook",
+                               fresh=fresh, dirty=dirty, event_enabled=config.event_enabled,
+                               happened=happened if entry.source == "webhook" and fresh else now,
+                               stale_reason=None if fresh else
+                               f"delivery older than {self.settings.event_freshness_hours:g} h: not a trigger")
+            if not one_by_one:
+                outcome = topic.apply(ctx, rec)
+                write_events(ctx)
+            else:
                 try:
-                    payload = json.loads(entry.body)
-                    if not isinstance(payload, dict):
-                        raise PayloadError("the body is not a JSON object")
                     with session.begin_nested():
-                        outcome = handler(ctx, payload)
+                        ctx.mirror.prefetch(wanted_by([rec]))
+                        outcome = topic.apply(ctx, rec)
                         write_events(ctx)
+                        ctx.mirror.write()
                 except (ValueError, PayloadError) as exc:
-                    self._quarantine(session, entry, lease, f"unreadable {entry.topic} payload: {exc}")
-                    shared.clear()
+                    self._quarantine(session, entry, lease, f"unreadable {entry.topic} payload: {exc}", tally)
+                    dirty.clear()
                     continue
                 except Exception as exc:  # a bug must not stop the shop: keep the delivery, show the error
                     log.exception("applying inbox %s failed", entry.id)
                     self._quarantine(session, entry, lease, f"internal error applying {entry.topic}: "
-                                                            f"{type(exc).__name__}: {exc}")
-                    shared.clear()
+                                                            f"{type(exc).__name__}: {exc}", tally)
+                    dirty.clear()
                     continue
-                entry.status = "applied" if outcome == "applied" else "superseded"
-                self.stats.applied += 1
-            fence(session, lease, now=now, seconds=self.settings.lease_seconds)
-        return len(entries)
+            entry.status = "applied" if outcome == "applied" else "superseded"
+            tally.applied += 1
+        batch.write()
+        fence(session, lease, now=now, seconds=self.settings.lease_seconds)
+        return len(entries), tally
 
-    def _quarantine(self, session: sa.orm.Session, entry: InboxEntry, lease: Lease, reason: str) -> None:
+    def _quarantine(self, session: sa.orm.Session, entry: InboxEntry, lease: Lease, reason: str,
+                    tally: WorkerStats) -> None:
         entry.status, entry.error = "failed", reason
         session.add(DeadLetter(shop_id=lease.shop_id, shop_domain=lease.domain, source="inbox",
                                reference=f"inbox:{entry.id}:{entry.event_id}", topic=entry.topic, reason=reason,
                                created_at=self.clock.now()))
-        self.stats.failed += 1
+        tally.failed += 1

@@ -1,0 +1,254 @@
+"""The mirror as one inbox batch sees it: the rows the batch touches, fetched in a few set queries up front,
+then served from memory; the rows it writes in bulk (order lines, outbox) go out in one statement each.
+
+Every lookup is exact whatever was prefetched: a row or a search the prefetch did not cover is read from the
+database on first use and remembered (including "there is none"). Searches by a column value remember which
+values they covered; a row written in the batch is in memory, so a search over memory sees it too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlmodel import SQLModel, col
+
+from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, OutboxEntry, Product, Refund
+
+M = TypeVar("M", bound=SQLModel)
+CHUNK = 500  # values per IN list
+
+# The primary key of each mirror table, after shop_id.
+_IDENT: dict[type[SQLModel], str] = {
+    Customer: "customer_id", Order: "order_id", Refund: "refund_id", Product: "product_id",
+    Checkout: "checkout_id", Cart: "token", Contact: "contact_key",
+}
+
+
+@dataclass
+class Wanted:
+    """What a batch of parsed deliveries will look up, gathered before any of them is applied."""
+
+    rows: dict[type[SQLModel], set[Any]] = field(default_factory=lambda: defaultdict(set))
+    order_keys: set[str] = field(default_factory=set)  # contact keys whose orders are counted
+    refunds_of: set[int] = field(default_factory=set)  # order ids
+    # A checkout delivery looks for the order that completed it; an order for the checkouts it completes;
+    # a cart for the checkout that carries it.
+    orders_by_checkout: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
+    checkouts_by: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
+
+    def add(self, model: type[SQLModel], *idents: Any) -> None:
+        self.rows[model].update(i for i in idents if i)
+
+    def contact(self, *keys: str | None) -> None:
+        self.add(Contact, *keys)
+
+    def buyer(self, key: str | None, email: str | None, phone: str | None) -> None:
+        """A buyer's key and the guest keys a customer would absorb."""
+        self.contact(key, f"e:{email}" if email else None, f"p:{phone}" if phone else None)
+
+
+def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    ordered = sorted(values)
+    for start in range(0, len(ordered), CHUNK):
+        yield ordered[start:start + CHUNK]
+
+
+class BatchMirror:
+    def __init__(self, session: Session, shop_id: int) -> None:
+        self.session, self.shop_id = session, shop_id
+        self._rows: dict[type[SQLModel], dict[Any, Any]] = defaultdict(dict)  # ident -> row, or None: absent
+        self._added: set[tuple[type[SQLModel], Any]] = set()
+        self._covered: dict[str, set[Any]] = defaultdict(set)
+        # Orders per contact key as stored when first looked at: order id -> counts as a purchase.
+        self._orders_by_key: dict[str, dict[int, bool]] = {}
+        self._lines: dict[int, list[dict[str, Any]]] = {}
+        self._outbox: dict[str, dict[str, Any]] = {}
+
+    # --- rows by primary key ----------------------------------------------------------------
+
+    def get(self, model: type[M], ident: Any) -> M | None:
+        table = self._rows[model]
+        if ident in table:
+            row: M | None = table[ident]
+            return row
+        row = self.session.get(model, (self.shop_id, ident))
+        table[ident] = row
+        return row
+
+    def add(self, row: M) -> M:
+        model = type(row)
+        ident = getattr(row, _IDENT[model])
+        self.session.add(row)
+        self._rows[model][ident] = row
+        self._added.add((model, ident))
+        return row
+
+    def is_new(self, row: SQLModel) -> bool:
+        """Added by this batch (not read from the database)."""
+        model = type(row)
+        return (model, getattr(row, _IDENT[model])) in self._added
+
+    def _cached(self, model: type[M]) -> Iterator[M]:
+        return (row for row in self._rows[model].values() if row is not None)
+
+    def _load(self, model: type[M], where: Any, values: Iterable[Any], *, by_key: bool = False) -> None:
+        """Read the rows whose `where` column is among `values`; by primary key, also remember the absent."""
+        values = {v for v in values if v is not None}
+        table = self._rows[model]
+        if by_key:
+            values = {v for v in values if v not in table}
+        if not values:
+            return
+        column = getattr(model, _IDENT[model]) if by_key else where
+        for chunk in _chunks(values):
+            statement = sa.select(model).where(col(model.shop_id) == self.shop_id,  # type: ignore[attr-defined]
+                                               column.in_(chunk))
+            for row in self.session.execute(statement).scalars():
+                table.setdefault(getattr(row, _IDENT[model]), row)
+        if by_key:
+            for value in values:
+                table.setdefault(value, None)
+
+    def _search(self, model: type[M], column: str, values: Iterable[Any]) -> None:
+        """Every stored row whose `column` is one of `values` is in memory afterwards."""
+        covered = self._covered[f"{model.__name__}.{column}"]
+        missing = {v for v in values if v is not None} - covered
+        if missing:
+            self._load(model, getattr(model, column), missing)
+            covered |= missing
+
+    # --- prefetch ---------------------------------------------------------------------------
+
+    def prefetch(self, wanted: Wanted) -> None:
+        """A handful of set queries for what the batch will look up; contacts last, as the orders and
+        checkouts read first name contact keys of their own (a refund's buyer, an order's previous buyer)."""
+        for model in (Customer, Order, Refund, Product, Checkout, Cart):
+            self._load(model, None, wanted.rows.get(model, ()), by_key=True)
+        for name in ("checkout_id", "checkout_token", "cart_token"):
+            self._search(Order, name, wanted.orders_by_checkout.get(name, ()))
+        self._search(Refund, "order_id", wanted.refunds_of)
+        for name in ("token", "cart_token", "checkout_id"):
+            self._search(Checkout, name, wanted.checkouts_by.get(name, ()))
+        keys = set(wanted.rows.get(Contact, ()))
+        keys |= {o.contact_key for o in self._cached(Order)} | {c.contact_key for c in self._cached(Checkout)}
+        self._load(Contact, None, keys, by_key=True)
+        self._index_orders(wanted.order_keys)
+
+    # --- searches ---------------------------------------------------------------------------
+
+    def checkouts_completed_by(self, token: str | None, cart_token: str | None,
+                               checkout_id: int | None) -> list[Checkout]:
+        self._search(Checkout, "token", [token])
+        self._search(Checkout, "cart_token", [cart_token])
+        self._search(Checkout, "checkout_id", [checkout_id])
+        return sorted((c for c in self._cached(Checkout)
+                       if (token and c.token == token) or (cart_token and c.cart_token == cart_token)
+                       or (checkout_id and c.checkout_id == checkout_id)), key=lambda c: c.checkout_id)
+
+    def order_completing(self, checkout_id: int, token: str | None, cart_token: str | None) -> Order | None:
+        self._search(Order, "checkout_id", [checkout_id])
+        self._search(Order, "checkout_token", [token])
+        self._search(Order, "cart_token", [cart_token])
+        found = [o for o in self._cached(Order) if o.checkout_id == checkout_id
+                 or (token and o.checkout_token == token) or (cart_token and o.cart_token == cart_token)]
+        return min(found, key=lambda o: o.order_id) if found else None
+
+    def checkout_for_cart(self, cart_token: str) -> Checkout | None:
+        """The newest checkout with a buyer that carries this cart."""
+        self._search(Checkout, "cart_token", [cart_token])
+        found = [c for c in self._cached(Checkout) if c.cart_token == cart_token and c.contact_key]
+        return max(found, key=lambda c: (c.updated_at_src is not None, c.updated_at_src or 0, c.checkout_id),
+                   default=None)
+
+    def refunds_of(self, order_id: int) -> list[Refund]:
+        self._search(Refund, "order_id", [order_id])
+        return sorted((r for r in self._cached(Refund) if r.order_id == order_id), key=lambda r: r.refund_id)
+
+    def products(self, ids: Iterable[int | None]) -> dict[int, Product]:
+        wanted = {i for i in ids if i}
+        self._load(Product, None, wanted, by_key=True)
+        table = self._rows[Product]
+        return {i: table[i] for i in wanted if table.get(i) is not None}
+
+    def _index_orders(self, keys: Iterable[str | None]) -> None:
+        missing = {k for k in keys if k} - self._orders_by_key.keys()
+        for chunk in _chunks(missing):
+            for key in chunk:
+                self._orders_by_key[key] = {}
+            rows = self.session.execute(
+                sa.select(col(Order.contact_key), col(Order.order_id),
+                          sa.and_(col(Order.cancelled_at).is_(None), col(Order.test).is_(False)))
+                .where(col(Order.shop_id) == self.shop_id, col(Order.contact_key).in_(chunk)))
+            for key, order_id, counted in rows:
+                self._orders_by_key[key][order_id] = bool(counted)
+
+    def purchases_besides(self, key: str, order_id: int) -> int:
+        """How many other orders of this buyer count as purchases (not cancelled, not test)."""
+        self._index_orders([key])
+        orders = self._rows[Order]
+        count = 0
+        for other, counted in self._orders_by_key[key].items():
+            row = orders.get(other)
+            if other != order_id and row is None and counted:
+                count += 1
+        for row in self._cached(Order):
+            if (row.order_id != order_id and row.contact_key == key and row.cancelled_at is None
+                    and not row.test):
+                count += 1
+        return count
+
+    def orders_moved(self, from_key: str, to_key: str) -> None:
+        """A guest's stored orders now belong to the customer: called before the table is updated."""
+        self._index_orders([from_key, to_key])
+        self._orders_by_key[to_key].update(self._orders_by_key.pop(from_key))
+        self._orders_by_key[from_key] = {}
+        for row in self._outbox.values():
+            if row["contact_key"] == from_key:
+                row["contact_key"] = to_key
+
+    # --- bulk writes ------------------------------------------------------------------------
+
+    def replace_lines(self, order: Order, lines: list[dict[str, Any]]) -> None:
+        """The order's lines are these: stored ones are deleted, the new ones written with the batch."""
+        if not self.is_new(order):
+            self.session.execute(sa.delete(OrderLine).where(col(OrderLine.shop_id) == self.shop_id,
+                                                            col(OrderLine.order_id) == order.order_id))
+        self._lines[order.order_id] = lines
+
+    def pending_lines(self, order_id: int) -> list[dict[str, Any]] | None:
+        return self._lines.get(order_id)
+
+    def queue_outbox(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Outbox rows written with the batch; the first of one idempotency key wins, as in the table."""
+        for row in rows:
+            self._outbox.setdefault(row["idempotency_key"], row)
+
+    def write(self) -> None:
+        """Write the batch's bulk rows: one executemany per table."""
+        if self._lines:
+            rows = [row for lines in self._lines.values() for row in lines]
+            if rows:
+                self.session.execute(sa.insert(OrderLine.__table__), rows)  # type: ignore[attr-defined]
+            # Written now: a later replacement in the same session must delete them.
+            for order_id in self._lines:
+                self._added.discard((Order, order_id))
+            self._lines.clear()
+        if self._outbox:
+            insert_outbox(self.session, list(self._outbox.values()))
+            self._outbox.clear()
+
+
+def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Unique per (shop, idempotency key): a key already there is left alone (exactly once)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = OutboxEntry.__table__  # type: ignore[attr-defined]
+    session.execute(insert(table).on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"]), rows)
