@@ -95,10 +95,10 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     contacts = [c for c in contacts if not c.merged_into]
     if not contacts:
         return len(merged)
-    if not contacts:
-        return 0
+    facts: list[ev.EventFact] = []
     for contact, view in zip(contacts, load_buyers(session, shop, contacts), strict=True):
-        _settle(session, shop, contact, view)
+        facts.extend(_settle(shop, contact, view))
+    insert_events(session, shop.shop_id, facts, now=shop.now, enabled=shop.config.event_enabled)
     return len(contacts)
 
 
@@ -174,8 +174,8 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     return views
 
 
-def _settle(session: Session, shop: ShopContext, contact: Contact, view: BuyerView) -> None:
-    """Store the figures, emit what fell due, and queue the Brevo body when it changed."""
+def _settle(shop: ShopContext, contact: Contact, view: BuyerView) -> list[ev.EventFact]:
+    """Store the figures, queue the Brevo body when it changed; returns the events that fell due."""
     buyer, profile, rfm = view.buyer, view.profile, view.rfm
     contact.dirty = False
     contact.email, contact.phone = buyer.email, buyer.phone
@@ -202,10 +202,8 @@ def _settle(session: Session, shop: ShopContext, contact: Contact, view: BuyerVi
                                             moment.properties))
     contact.lifecycle_scanned_at = max(after, shop.now)
     contact.lifecycle_due_at = next_due(view.moments, contact.lifecycle_scanned_at)
-    if facts:
-        insert_events(session, shop.shop_id, facts, now=shop.now, enabled=shop.config.event_enabled)
     if not (buyer.email or buyer.phone):
-        return  # Brevo needs an email or a phone number to hold a contact
+        return facts  # Brevo needs an email or a phone number to hold a contact
     memory = dict(contact.sent.get("_consent", {})) if contact.sent else {}
     seen = ConsentSent(email_blacklisted=memory.get("shopify_email"), sms_blacklisted=memory.get("shopify_sms"))
     told = ConsentSent(email_blacklisted=memory.get("told_email"), sms_blacklisted=memory.get("told_sms"))
@@ -218,10 +216,11 @@ def _settle(session: Session, shop: ShopContext, contact: Contact, view: BuyerVi
                       "told_email": body.get("emailBlacklisted", told.email_blacklisted),
                       "told_sms": body.get("smsBlacklisted", told.sms_blacklisted)}
     if digest == contact.sent_hash or digest == contact.pending_hash:
-        return
+        return facts
     body["_consent"] = consent_memory
     contact.pending, contact.pending_hash = body, digest
     contact.push_state, contact.attempts, contact.next_attempt_at = "pending", 0, None
+    return facts
 
 
 def _event_buyer(buyer: BuyerFacts) -> ev.Buyer | None:

@@ -191,26 +191,34 @@ class Pusher:
         return 1
 
     def _mark_contacts_sent(self, contacts: Sequence[Contact], *, visible_at: datetime) -> None:
+        """What Brevo now holds, in one statement for the chunk; a contact rebuilt meanwhile stays pending."""
         now = self.clock.now()
+        table = Contact.__table__  # type: ignore[attr-defined]
+        statement = sa.update(table).where(
+            table.c.shop_id == sa.bindparam("b_shop"), table.c.contact_key == sa.bindparam("b_key"),
+            table.c.pending_hash == sa.bindparam("b_hash")).values(
+            sent=sa.bindparam("b_sent", type_=table.c.sent.type), sent_hash=sa.bindparam("b_hash"), pending=None,
+            pending_hash=None, push_state="idle", attempts=0, next_attempt_at=None, last_error=None,
+            pushed_at=now, visible_at=visible_at, brevo_email=sa.bindparam("b_email"))
+        rows = [{"b_shop": c.shop_id, "b_key": c.contact_key, "b_hash": c.pending_hash, "b_sent": c.pending or {},
+                 "b_email": (c.pending or {}).get("email") or c.brevo_email} for c in contacts]
         with unit_of_work(self.engine) as session:
-            for contact in contacts:
-                body = contact.pending or {}
-                session.execute(sa.update(Contact).where(
-                    col(Contact.shop_id) == contact.shop_id, col(Contact.contact_key) == contact.contact_key,
-                    col(Contact.pending_hash) == contact.pending_hash)
-                    .values(sent=body, sent_hash=contact.pending_hash, pending=None, pending_hash=None,
-                            push_state="idle", attempts=0, next_attempt_at=None, last_error=None, pushed_at=now,
-                            visible_at=visible_at, brevo_email=body.get("email") or contact.brevo_email))
+            if rows:
+                session.connection().execute(statement, rows)
             session.execute(sa.update(Shop).where(col(Shop.id) == self.lease.shop_id).values(last_push_at=now))
             fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
 
     def _reschedule_contacts(self, contacts: Sequence[Contact], exc: BrevoRetriable) -> None:
+        table = Contact.__table__  # type: ignore[attr-defined]
+        statement = sa.update(table).where(
+            table.c.shop_id == sa.bindparam("b_shop"), table.c.contact_key == sa.bindparam("b_key")).values(
+            attempts=sa.bindparam("b_attempts"), last_error=str(exc)[:2000],
+            next_attempt_at=sa.bindparam("b_next", type_=table.c.next_attempt_at.type))
+        rows = [{"b_shop": c.shop_id, "b_key": c.contact_key, "b_attempts": c.attempts + 1,
+                 "b_next": self._backoff(c.attempts + 1, exc)} for c in contacts]
         with unit_of_work(self.engine) as session:
-            for contact in contacts:
-                session.execute(sa.update(Contact).where(
-                    col(Contact.shop_id) == contact.shop_id, col(Contact.contact_key) == contact.contact_key)
-                    .values(attempts=contact.attempts + 1, last_error=str(exc)[:2000],
-                            next_attempt_at=self._backoff(contact.attempts + 1, exc)))
+            if rows:
+                session.connection().execute(statement, rows)
             fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
 
     def _dead_contact(self, contact: Contact, reason: str) -> None:
@@ -326,13 +334,16 @@ class Pusher:
             fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
 
     def _reschedule_events(self, entries: Sequence[OutboxEntry], exc: BrevoRetriable) -> None:
+        table = OutboxEntry.__table__  # type: ignore[attr-defined]
+        statement = sa.update(table).where(table.c.id == sa.bindparam("b_id")).values(
+            attempts=sa.bindparam("b_attempts"), last_error=str(exc)[:2000],
+            next_attempt_at=sa.bindparam("b_next", type_=table.c.next_attempt_at.type))
+        rows = [{"b_id": e.id, "b_attempts": e.attempts + 1, "b_next": self._backoff(e.attempts + 1, exc)}
+                for e in entries]
         with unit_of_work(self.engine) as session:
-            for entry in entries:
-                session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id) == entry.id)
-                                .values(attempts=entry.attempts + 1, last_error=str(exc)[:2000],
-                                        next_attempt_at=self._backoff(entry.attempts + 1, exc)))
+            if rows:
+                session.connection().execute(statement, rows)
             fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
-
 
     # --- the catalogue (Brevo ecommerce products and categories) -------------------------------
 
