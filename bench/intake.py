@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
-from starlette.applications import Starlette
 
 from connector.database import make_engine, upgrade
 from connector.sandbox.server import free_port
 from connector.sandbox.shopify import many_orders
 from connector.settings import Settings
+from webhooks.app import ConnectorApp
 
 BENCH_DIR = Path(__file__).resolve().parent
 WRK_SCRIPT = BENCH_DIR / "wrk_unique_events.lua"
@@ -56,7 +56,7 @@ TARGET_RATIO = 0.5
 TARGET_P99_MS = 25.0
 
 
-def connector_app() -> Starlette:
+def connector_app() -> ConnectorApp:
     """uvicorn factory for the connector's app; database URL and secret from BENCH_DATABASE_URL, BENCH_SECRET."""
     from webhooks.app import create_app
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -14,36 +16,62 @@ from starlette.routing import Route
 from connector.settings import Settings
 from webhooks.intake import Intake
 
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise _TooLarge
-    return bytes(chunks)
+WEBHOOK_PATH = "/webhooks/shopify"
 
 
-def create_app(engine: Engine, settings: Settings, *, on_stored: Callable[[], None] | None = None) -> Starlette:
+class ConnectorApp:
+    """`POST /webhooks/shopify` is served here directly: it is the hot path (thousands a second in a sale) and
+    needs no framework objects per delivery. Every other request goes to the Starlette app."""
+
+    def __init__(self, intake: Intake, other: Starlette) -> None:
+        self.intake, self.other = intake, other
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != WEBHOOK_PATH:
+            await self.other(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await _respond(send, 405, "use POST", extra=[(b"allow", b"POST")])
+            return
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        limit = self.intake.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _respond(send, 413, f"body larger than {limit} bytes")
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the sender went away before the body arrived: nothing to store
+            body += message.get("body", b"")
+            if len(body) > limit:
+                await _respond(send, 413, f"body larger than {limit} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+        result = await self.intake.accept_async(bytes(body), headers.get)
+        await _respond(send, result.status, None if result.status == 200 else result.message)
+
+
+async def _respond(send: Send, status: int, error: str | None,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = b"" if error is None else json.dumps({"error": error}).encode()
+    headers = [(b"content-length", str(len(body)).encode())] + (extra or [])
+    if body:
+        headers.append((b"content-type", b"application/json"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(engine: Engine, settings: Settings, *,
+               on_stored: Callable[[], None] | None = None) -> ConnectorApp:
     intake = Intake(engine, settings.webhook_secrets, max_body_bytes=settings.webhook_max_body_bytes,
                     on_stored=on_stored)
-
-    async def shopify_webhook(request: Request) -> Response:
-        try:
-            body = await _read_body(request, intake.max_body_bytes)
-        except _TooLarge:
-            return JSONResponse({"error": f"body larger than {intake.max_body_bytes} bytes"}, status_code=413)
-        result = await intake.accept_async(body, request.headers.get)
-        if result.status == 200:
-            return Response(status_code=200)
-        return JSONResponse({"error": result.message}, status_code=result.status)
 
     async def healthz(request: Request) -> Response:
         try:
@@ -70,8 +98,7 @@ def create_app(engine: Engine, settings: Settings, *, on_stored: Callable[[], No
                 lines.append(f'connector_shops{{status="{status}"}} {count}')
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
-    return Starlette(routes=[
-        Route("/webhooks/shopify", shopify_webhook, methods=["POST"]),
+    return ConnectorApp(intake, Starlette(routes=[
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-    ])
+    ]))

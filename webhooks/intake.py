@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -62,17 +62,20 @@ class InboxWriter:
     Each caller still gets its answer only after its own row is committed (nothing is acknowledged before
     it is stored). On SQLite, whose single write lock the worker holds for a moment at a time, this turns
     "one lock wait per webhook" into "one lock wait per batch", and keeps the event loop free meanwhile.
+    The answers of one batch reach the event loop in one wake-up, not one per delivery.
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = 500) -> None:
         self.engine, self.max_batch = engine, max_batch
-        self.queue: queue.Queue[tuple[dict[str, Any], Future[bool]]] = queue.Queue()
+        self.queue: queue.Queue[_Pending] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, params: dict[str, Any]) -> Future[bool]:
-        future: Future[bool] = Future()
-        self.queue.put((params, future))
+    def submit(self, params: dict[str, Any]) -> asyncio.Future[bool]:
+        """Queue a row; the future (of the running loop) says whether it was new once it is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self.queue.put(_Pending(params, future, loop))
         return future
 
     def _run(self) -> None:
@@ -83,48 +86,65 @@ class InboxWriter:
                     batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
+            answers: list[tuple[_Pending, bool | BaseException]] = []
             try:
-                self._store(batch)
+                self._store(batch, answers)
             except BaseException as exc:  # pragma: no cover - a bug here must not leave callers waiting
-                for _, future in batch:
-                    _settle(future, exc=exc)
+                answers = [(item, exc) for item in batch]
+            _answer(answers)
 
-    def _store(self, batch: list[tuple[dict[str, Any], Future[bool]]]) -> None:
+    def _store(self, batch: list[_Pending], answers: list[tuple[_Pending, bool | BaseException]]) -> None:
         try:
-            stored = self._insert([params for params, _ in batch])
+            stored = self._insert([item.params for item in batch])
         except Exception as exc:
             if len(batch) == 1:  # the database is down or refused this row: its caller hears it (503)
-                _settle(batch[0][1], exc=exc)
+                answers.append((batch[0], exc))
                 return
             for item in batch:  # one bad row must not fail its neighbours: store them one by one
-                self._store([item])
+                self._store([item], answers)
             return
-        for params, future in batch:
-            key = (params["shop_domain"], params["event_id"])
-            _settle(future, result=key in stored)
+        for item in batch:
+            key = (item.params["shop_domain"], item.params["event_id"])
+            answers.append((item, key in stored))
             stored.discard(key)  # the same event twice in one batch: the second is the duplicate
 
     def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         table = InboxEntry.__table__  # type: ignore[attr-defined]
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         values = [{**row, "source": "webhook", "status": "pending"} for row in rows]
-        statement = (insert(table).values(values).on_conflict_do_nothing(index_elements=["shop_domain", "event_id"])
+        # One statement whatever the batch size (compiled once); the rows that were new come back.
+        statement = (insert(table).on_conflict_do_nothing(index_elements=["shop_domain", "event_id"])
                      .returning(table.c.shop_domain, table.c.event_id))
         with self.engine.begin() as conn:
-            return {(r.shop_domain, r.event_id) for r in conn.execute(statement)}
+            return {(r.shop_domain, r.event_id) for r in conn.execute(statement, values)}
 
 
-def _settle(future: Future[bool], *, result: bool = False, exc: BaseException | None = None) -> None:
-    """Answer a caller unless it has gone (a cancelled request): the row is stored either way."""
-    if future.done():
-        return
-    try:
-        if exc is not None:
-            future.set_exception(exc)
+@dataclass(frozen=True)
+class _Pending:
+    params: dict[str, Any]
+    future: asyncio.Future[bool]
+    loop: asyncio.AbstractEventLoop
+
+
+def _answer(answers: list[tuple[_Pending, bool | BaseException]]) -> None:
+    """Hand each loop its batch of answers in one call (a loop that has closed has no one left to answer)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool | BaseException]]] = {}
+    for item, outcome in answers:
+        by_loop.setdefault(item.loop, []).append((item.future, outcome))
+    for loop, outcomes in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone; the rows are stored
+            loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[bool], bool | BaseException]]) -> None:
+    """In the loop: answer the callers that are still waiting (a cancelled request's row is stored anyway)."""
+    for future, outcome in outcomes:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
         else:
-            future.set_result(result)
-    except InvalidStateError:
-        pass  # cancelled meanwhile
+            future.set_result(outcome)
 
 
 class Intake:
@@ -184,8 +204,7 @@ class Intake:
         if isinstance(checked, IntakeResult):
             return checked
         try:
-            # Shielded: a request cancelled while waiting leaves the writer's future alone.
-            was_new = await asyncio.shield(asyncio.wrap_future(self.writer.submit(checked)))
+            was_new = await self.writer.submit(checked)
         except Exception as exc:
             return IntakeResult(503, f"the delivery could not be stored ({type(exc).__name__}); Shopify will retry")
         return self.stored(was_new)
