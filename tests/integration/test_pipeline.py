@@ -82,6 +82,12 @@ def test_missing_headers_are_400_and_oversized_bodies_413(connector: Connector) 
     assert connector.rows("SELECT count(*) AS n FROM inbox")[0].n == 0
 
 
+def test_the_webhook_path_answers_405_to_anything_but_post(connector: Connector) -> None:
+    response = connector.http.get(f"{connector.web.url}/webhooks/shopify")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert connector.rows("SELECT count(*) AS n FROM inbox")[0].n == 0
+
+
 def test_an_unknown_topic_is_accepted_and_recorded(connector: Connector) -> None:
     assert connector.post("inventory_levels/update", {"inventory_item_id": 1}).status_code == 200
     connector.sync()

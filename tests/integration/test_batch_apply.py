@@ -1,0 +1,79 @@
+"""A batch of deliveries applied at once gives what applying them one by one would: same rows, same events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mappings.shopify import OrderRecord
+from sync.apply import TOPICS, ApplyContext, Topic, apply_order
+from tests.integration.harness import Connector
+from tests.payloads import checkout, customer, order, refund
+
+
+def test_a_guest_history_and_the_new_account_in_one_batch_announce_one_first_purchase(connector: Connector) -> None:
+    connector.post("orders/create", order(110, customer_id=None, email="guest@example.com", total="25.00"))
+    connector.post("customers/create", customer(55, "guest@example.com", updated=20))
+    connector.post("orders/create", order(111, customer_id=55, email="guest@example.com", total="10.00",
+                                          number=1002, created=21, updated=21))
+    connector.post("orders/create", order(112, customer_id=None, email="guest@example.com", total="5.00",
+                                          number=1003, created=30, updated=30))
+    connector.sync()
+    assert len(connector.events("first_order_completed")) == 1
+    assert len(connector.events("repeat_order_completed")) == 2
+    with connector.brevo.lock:
+        contacts = list(connector.brevo.contacts.values())
+    assert len(contacts) == 1 and contacts[0]["attributes"]["ORDER_COUNT"] == 3
+    assert contacts[0]["attributes"]["TOTAL_SPENT"] == 40
+
+
+def test_the_same_order_twice_in_one_batch_keeps_the_newest_lines(connector: Connector) -> None:
+    connector.post("orders/create", order(120, lines=3, total="90.00", updated=1))
+    connector.post("orders/updated", order(120, lines=1, total="30.00", updated=5))
+    connector.sync()
+    assert [r.n for r in connector.rows("SELECT count(*) AS n FROM order_lines")] == [1]
+    assert connector.contact("ana@example.com")["attributes"]["TOTAL_SPENT"] == 30
+    connector.post("orders/updated", order(120, lines=2, total="60.00", updated=9))
+    connector.sync()
+    assert [r.n for r in connector.rows("SELECT count(*) AS n FROM order_lines")] == [2]
+
+
+def test_a_refund_in_the_batch_of_its_order_is_announced_once_with_its_lines(connector: Connector) -> None:
+    connector.post("orders/create", order(130, total="100.00", lines=2))
+    connector.post("refunds/create", refund(931, 130, "50.00", line_item_id=1301))
+    connector.sync()
+    [refunded] = connector.events("order_refunded")
+    assert [item["title"] for item in refunded["event_properties"]["items"]] == ["Product 1"]
+    assert connector.contact("ana@example.com")["attributes"]["TOTAL_SPENT"] == 50
+
+
+def test_an_order_completing_a_checkout_of_the_same_batch_leaves_no_open_cart(connector: Connector) -> None:
+    connector.post("checkouts/create", checkout(140, email="ana@example.com", customer_id=1, token="t-140",
+                                                cart_token="c-140"))
+    connector.post("orders/create", order(141, checkout_token="t-140", cart_token="c-140", updated=2))
+    connector.sync()
+    [row] = connector.rows("SELECT completed_at FROM checkouts WHERE checkout_id = 140")
+    assert row.completed_at is not None
+    attributes = connector.contact("ana@example.com")["attributes"]
+    assert attributes.get("CART_URL") in (None, "") and attributes.get("CART_VALUE", 0) == 0
+
+
+def test_a_delivery_that_fails_while_applied_is_quarantined_and_the_rest_of_its_batch_lands(
+        connector: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails_on_302(ctx: ApplyContext, rec: Any) -> str:
+        if rec.order_id == 302:
+            raise RuntimeError("boom")
+        return apply_order(ctx, rec)
+
+    monkeypatch.setitem(TOPICS, "orders/create", Topic(OrderRecord.from_payload, fails_on_302))
+    for order_id, number in ((301, 1001), (302, 1002), (303, 1003)):
+        connector.post("orders/create", order(order_id, number=number, created=order_id - 300,
+                                              updated=order_id - 300))
+    connector.sync()
+    assert [r.status for r in connector.rows("SELECT status FROM inbox ORDER BY id")] == ["applied", "failed",
+                                                                                         "applied"]
+    [dead] = connector.rows("SELECT reason FROM dead_letters")
+    assert dead.reason == "internal error applying orders/create: RuntimeError: boom"
+    assert len(connector.events("order_completed")) == 2
+    assert connector.contact("ana@example.com")["attributes"]["ORDER_COUNT"] == 2
