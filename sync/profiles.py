@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import col
 
 from connector.clock import as_utc
@@ -98,6 +99,8 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     facts: list[ev.EventFact] = []
     for contact, view in zip(contacts, load_buyers(session, shop, contacts), strict=True):
         facts.extend(_settle(shop, contact, view))
+        for name in _SETTLED:  # every contact writes the same columns: one executemany for the chunk
+            flag_modified(contact, name)
     insert_events(session, shop.shop_id, facts, now=shop.now, enabled=shop.config.event_enabled)
     return len(contacts)
 
@@ -172,6 +175,11 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
         views.append(BuyerView(buyer=buyer, orders=facts, products=products, profile=profile, rfm=rfm,
                                attributes=attributes, moments=tuple(moments)))
     return views
+
+
+_SETTLED = ("dirty", "email", "phone", "order_count", "total_spent", "last_order_at", "days_between_orders",
+            "created_at", "rfm_score", "rfm_segment", "lifecycle_scanned_at", "lifecycle_due_at", "pending",
+            "pending_hash", "push_state", "attempts", "next_attempt_at")
 
 
 def _settle(shop: ShopContext, contact: Contact, view: BuyerView) -> list[ev.EventFact]:
