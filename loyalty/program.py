@@ -1,0 +1,286 @@
+"""The loyalty program as pure functions: a buyer's facts and the shop's rules give the ledger they are owed.
+
+The ledger is append-only and keyed by source (`order:ID:earn`, `refund:ID`, `signup`, ...). What a buyer is
+owed is recomputed from the mirrored history, in the order things happened, whatever order Shopify delivered
+them in; `corrections` turns the difference between that and what is stored into new entries. So a replayed
+webhook, a poll and a backfill of the same order add points once, and a late delivery changes what it must
+and nothing else. Balances, lifetime figures and tiers are always derived from the entries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+
+from loyalty.rules import LoyaltyRules, Tier
+
+# Entry kinds. Earning kinds count towards tiers; the others do not (spending never demotes).
+EARN, BONUS, ADJUSTMENT = "earn", "bonus", "adjustment"
+REVERSAL, EXPIRY, REDEMPTION = "reversal", "expiry", "redemption"
+EARNING_KINDS = frozenset({EARN, BONUS, REVERSAL})  # reversals take back what an order earned
+
+
+@dataclass(frozen=True)
+class RefundFacts:
+    refund_id: int
+    amount: Decimal  # shop currency, what the buyer got back
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    order_id: int
+    created_at: datetime
+    basis: Decimal  # subtotal after discounts, without tax and shipping, in shop currency
+    total: Decimal  # what the buyer paid, in shop currency (refunds are a share of it)
+    paid: bool
+    cancelled_at: datetime | None = None
+    test: bool = False
+    refunds: tuple[RefundFacts, ...] = ()
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    key: str  # unique per adjustment, e.g. "adjust:<uuid>"
+    points: int
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Redemption:
+    key: str  # "reward:<code>": deducted only once Shopify confirmed the code
+    points: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class BuyerFacts:
+    account_created_at: datetime | None = None  # None for guests: no signup bonus
+    birthday: date | None = None  # month and day matter
+    orders: tuple[OrderFacts, ...] = ()
+    adjustments: tuple[Adjustment, ...] = ()
+    redemptions: tuple[Redemption, ...] = ()
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    points: int  # positive earns, negative takes back
+    kind: str
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class LoyaltyState:
+    balance: int
+    lifetime_earned: int
+    tier: Tier
+    next_tier: Tier | None
+    points_to_next_tier: int | None
+    expires_at: datetime | None  # when the balance expires if nothing happens before
+    measure: Decimal
+
+
+@dataclass
+class _Running:
+    entries: list[Entry] = field(default_factory=list)
+    balance: int = 0
+
+    def add(self, entry: Entry) -> None:
+        if entry.points:
+            self.entries.append(entry)
+            self.balance += entry.points
+
+
+def owed(facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime, program_start: datetime) -> list[Entry]:
+    """Every entry this buyer is owed at `now`, in the order it happened. Never leaves the balance below 0."""
+    if not rules.enabled:
+        return []
+    happenings: list[tuple[datetime, int, str, object]] = []  # (when, tie-break, what, fact)
+    if facts.account_created_at is not None and rules.signup_bonus:
+        happenings.append((facts.account_created_at, 0, "signup", None))
+    counted = [o for o in facts.orders if o.paid and (rules.count_test_orders or not o.test)]
+    for order in counted:
+        happenings.append((order.created_at, 1, "order", order))
+        for refund in order.refunds:
+            happenings.append((max(refund.created_at, order.created_at), 2, "refund", (order, refund)))
+        if order.cancelled_at is not None:
+            happenings.append((max(order.cancelled_at, order.created_at), 3, "cancel", order))
+    for adjustment in facts.adjustments:
+        happenings.append((adjustment.at, 4, "adjust", adjustment))
+    for redemption in facts.redemptions:
+        happenings.append((redemption.at, 5, "redeem", redemption))
+    if facts.birthday is not None and rules.birthday_bonus:
+        for year in range(program_start.year, now.year + 1):
+            day = _birthday_in(facts.birthday, year, now)
+            if program_start <= day <= now:
+                happenings.append((day, 6, "birthday", year))
+    happenings.sort(key=lambda h: (h[0], h[1], _order_key(h[3])))
+
+    run = _Running()
+    earned_by_order: dict[int, int] = {}
+    reversed_by_order: dict[int, int] = defaultdict(int)
+    refunded_by_order: dict[int, Decimal] = defaultdict(Decimal)
+    first_order_done = False
+    last_order_at: datetime | None = None
+    for when, _, what, fact in happenings:
+        _expire_until(run, rules, last_order_at, when)
+        if what == "signup":
+            run.add(Entry("signup", rules.signup_bonus, BONUS, when, "account created"))
+        elif what == "order":
+            assert isinstance(fact, OrderFacts)
+            multiplier = _tier_at(run.entries, rules, when, counted).multiplier
+            points = int((fact.basis * rules.points_per_unit * multiplier).to_integral_value(ROUND_DOWN))
+            earned_by_order[fact.order_id] = max(points, 0)
+            run.add(Entry(f"order:{fact.order_id}:earn", max(points, 0), EARN, when, f"order {fact.order_id}"))
+            last_order_at = when
+            if not first_order_done and rules.first_order_bonus and fact.cancelled_at is None:
+                first_order_done = True
+                run.add(Entry("first_order", rules.first_order_bonus, BONUS, when, f"first order {fact.order_id}"))
+        elif what == "refund":
+            order, refund = fact  # type: ignore[misc]
+            refunded_by_order[order.order_id] += refund.amount
+            earned = earned_by_order.get(order.order_id, 0)
+            share = min(refunded_by_order[order.order_id] / order.total, Decimal(1)) if order.total > 0 else Decimal(1)
+            due = min(int((earned * share).to_integral_value(ROUND_HALF_UP)), earned)
+            take = min(due - reversed_by_order[order.order_id], run.balance)  # never below what is left
+            if take > 0:
+                reversed_by_order[order.order_id] += take
+                run.add(Entry(f"refund:{refund.refund_id}", -take, REVERSAL, when, f"refund of order {order.order_id}"))
+        elif what == "cancel":
+            assert isinstance(fact, OrderFacts)
+            earned = earned_by_order.get(fact.order_id, 0)
+            take = min(earned - reversed_by_order[fact.order_id], run.balance)
+            if take > 0:
+                reversed_by_order[fact.order_id] += take
+                run.add(Entry(f"order:{fact.order_id}:cancel", -take, REVERSAL, when,
+                              f"order {fact.order_id} cancelled"))
+        elif what == "adjust":
+            assert isinstance(fact, Adjustment)
+            run.add(Entry(fact.key, max(fact.points, -run.balance), ADJUSTMENT, when, fact.reason))
+        elif what == "redeem":
+            assert isinstance(fact, Redemption)
+            run.add(Entry(fact.key, -min(fact.points, run.balance), REDEMPTION, when, "reward code"))
+        elif what == "birthday":
+            run.add(Entry(f"birthday:{fact}", rules.birthday_bonus, BONUS, when, "birthday"))
+    _expire_until(run, rules, last_order_at, now)
+    return run.entries
+
+
+def _order_key(fact: object) -> int:
+    if isinstance(fact, OrderFacts):
+        return fact.order_id
+    if isinstance(fact, tuple):
+        return int(fact[1].refund_id)
+    return 0
+
+
+def _birthday_in(birthday: date, year: int, now: datetime) -> datetime:
+    day = birthday.day if not (birthday.month == 2 and birthday.day == 29) or _leap(year) else 28
+    return datetime(year, birthday.month, day, tzinfo=now.tzinfo)
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def expiry_moment(last_order_at: datetime | None, rules: LoyaltyRules) -> datetime | None:
+    if last_order_at is None or rules.expiry_months <= 0:
+        return None
+    return add_months(last_order_at, rules.expiry_months)
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    month0 = moment.month - 1 + months
+    year, month = moment.year + month0 // 12, month0 % 12 + 1
+    days_in = [31, 29 if _leap(year) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]
+    return moment.replace(year=year, month=month, day=min(moment.day, days_in))
+
+
+def _expire_until(run: _Running, rules: LoyaltyRules, last_order_at: datetime | None, until: datetime) -> None:
+    """Points expire N months after the buyer's last order: the whole balance at that moment."""
+    moment = expiry_moment(last_order_at, rules)
+    if moment is None or moment > until or run.balance <= 0:
+        return
+    key = f"expiry:{moment.date().isoformat()}"
+    if any(e.key == key for e in run.entries):
+        return
+    run.add(Entry(key, -run.balance, EXPIRY, moment, f"no order for {rules.expiry_months} months"))
+
+
+def _measure(entries: Iterable[Entry], rules: LoyaltyRules, at: datetime, orders: Sequence[OrderFacts]) -> Decimal:
+    if rules.tier_measure == "spend_12_months":
+        since = at - timedelta(days=365)
+        return sum((o.basis - sum((r.amount for r in o.refunds if r.created_at <= at), Decimal(0))
+                    for o in orders if since < o.created_at <= at and o.cancelled_at is None), Decimal(0))
+    if rules.tier_measure == "lifetime_points":
+        window = [e for e in entries if e.at <= at]
+    elif rules.tier_measure == "calendar_year":
+        window = [e for e in entries if e.at <= at and e.at.year == at.year]
+    else:  # rolling_12_months
+        since = at - timedelta(days=365)
+        window = [e for e in entries if since < e.at <= at]
+    return Decimal(max(sum(e.points for e in window if e.kind in EARNING_KINDS), 0))
+
+
+def _tier_at(entries: Sequence[Entry], rules: LoyaltyRules, at: datetime, orders: Sequence[OrderFacts]) -> Tier:
+    """The best tier the buyer held at any moment of the grace period up to `at`: a tier is kept that long
+    after the measure drops below it. Between entries a measure only falls (entries leave its window), so the
+    start of the period and the entries inside it are the moments to look at."""
+    best = rules.tier_for(_measure(entries, rules, at, orders))
+    since = at - timedelta(days=rules.tier_grace_days)
+    for moment in {since} | {e.at for e in entries if since <= e.at <= at}:
+        reached = rules.tier_for(_measure(entries, rules, moment, orders))
+        if reached.threshold > best.threshold:
+            best = reached
+    return best
+
+
+def state(entries: Sequence[Entry], facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime) -> LoyaltyState:
+    """Balance, lifetime points and tier, derived from the entries (never stored as a running total)."""
+    balance = sum(e.points for e in entries if e.at <= now)
+    lifetime = sum(e.points for e in entries if e.kind in (EARN, BONUS) and e.at <= now)
+    counted = [o for o in facts.orders if o.paid and (rules.count_test_orders or not o.test)]
+    tier = _tier_at(entries, rules, now, counted)
+    measure = _measure(entries, rules, now, counted)
+    following = rules.next_tier(tier)
+    to_next = None if following is None else max(int((following.threshold - measure).to_integral_value()), 0)
+    last_order = max((o.created_at for o in counted), default=None)
+    expires = expiry_moment(last_order, rules) if balance > 0 else None
+    return LoyaltyState(balance=balance, lifetime_earned=lifetime, tier=tier, next_tier=following,
+                        points_to_next_tier=to_next, expires_at=expires, measure=measure)
+
+
+def corrections(wanted: Iterable[Entry], stored: Iterable[Entry], *, now: datetime) -> list[Entry]:
+    """New entries that bring the stored ledger to what is owed, per source key.
+
+    A key owed for the first time is written as it is; a key whose amount changed (a late delivery moved a
+    multiplier, a refund arrived) gets a delta entry `KEY#N`; a key stored but no longer owed is taken back.
+    Applying the result and asking again gives nothing: replays and re-runs change nothing.
+    """
+    have: dict[str, int] = defaultdict(int)
+    kinds: dict[str, str] = {}
+    revisions: dict[str, int] = defaultdict(int)
+    for entry in stored:
+        base, _, revision = entry.key.partition("#")
+        have[base] += entry.points
+        kinds.setdefault(base, entry.kind)
+        if revision:
+            revisions[base] += 1
+    owed_by_key = {e.key: e for e in wanted}
+    out: list[Entry] = []
+    for key, entry in owed_by_key.items():
+        if key not in have:
+            out.append(entry)
+        elif have[key] != entry.points:
+            out.append(Entry(f"{key}#{revisions[key] + 1}", entry.points - have[key], entry.kind, now,
+                             f"correction: {entry.reason}"))
+    for key, points in have.items():
+        if key not in owed_by_key and points:
+            out.append(Entry(f"{key}#{revisions[key] + 1}", -points, kinds[key], now, "no longer owed"))
+    return out
