@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -18,10 +19,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col
 
+from connector.clock import as_utc
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, OutboxEntry, Product, Refund
 
 M = TypeVar("M", bound=SQLModel)
 CHUNK = 500  # values per IN list
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The primary key of each mirror table, after shop_id.
 _IDENT: dict[type[SQLModel], str] = {
@@ -163,8 +166,9 @@ class BatchMirror:
         """The newest checkout with a buyer that carries this cart."""
         self._search(Checkout, "cart_token", [cart_token])
         found = [c for c in self._cached(Checkout) if c.cart_token == cart_token and c.contact_key]
-        return max(found, key=lambda c: (c.updated_at_src is not None, c.updated_at_src or 0, c.checkout_id),
-                   default=None)
+        # as_utc: a row read back from SQLite has a naive time, one written in this batch an aware one.
+        return max(found, key=lambda c: (c.updated_at_src is not None, as_utc(c.updated_at_src) or _EPOCH,
+                                         c.checkout_id), default=None)
 
     def refunds_of(self, order_id: int) -> list[Refund]:
         self._search(Refund, "order_id", [order_id])

@@ -89,6 +89,12 @@ def checkout(checkout_id: int, *, email: str | None, customer_id: int | None = N
     return payload
 
 
+def cart(token: str, *, updated: float = 0) -> dict[str, Any]:
+    payload = copy.deepcopy(fixture_payload("carts_create__triggerdev.json"))
+    payload.update({"id": token, "token": token, "updated_at": when(updated), "created_at": when(0)})
+    return payload
+
+
 def email_consent(customer_id: int, email: str, state: str, *, at: float) -> dict[str, Any]:
     return {"customer_id": customer_id, "email_address": email,
             "email_marketing_consent": {"state": state, "opt_in_level": "single_opt_in",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from mappings.shopify import OrderRecord
 from sync.apply import TOPICS, ApplyContext, Topic, apply_order
 from tests.integration.harness import Connector
-from tests.payloads import checkout, customer, order, refund
+from tests.payloads import cart, checkout, customer, order, refund
 
 
 def test_a_guest_history_and_the_new_account_in_one_batch_announce_one_first_purchase(connector: Connector) -> None:
@@ -57,6 +58,22 @@ def test_an_order_completing_a_checkout_of_the_same_batch_leaves_no_open_cart(co
     assert row.completed_at is not None
     attributes = connector.contact("ana@example.com")["attributes"]
     assert attributes.get("CART_URL") in (None, "") and attributes.get("CART_VALUE", 0) == 0
+
+
+def test_a_cart_update_after_a_new_checkout_of_the_same_cart_in_one_batch_applies_at_once(
+        connector: Connector, caplog: pytest.LogCaptureFixture) -> None:
+    connector.post("checkouts/create", checkout(150, email="ana@example.com", customer_id=1, token="t-150",
+                                                cart_token="c-150", updated=1))
+    connector.sync()
+    connector.post("checkouts/create", checkout(151, email="ana@example.com", customer_id=1, token="t-151",
+                                                cart_token="c-150", updated=3))
+    connector.post("carts/update", cart("c-150", updated=4))
+    with caplog.at_level(logging.INFO, logger="connector.worker"):
+        worker = connector.sync()
+    assert not [r for r in caplog.records if "one at a time" in r.getMessage()]  # no fallback was needed
+    assert worker.stats.failed == 0
+    assert [r.status for r in connector.rows("SELECT status FROM inbox ORDER BY id")] == ["applied"] * 3
+    assert connector.rows("SELECT count(*) AS n FROM dead_letters")[0].n == 0
 
 
 def test_a_delivery_that_fails_while_applied_is_quarantined_and_the_rest_of_its_batch_lands(
