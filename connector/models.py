@@ -331,6 +331,25 @@ class OutboxEntry(SQLModel, table=True):
     delivered_at: datetime | None = _ts()
 
 
+class LoyaltyEntry(SQLModel, table=True):
+    """One line of a buyer's points ledger. Append-only: a change is a new entry (`KEY#N`), never an update."""
+
+    __tablename__ = "loyalty_entries"
+    __table_args__ = (
+        sa.UniqueConstraint("shop_id", "contact_key", "entry_key", name="uq_loyalty_entry"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int
+    contact_key: str = Field(max_length=300)
+    entry_key: str = Field(max_length=200)  # source key: order:ID:earn, refund:ID, signup, birthday:YEAR, ...
+    kind: str = Field(max_length=20)  # earn | bonus | adjustment | reversal | expiry | redemption
+    points: int
+    reason: str | None = Field(default=None, sa_type=sa.Text)
+    occurred_at: datetime | None = _ts()
+    recorded_at: datetime | None = _ts()
+
+
 class DeadLetter(SQLModel, table=True):
     """Something we could not apply or deliver, kept with the reason so that nothing is lost silently."""
 
