@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,16 @@ def normalise_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
+
+
+IN_LIST = 500  # values per IN (...) list: well inside every driver's parameter limit
+
+
+def chunked(values: Iterable[Any], size: int = IN_LIST) -> Iterator[list[Any]]:
+    """Values in sorted runs of at most `size`, for IN lists (sorted: the same set gives the same statements)."""
+    ordered = sorted(values)
+    for start in range(0, len(ordered), size):
+        yield ordered[start:start + size]
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -55,53 +55,52 @@ class LoyaltyRules:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> LoyaltyRules:
         data = dict(data or {})
-        known = {"enabled", "earn", "tiers", "expiry", "rewards"}
-        for key in data:
-            if key not in known:
-                raise ConfigError(key, f"unknown section (expected one of {', '.join(sorted(known))})")
-        earn = _section(data, "earn", {"points_per_unit", "signup_bonus", "first_order_bonus", "birthday_bonus",
-                                        "count_test_orders"})
-        tiers = _section(data, "tiers", {"measure", "grace_days", "levels"})
-        expiry = _section(data, "expiry", {"months", "warning_days"})
-        rewards = _section(data, "rewards", {"every_points", "value", "automatic"})
-        defaults = cls()
-        levels = _levels(tiers.get("levels")) if "levels" in tiers else defaults.tiers
-        measure = tiers.get("measure", defaults.tier_measure)
-        if measure not in TIER_MEASURES:
-            raise ConfigError("tiers.measure", f"must be one of {', '.join(TIER_MEASURES)}")
-        rules = cls(
-            enabled=_bool(data, "enabled", defaults.enabled, "enabled"),
-            points_per_unit=_decimal(earn, "points_per_unit", defaults.points_per_unit, "earn.points_per_unit"),
-            signup_bonus=_count(earn, "signup_bonus", defaults.signup_bonus, "earn.signup_bonus"),
-            first_order_bonus=_count(earn, "first_order_bonus", defaults.first_order_bonus, "earn.first_order_bonus"),
-            birthday_bonus=_count(earn, "birthday_bonus", defaults.birthday_bonus, "earn.birthday_bonus"),
-            count_test_orders=_bool(earn, "count_test_orders", defaults.count_test_orders, "earn.count_test_orders"),
-            tiers=levels, tier_measure=measure,
-            tier_grace_days=_count(tiers, "grace_days", defaults.tier_grace_days, "tiers.grace_days"),
-            expiry_months=_count(expiry, "months", defaults.expiry_months, "expiry.months"),
-            expiry_warning_days=_count(expiry, "warning_days", defaults.expiry_warning_days, "expiry.warning_days"),
-            reward_every_points=_count(rewards, "every_points", defaults.reward_every_points, "rewards.every_points"),
-            reward_value=_decimal(rewards, "value", defaults.reward_value, "rewards.value"),
-            reward_automatic=_bool(rewards, "automatic", defaults.reward_automatic, "rewards.automatic"),
-        )
+        for top, value in data.items():
+            keys = sorted(k for s, k in _KEYS.values() if s == top)
+            if (None, top) in _KEYS.values():
+                continue
+            if not keys:
+                sections = sorted({s or k for s, k in _KEYS.values()})
+                raise ConfigError(top, f"unknown section (expected one of {', '.join(sections)})")
+            if not isinstance(value, Mapping):
+                raise ConfigError(top, "must be a table")
+            for key in value:
+                if key not in keys:
+                    raise ConfigError(f"{top}.{key}", f"unknown key (expected one of {', '.join(keys)})")
+        defaults, values = cls(), dict[str, Any]()
+        for field_name, (section, key) in _KEYS.items():
+            table = data.get(section, {}) if section else data
+            if key not in table:
+                continue
+            raw, name, default = table[key], f"{section}.{key}" if section else key, getattr(defaults, field_name)
+            if field_name == "tiers":
+                values[field_name] = _levels(raw)
+            elif field_name == "tier_measure":
+                if raw not in TIER_MEASURES:
+                    raise ConfigError(name, f"must be one of {', '.join(TIER_MEASURES)}")
+                values[field_name] = raw
+            elif isinstance(default, bool):
+                values[field_name] = _bool(raw, name)
+            elif isinstance(default, int):
+                values[field_name] = _count(raw, name)
+            else:
+                values[field_name] = _decimal(raw, name)
+        rules = cls(**values)
         if rules.reward_every_points <= 0:
             raise ConfigError("rewards.every_points", "must be at least 1")
         return rules
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form; `from_dict(to_dict())` gives the same rules."""
-        return {
-            "enabled": self.enabled,
-            "earn": {"points_per_unit": str(self.points_per_unit), "signup_bonus": self.signup_bonus,
-                     "first_order_bonus": self.first_order_bonus, "birthday_bonus": self.birthday_bonus,
-                     "count_test_orders": self.count_test_orders},
-            "tiers": {"measure": self.tier_measure, "grace_days": self.tier_grace_days,
-                      "levels": [{"name": t.name, "threshold": t.threshold, "multiplier": str(t.multiplier)}
-                                 for t in self.tiers]},
-            "expiry": {"months": self.expiry_months, "warning_days": self.expiry_warning_days},
-            "rewards": {"every_points": self.reward_every_points, "value": str(self.reward_value),
-                        "automatic": self.reward_automatic},
-        }
+        out: dict[str, Any] = {}
+        for field_name, (section, key) in _KEYS.items():
+            value = getattr(self, field_name)
+            if field_name == "tiers":
+                value = [{"name": t.name, "threshold": t.threshold, "multiplier": str(t.multiplier)} for t in value]
+            elif isinstance(value, Decimal):
+                value = str(value)
+            (out.setdefault(section, {}) if section else out)[key] = value
+        return out
 
     def tier_for(self, measure: Decimal | int) -> Tier:
         reached = [t for t in self.tiers if measure >= t.threshold]
@@ -112,32 +111,38 @@ class LoyaltyRules:
         return later[0] if later else None
 
 
-def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
-    section = data.get(name, {})
-    if not isinstance(section, Mapping):
-        raise ConfigError(name, "must be a table")
-    for key in section:
-        if key not in keys:
-            raise ConfigError(f"{name}.{key}", f"unknown key (expected one of {', '.join(sorted(keys))})")
-    return dict(section)
+# Where each rule lives in the TOML: (section or None for the top level, key). The dotted key names errors.
+_KEYS: dict[str, tuple[str | None, str]] = {
+    "enabled": (None, "enabled"),
+    "points_per_unit": ("earn", "points_per_unit"),
+    "signup_bonus": ("earn", "signup_bonus"),
+    "first_order_bonus": ("earn", "first_order_bonus"),
+    "birthday_bonus": ("earn", "birthday_bonus"),
+    "count_test_orders": ("earn", "count_test_orders"),
+    "tier_measure": ("tiers", "measure"),
+    "tier_grace_days": ("tiers", "grace_days"),
+    "tiers": ("tiers", "levels"),
+    "expiry_months": ("expiry", "months"),
+    "expiry_warning_days": ("expiry", "warning_days"),
+    "reward_every_points": ("rewards", "every_points"),
+    "reward_value": ("rewards", "value"),
+    "reward_automatic": ("rewards", "automatic"),
+}
 
 
-def _bool(data: Mapping[str, Any], key: str, default: bool, name: str) -> bool:
-    value = data.get(key, default)
+def _bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(name, "must be true or false")
     return value
 
 
-def _count(data: Mapping[str, Any], key: str, default: int, name: str) -> int:
-    value = data.get(key, default)
+def _count(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(name, "must be a whole number, 0 or more")
     return value
 
 
-def _decimal(data: Mapping[str, Any], key: str, default: Decimal, name: str) -> Decimal:
-    value = data.get(key, default)
+def _decimal(value: Any, name: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ConfigError(name, "must be a number")
     try:
@@ -160,8 +165,8 @@ def _levels(value: Any) -> tuple[Tier, ...]:
         name = level.get("name")
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{key}.name", "must be a non-empty text")
-        tiers.append(Tier(name.strip(), _count(level, "threshold", -1, f"{key}.threshold"),
-                          _decimal(level, "multiplier", Decimal("1"), f"{key}.multiplier")))
+        tiers.append(Tier(name.strip(), _count(level.get("threshold", -1), f"{key}.threshold"),
+                          _decimal(level.get("multiplier", Decimal("1")), f"{key}.multiplier")))
     if tiers[0].threshold != 0:
         raise ConfigError("tiers.levels[0].threshold", "the first tier must start at 0")
     for i in range(1, len(tiers)):

@@ -16,19 +16,17 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import as_utc
+from connector.database import chunked
 from connector.models import LoyaltyEntry
 from loyalty.program import Entry, corrections
-
-CHUNK = 500
 
 
 def stored_entries(session: Session, shop_id: int, contact_keys: Iterable[str]) -> dict[str, list[Entry]]:
     """Each contact's ledger, in the order it was written."""
-    keys = sorted(set(contact_keys))
     found: dict[str, list[Entry]] = defaultdict(list)
-    for start in range(0, len(keys), CHUNK):
+    for chunk in chunked(set(contact_keys)):
         rows = session.execute(sa.select(LoyaltyEntry).where(
-            col(LoyaltyEntry.shop_id) == shop_id, col(LoyaltyEntry.contact_key).in_(keys[start:start + CHUNK]))
+            col(LoyaltyEntry.shop_id) == shop_id, col(LoyaltyEntry.contact_key).in_(chunk))
             .order_by(col(LoyaltyEntry.id))).scalars()
         for row in rows:
             at = as_utc(row.occurred_at) or as_utc(row.recorded_at)

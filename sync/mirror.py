@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
+from connector.database import chunked
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, OutboxEntry, Product, Refund
 
 M = TypeVar("M", bound=SQLModel)
-CHUNK = 500  # values per IN list
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The primary key of each mirror table, after shop_id.
@@ -54,12 +54,6 @@ class Wanted:
     def buyer(self, key: str | None, email: str | None, phone: str | None) -> None:
         """A buyer's key and the guest keys a customer would absorb."""
         self.contact(key, f"e:{email}" if email else None, f"p:{phone}" if phone else None)
-
-
-def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
-    ordered = sorted(values)
-    for start in range(0, len(ordered), CHUNK):
-        yield ordered[start:start + CHUNK]
 
 
 class BatchMirror:
@@ -100,18 +94,18 @@ class BatchMirror:
     def _cached(self, model: type[M]) -> Iterator[M]:
         return (row for row in self._rows[model].values() if row is not None)
 
-    def _load(self, model: type[M], where: Any, values: Iterable[Any], *, by_key: bool = False) -> None:
-        """Read the rows whose `where` column is among `values`; by primary key, also remember the absent."""
+    def _load(self, model: type[M], column: str, values: Iterable[Any]) -> None:
+        """Read the rows whose `column` is among `values`; by primary key, also remember the absent."""
         values = {v for v in values if v is not None}
         table = self._rows[model]
+        by_key = column == _IDENT[model]
         if by_key:
             values = {v for v in values if v not in table}
         if not values:
             return
-        column = getattr(model, _IDENT[model]) if by_key else where
-        for chunk in _chunks(values):
+        for chunk in chunked(values):
             statement = sa.select(model).where(col(model.shop_id) == self.shop_id,  # type: ignore[attr-defined]
-                                               column.in_(chunk))
+                                               getattr(model, column).in_(chunk))
             for row in self.session.execute(statement).scalars():
                 table.setdefault(getattr(row, _IDENT[model]), row)
         if by_key:
@@ -123,7 +117,7 @@ class BatchMirror:
         covered = self._covered[f"{model.__name__}.{column}"]
         missing = {v for v in values if v is not None} - covered
         if missing:
-            self._load(model, getattr(model, column), missing)
+            self._load(model, column, missing)
             covered |= missing
 
     # --- prefetch ---------------------------------------------------------------------------
@@ -132,7 +126,7 @@ class BatchMirror:
         """A handful of set queries for what the batch will look up; contacts last, as the orders and
         checkouts read first name contact keys of their own (a refund's buyer, an order's previous buyer)."""
         for model in (Customer, Order, Refund, Product, Checkout, Cart):
-            self._load(model, None, wanted.rows.get(model, ()), by_key=True)
+            self._load(model, _IDENT[model], wanted.rows.get(model, ()))
         for name in ("checkout_id", "checkout_token", "cart_token"):
             self._search(Order, name, wanted.orders_by_checkout.get(name, ()))
         self._search(Refund, "order_id", wanted.refunds_of)
@@ -140,7 +134,7 @@ class BatchMirror:
             self._search(Checkout, name, wanted.checkouts_by.get(name, ()))
         keys = set(wanted.rows.get(Contact, ()))
         keys |= {o.contact_key for o in self._cached(Order)} | {c.contact_key for c in self._cached(Checkout)}
-        self._load(Contact, None, keys, by_key=True)
+        self._load(Contact, "contact_key", keys)
         self._index_orders(wanted.order_keys)
 
     # --- searches ---------------------------------------------------------------------------
@@ -176,13 +170,13 @@ class BatchMirror:
 
     def products(self, ids: Iterable[int | None]) -> dict[int, Product]:
         wanted = {i for i in ids if i}
-        self._load(Product, None, wanted, by_key=True)
+        self._load(Product, "product_id", wanted)
         table = self._rows[Product]
         return {i: table[i] for i in wanted if table.get(i) is not None}
 
     def _index_orders(self, keys: Iterable[str | None]) -> None:
         missing = {k for k in keys if k} - self._orders_by_key.keys()
-        for chunk in _chunks(missing):
+        for chunk in chunked(missing):
             for key in chunk:
                 self._orders_by_key[key] = {}
             rows = self.session.execute(

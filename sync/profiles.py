@@ -15,6 +15,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import col
 
 from connector.clock import as_utc
+from connector.database import chunked
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop
 from mappings import events as ev
 from mappings.lifecycle import CheckoutFacts, Moment, due_between, moments_for, next_due
@@ -121,8 +122,7 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     refunded: dict[int, Decimal] = defaultdict(Decimal)
     refunded_units: dict[tuple[int, int], int] = defaultdict(int)
     lines: dict[int, list[OrderLine]] = defaultdict(list)
-    for start in range(0, len(order_ids), 900):
-        chunk = order_ids[start:start + 900]
+    for chunk in chunked(order_ids):
         for refund in session.execute(sa.select(Refund).where(col(Refund.shop_id) == shop_id,
                                                               col(Refund.order_id).in_(chunk))).scalars():
             refunded[refund.order_id] += refund.amount
@@ -256,11 +256,9 @@ def _order_facts(order: Order, lines: Sequence[OrderLine], refunded: Mapping[int
 
 def _products(session: Session, shop: ShopContext, ids: set[int]) -> dict[int, ProductFacts]:
     found: dict[int, ProductFacts] = {}
-    wanted = sorted(ids)
-    for start in range(0, len(wanted), 900):
+    for chunk in chunked(ids):
         for p in session.execute(sa.select(Product).where(col(Product.shop_id) == shop.shop_id,
-                                                          col(Product.product_id).in_(wanted[start:start + 900]))
-                                 ).scalars():
+                                                          col(Product.product_id).in_(chunk))).scalars():
             found[p.product_id] = ProductFacts(title=p.title, url=ev.product_url(shop.domain, p.handle),
                                                image_url=p.image_url, product_type=p.product_type, vendor=p.vendor,
                                                collections=tuple(p.collections or ()), deleted=p.deleted)

@@ -21,7 +21,7 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, as_utc
-from connector.database import unit_of_work
+from connector.database import chunked, unit_of_work
 from connector.models import Contact, DeadLetter, OutboxEntry, Product, Shop
 from mappings.ecommerce import CatalogProduct, categories_of, category_body, product_body
 from mappings.profile import body_hash as catalog_hash
@@ -319,9 +319,8 @@ class Pusher:
     def _settle_events(self, *, delivered: Sequence[OutboxEntry], dead: Sequence[tuple[OutboxEntry, str]]) -> None:
         now = self.clock.now()
         with unit_of_work(self.engine) as session:
-            ids = [e.id for e in delivered]
-            for start in range(0, len(ids), 900):
-                session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id).in_(ids[start:start + 900]))
+            for chunk in chunked(e.id for e in delivered):
+                session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id).in_(chunk))
                                 .values(status="delivered", delivered_at=now, last_error=None))
             for entry, reason in dead:
                 session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id) == entry.id)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import as_utc
+from connector.database import chunked
 from connector.models import Contact, Shop
 from mappings.profile import TENTH
 from mappings.rfm import RfmInput, RfmThresholds, score, thresholds
@@ -53,9 +54,9 @@ def recompute_shop(session: Session, shop: Shop, now: datetime) -> Recomputed:
             col(Contact.shop_id) == shop.id, col(Contact.merged_into).is_(None),
             sa.or_(col(Contact.order_count) > 0, col(Contact.rfm_score).is_not(None))).values(dirty=True))
     else:
-        for start in range(0, len(moved), 500):
+        for chunk in chunked(moved):
             session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id,
-                                                     col(Contact.contact_key).in_(moved[start:start + 500]))
+                                                     col(Contact.contact_key).in_(chunk))
                             .values(dirty=True))
     hours = ShopConfig.from_dict(shop.config).lifecycle.rfm_recompute_hours
     session.execute(sa.update(Shop).where(col(Shop.id) == shop.id).values(
