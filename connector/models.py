@@ -72,6 +72,9 @@ class Shop(SQLModel, table=True):
     rfm_due_at: datetime | None = _ts()  # next daily recompute of RFM quintiles and the shop's median cadence
     median_days_between: Decimal | None = _money(nullable=True, default=None)  # over repeat buyers
     brevo_options: list[str] | None = _json()  # the choices CATEGORIES_PURCHASED has in Brevo
+    loyalty_rules: dict[str, Any] | None = _json()  # loyalty.rules.LoyaltyRules.to_dict(); None: defaults
+    loyalty_started_at: datetime | None = _ts()  # birthdays before this earn nothing
+    loyalty_rules_at: datetime | None = _ts()  # the current rules took effect: what was before is history
 
 
 class InboxEntry(SQLModel, table=True):
@@ -163,6 +166,7 @@ class Order(SQLModel, table=True):
     country_code: str | None = Field(default=None, max_length=2)
     city: str | None = None
     locale: str | None = Field(default=None, max_length=20)
+    points_basis: Decimal | None = _money(nullable=True, default=None)  # subtotal after discounts, no tax/shipping
 
 
 class OrderLine(SQLModel, table=True):
@@ -291,6 +295,9 @@ class Contact(SQLModel, table=True):
     lifecycle_due_at: datetime | None = _ts()
     lifecycle_scanned_at: datetime | None = _ts()
     created_at: datetime | None = _ts()
+    # The tier last announced (loyalty_tier_changed compares with it) and the rules it was computed under.
+    loyalty_tier: str | None = Field(default=None, max_length=50)
+    loyalty_rules_at: datetime | None = _ts()
 
 
 class ConsentChange(SQLModel, table=True):
@@ -348,6 +355,37 @@ class LoyaltyEntry(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_type=sa.Text)
     occurred_at: datetime | None = _ts()
     recorded_at: datetime | None = _ts()
+
+
+class LoyaltyReward(SQLModel, table=True):
+    """A reward code asked for (automatically or by the buyer) and, once Shopify created it, issued.
+
+    The code is chosen when the request is made, so a retry after a crash asks Shopify for the same code and
+    finds it instead of creating a second one; the points are deducted only when Shopify confirmed it.
+    """
+
+    __tablename__ = "loyalty_rewards"
+    __table_args__ = (
+        sa.UniqueConstraint("shop_id", "request_key", name="uq_loyalty_reward_request"),
+        sa.UniqueConstraint("shop_id", "code", name="uq_loyalty_reward_code"),
+        sa.Index("ix_loyalty_rewards_due", "shop_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int
+    contact_key: str = Field(max_length=300)
+    request_key: str = Field(max_length=200)  # auto:<contact>:<n> | proxy:<contact>:<n> | cli:<contact>:<n>
+    source: str = Field(max_length=20)  # automatic | app_proxy | cli
+    points: int
+    value: Decimal = _money()
+    code: str = Field(max_length=100)
+    status: str = Field(default="requested", max_length=20)  # requested | issued | failed
+    discount_id: str | None = Field(default=None, max_length=200)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts()
+    requested_at: datetime | None = _ts()
+    issued_at: datetime | None = _ts()
 
 
 class DeadLetter(SQLModel, table=True):

@@ -50,7 +50,7 @@ def add_shop(engine: Engine, settings: Settings, *, domain: str, access_token: s
     with unit_of_work(engine) as session:
         shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
         if shop is None:
-            shop = Shop(domain=domain, created_at=now)
+            shop = Shop(domain=domain, created_at=now, loyalty_started_at=now, loyalty_rules_at=now)
             session.add(shop)
         shop.access_token_enc = box.seal(access_token)
         shop.brevo_api_key_enc = box.seal(brevo_api_key)
@@ -69,7 +69,8 @@ def ensure_single_store_shop(engine: Engine, settings: Settings, clock: Clock | 
     with unit_of_work(engine) as session:
         shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
         if shop is None:
-            shop = Shop(domain=domain, created_at=(clock or SystemClock()).now())
+            now = (clock or SystemClock()).now()
+            shop = Shop(domain=domain, created_at=now, loyalty_started_at=now, loyalty_rules_at=now)
             session.add(shop)
             session.flush()
         elif shop.status == "paused" and (shop.paused_reason or "").startswith("Brevo refused"):

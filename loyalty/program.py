@@ -243,11 +243,14 @@ def _tier_at(entries: Sequence[Entry], rules: LoyaltyRules, at: datetime, orders
 
 def state(entries: Sequence[Entry], facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime) -> LoyaltyState:
     """Balance, lifetime points and tier, derived from the entries (never stored as a running total)."""
-    balance = sum(e.points for e in entries if e.at <= now)
-    lifetime = sum(e.points for e in entries if e.kind in (EARN, BONUS) and e.at <= now)
+    # Every entry counts, even one stamped a little after `now` (Shopify's clock ahead of ours): the balance
+    # is always the ledger's sum.
+    balance = sum(e.points for e in entries)
+    lifetime = sum(e.points for e in entries if e.kind in (EARN, BONUS))
     counted = [o for o in facts.orders if o.paid and (rules.count_test_orders or not o.test)]
-    tier = _tier_at(entries, rules, now, counted)
-    measure = _measure(entries, rules, now, counted)
+    latest = max([now, *(e.at for e in entries)])  # likewise for the tier window
+    tier = _tier_at(entries, rules, latest, counted)
+    measure = _measure(entries, rules, latest, counted)
     following = rules.next_tier(tier)
     to_next = None if following is None else max(int((following.threshold - measure).to_integral_value()), 0)
     last_order = max((o.created_at for o in counted), default=None)
@@ -284,3 +287,33 @@ def corrections(wanted: Iterable[Entry], stored: Iterable[Entry], *, now: dateti
         if key not in owed_by_key and points:
             out.append(Entry(f"{key}#{revisions[key] + 1}", -points, kinds[key], now, "no longer owed"))
     return out
+
+
+def expiry_warning_at(expires_at: datetime | None, rules: LoyaltyRules) -> datetime | None:
+    if expires_at is None or rules.expiry_warning_days <= 0:
+        return None
+    return expires_at - timedelta(days=rules.expiry_warning_days)
+
+
+def next_moment(entries: Sequence[Entry], facts: BuyerFacts, rules: LoyaltyRules, *,
+                now: datetime) -> datetime | None:
+    """The next moment after `now` at which this buyer's program changes with nothing new arriving: an expiry
+    warning or an expiry, a birthday bonus, an entry leaving the tier window or a tier's grace period ending."""
+    if not rules.enabled:
+        return None
+    current = state(entries, facts, rules, now=now)
+    candidates = [current.expires_at, expiry_warning_at(current.expires_at, rules)]
+    if facts.birthday is not None and rules.birthday_bonus:
+        for year in (now.year, now.year + 1):
+            candidates.append(_birthday_in(facts.birthday, year, now))
+    grace = timedelta(days=rules.tier_grace_days)
+    if rules.tier_measure == "calendar_year":
+        new_year = datetime(now.year + 1, 1, 1, tzinfo=now.tzinfo)
+        candidates += [new_year, new_year + grace]
+    elif rules.tier_measure in ("rolling_12_months", "spend_12_months"):
+        window = timedelta(days=365)
+        for entry in entries:
+            if entry.kind in EARNING_KINDS and entry.at + window + grace > now:
+                candidates += [entry.at + window, entry.at + window + grace]
+    later = [c for c in candidates if c is not None and c > now]
+    return min(later, default=None)

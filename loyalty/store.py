@@ -38,13 +38,18 @@ def stored_entries(session: Session, shop_id: int, contact_keys: Iterable[str]) 
 
 def append(session: Session, shop_id: int, contact_key: str, entries: Sequence[Entry], *, now: datetime) -> int:
     """Write new entries; one already there (same contact and source key) is left alone."""
+    return append_many(session, shop_id, [(contact_key, e) for e in entries], now=now)
+
+
+def append_many(session: Session, shop_id: int, entries: Sequence[tuple[str, Entry]], *, now: datetime) -> int:
+    """`append` for many contacts at once (contact key, entry): one statement."""
     if not entries:
         return 0
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = LoyaltyEntry.__table__  # type: ignore[attr-defined]
-    rows = [{"shop_id": shop_id, "contact_key": contact_key, "entry_key": e.key, "kind": e.kind, "points": e.points,
-             "reason": e.reason, "occurred_at": e.at, "recorded_at": now} for e in entries]
+    rows = [{"shop_id": shop_id, "contact_key": key, "entry_key": e.key, "kind": e.kind, "points": e.points,
+             "reason": e.reason, "occurred_at": e.at, "recorded_at": now} for key, e in entries]
     session.execute(insert(table).on_conflict_do_nothing(index_elements=["shop_id", "contact_key", "entry_key"]),
                     rows)
     return len(rows)

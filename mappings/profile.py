@@ -43,6 +43,12 @@ BREVO_ATTRIBUTES: dict[str, str] = {
     "LANGUAGE": "text",
     "RFM_SCORE": "text",
     "RFM_SEGMENT": "text",
+    "LOYALTY_POINTS": "float",
+    "LOYALTY_TIER": "text",
+    "LOYALTY_NEXT_TIER": "text",
+    "LOYALTY_POINTS_TO_NEXT_TIER": "float",
+    "LOYALTY_POINTS_EXPIRE_AT": "date",
+    "LOYALTY_REWARD_CODE": "text",
 }
 MULTIPLE_CHOICE_ATTRIBUTES = frozenset(n for n, t in BREVO_ATTRIBUTES.items() if t == "multiple-choice")
 DAY_SECONDS = Decimal(86400)

@@ -22,13 +22,16 @@ ATTRIBUTE_NAMES: tuple[str, ...] = (
     "AVERAGE_DAYS_BETWEEN_ORDERS", "PREDICTED_NEXT_ORDER_DATE", "FAVORITE_CATEGORY", "FAVORITE_VENDOR",
     "LAST_PRODUCT_TITLE", "LAST_PRODUCT_URL", "LAST_PRODUCT_IMAGE", "CATEGORIES_PURCHASED", "DISCOUNT_SHARE",
     "SUBSCRIPTION_BUYER", "CUSTOMER_TAGS", "COUNTRY", "CITY", "LANGUAGE", "RFM_SCORE", "RFM_SEGMENT",
+    "LOYALTY_POINTS", "LOYALTY_TIER", "LOYALTY_NEXT_TIER", "LOYALTY_POINTS_TO_NEXT_TIER", "LOYALTY_POINTS_EXPIRE_AT",
+    "LOYALTY_REWARD_CODE",
 )
 
 EVENT_NAMES: tuple[str, ...] = (
     "customer_created", "checkout_started", "cart_updated", "order_completed", "order_fulfilled",
     "order_cancelled", "order_refunded", "first_order_completed", "repeat_order_completed", "cart_abandoned",
     "cart_recovered", "winback_due", "replenishment_due", "review_request_due", "segment_changed",
-    "vip_entered", "birthday",
+    "vip_entered", "birthday", "loyalty_points_earned", "loyalty_points_reversed", "loyalty_tier_changed",
+    "loyalty_reward_issued", "loyalty_points_expiring", "loyalty_points_expired",
 )
 
 # Duplicated on purpose from the RFM module: mappings stay importable without the scoring code.

@@ -320,6 +320,7 @@ class OrderRecord:
     country_code: str | None = None
     city: str | None = None
     locale: str | None = None
+    points_basis: Decimal | None = None  # what loyalty points are earned on: subtotal after discounts, no tax
 
     @property
     def contact_key(self) -> str | None:
@@ -390,7 +391,19 @@ class OrderRecord:
             country_code=country.upper() if country else None,
             city=_text(address, "city"),
             locale=_text(payload, "customer_locale"),
+            points_basis=_points_basis(payload),
         )
+
+
+def _points_basis(payload: Mapping[str, Any]) -> Decimal:
+    """The subtotal after discounts without tax or shipping, in shop currency. Shopify's subtotal is already
+    after discounts and before shipping; where prices include tax, the lines' taxes come off."""
+    subtotal = shop_money(payload, "subtotal_price")
+    if not payload.get("taxes_included"):
+        return max(subtotal, Decimal("0"))
+    taxes = sum((shop_money(tax, "price") for line in _list(payload, "line_items") if isinstance(line, Mapping)
+                 for tax in _list(line, "tax_lines") if isinstance(tax, Mapping)), Decimal("0"))
+    return max(subtotal - taxes, Decimal("0"))
 
 
 # Tags that subscription apps put on the orders they create for a renewal (compared lower-cased).

@@ -23,6 +23,8 @@ from connector.models import (
     ConsentChange,
     Contact,
     Customer,
+    LoyaltyEntry,
+    LoyaltyReward,
     Order,
     OrderLine,
     OutboxEntry,
@@ -141,6 +143,7 @@ def _merge_guest(ctx: ApplyContext, customer_key: str, email: str | None, phone:
         ctx.session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.shop_id) == ctx.shop_id,
                                                          col(OutboxEntry.contact_key) == guest_key)
                             .values(contact_key=customer_key))
+        _merge_ledger(ctx, guest_key, customer_key)
         guest.merged_into = customer_key
         guest.dirty = False
         guest.push_state = "idle"
@@ -150,6 +153,19 @@ def _merge_guest(ctx: ApplyContext, customer_key: str, email: str | None, phone:
         customer = ctx.dirty.get(customer_key) or ctx.mirror.get(Contact, customer_key)
         if customer is not None and customer.sent is None and guest.sent is not None:
             customer.sent, customer.brevo_email = guest.sent, guest.brevo_email
+
+
+def _merge_ledger(ctx: ApplyContext, guest_key: str, customer_key: str) -> None:
+    """The guest's points follow them. An entry the customer already has (the same source) stays behind, so
+    nothing counts twice; the builder then corrects the customer's ledger to what their history owes."""
+    mine = sa.select(col(LoyaltyEntry.entry_key)).where(col(LoyaltyEntry.shop_id) == ctx.shop_id,
+                                                        col(LoyaltyEntry.contact_key) == customer_key)
+    ctx.session.execute(sa.update(LoyaltyEntry).where(
+        col(LoyaltyEntry.shop_id) == ctx.shop_id, col(LoyaltyEntry.contact_key) == guest_key,
+        col(LoyaltyEntry.entry_key).not_in(mine.scalar_subquery())).values(contact_key=customer_key))
+    ctx.session.execute(sa.update(LoyaltyReward).where(col(LoyaltyReward.shop_id) == ctx.shop_id,
+                                                       col(LoyaltyReward.contact_key) == guest_key)
+                        .values(contact_key=customer_key))
 
 
 # --- customers ------------------------------------------------------------------------------
@@ -280,6 +296,7 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
         "source_name": rec.source_name, "tags": rec.tags, "subscription": rec.subscription, "rebill": rec.rebill,
         "fulfilled_at": rec.fulfilled_at or (row.fulfilled_at if rec.fulfillment_status == "fulfilled" else None),
         "country_code": rec.country_code, "city": rec.city, "locale": rec.locale,
+        "points_basis": rec.points_basis,
     }
     for name, value in values.items():
         set_attribute(row, name, value)  # SQLAlchemy's own setter: SQLModel's would set each value twice

@@ -17,6 +17,8 @@ from sqlmodel import col
 from connector.clock import as_utc
 from connector.database import chunked
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop
+from loyalty import program as lp
+from loyalty.store import append_many, stored_entries
 from mappings import events as ev
 from mappings.lifecycle import CheckoutFacts, Moment, due_between, moments_for, next_due
 from mappings.profile import (
@@ -37,6 +39,16 @@ from mappings.profile import (
 from mappings.rfm import VIP_SEGMENT, RfmInput, RfmScore, RfmThresholds, score
 from mappings.shop_config import ShopConfig
 from sync.apply import insert_events
+from sync.loyalty import (
+    LoyaltyContext,
+    LoyaltyView,
+    evaluate,
+    loyalty_attributes,
+    loyalty_events,
+    open_requests,
+    program_facts,
+    request_reward,
+)
 
 OPTED_OUT = {"unsubscribed", "redacted", "invalid"}
 SEGMENT_CHANGED = "segment_changed"
@@ -60,6 +72,7 @@ class ShopContext:
     thresholds: RfmThresholds | None
     median_days: Decimal | None
     now: datetime
+    loyalty: LoyaltyContext
     freshness: timedelta = timedelta(hours=24)  # a moment further back than this is history, not a trigger
 
     @classmethod
@@ -69,7 +82,8 @@ class ShopContext:
                    config=ShopConfig.from_dict(shop.config),
                    thresholds=RfmThresholds.from_json(shop.rfm_thresholds) if shop.rfm_thresholds else None,
                    median_days=shop.median_days_between.quantize(TENTH) if shop.median_days_between is not None
-                   else None, now=now, freshness=timedelta(hours=freshness_hours))
+                   else None, now=now, loyalty=LoyaltyContext.of(shop, now),
+                   freshness=timedelta(hours=freshness_hours))
 
 
 
@@ -84,6 +98,7 @@ class BuyerView:
     rfm: RfmScore | None
     attributes: dict[str, Any]
     moments: tuple[Moment, ...]
+    loyalty: LoyaltyView | None = None
 
 
 def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 500) -> int:
@@ -98,10 +113,19 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     if not contacts:
         return len(merged)
     facts: list[ev.EventFact] = []
-    for contact, view in zip(contacts, load_buyers(session, shop, contacts), strict=True):
-        facts.extend(_settle(shop, contact, view))
+    ledger: list[tuple[str, lp.Entry]] = []
+    views = load_buyers(session, shop, contacts)
+    rules = shop.loyalty.rules
+    waiting = open_requests(session, shop.shop_id, [c.contact_key for c in contacts]) \
+        if rules.enabled and rules.reward_automatic else set()
+    for contact, view in zip(contacts, views, strict=True):
+        facts.extend(_settle(shop, contact, view, ledger))
         for name in _SETTLED:  # every contact writes the same columns: one executemany for the chunk
             flag_modified(contact, name)
+        if (view.loyalty is not None and rules.reward_automatic and contact.contact_key not in waiting
+                and view.loyalty.state.balance >= rules.reward_every_points):
+            request_reward(session, shop.shop_id, contact.contact_key, rules, source="automatic", now=shop.now)
+    append_many(session, shop.shop_id, ledger, now=shop.now)
     insert_events(session, shop.shop_id, facts, now=shop.now, enabled=shop.config.event_enabled)
     return len(contacts)
 
@@ -121,11 +145,13 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     order_ids = [o.order_id for os in orders.values() for o in os]
     refunded: dict[int, Decimal] = defaultdict(Decimal)
     refunded_units: dict[tuple[int, int], int] = defaultdict(int)
+    refunds: dict[int, list[Refund]] = defaultdict(list)
     lines: dict[int, list[OrderLine]] = defaultdict(list)
     for chunk in chunked(order_ids):
         for refund in session.execute(sa.select(Refund).where(col(Refund.shop_id) == shop_id,
                                                               col(Refund.order_id).in_(chunk))).scalars():
             refunded[refund.order_id] += refund.amount
+            refunds[refund.order_id].append(refund)
             for item in refund.lines or []:
                 refunded_units[(refund.order_id, int(item["line_item_id"]))] += int(item["quantity"])
         for line in session.execute(sa.select(OrderLine).where(col(OrderLine.shop_id) == shop_id,
@@ -137,6 +163,8 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     products = _products(session, shop, product_ids)
     carts = _open_carts(session, shop_id, checkouts)
     life = shop.config.lifecycle
+    program = shop.loyalty
+    ledgers = stored_entries(session, shop_id, keys) if program.rules.enabled else {}
     views = []
     for contact in contacts:
         customer = customers.get(contact.customer_id) if contact.customer_id else None
@@ -167,23 +195,31 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
                                  total_spent=profile.total_spent), shop.thresholds, shop.now)
         attributes = brevo_attributes(buyer, profile, carts.get(contact.contact_key),
                                       (rfm.code, rfm.segment) if rfm else None)
+        loyalty = None
+        if program.rules.enabled:
+            stored = ledgers.get(contact.contact_key, [])
+            loyalty = evaluate(program_facts(customer, mine, refunds, stored), stored, program, now=shop.now,
+                               orders=mine, refunds=refunds)
+            attributes.update(loyalty_attributes(loyalty))
         checkout = checkouts.get(contact.contact_key)
         moments = moments_for(contact.contact_key, profile=profile, orders=facts, products=products,
                               checkout=_checkout_facts(checkout, products, shop) if checkout else None,
                               birthday=customer.birthday if customer else None, delays=shop.config.lifecycle,
                               now=shop.now)
         views.append(BuyerView(buyer=buyer, orders=facts, products=products, profile=profile, rfm=rfm,
-                               attributes=attributes, moments=tuple(moments)))
+                               attributes=attributes, moments=tuple(moments), loyalty=loyalty))
     return views
 
 
 _SETTLED = ("dirty", "email", "phone", "order_count", "total_spent", "last_order_at", "days_between_orders",
             "created_at", "rfm_score", "rfm_segment", "lifecycle_scanned_at", "lifecycle_due_at", "pending",
-            "pending_hash", "push_state", "attempts", "next_attempt_at")
+            "pending_hash", "push_state", "attempts", "next_attempt_at", "loyalty_tier", "loyalty_rules_at")
 
 
-def _settle(shop: ShopContext, contact: Contact, view: BuyerView) -> list[ev.EventFact]:
-    """Store the figures, queue the Brevo body when it changed; returns the events that fell due."""
+def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[tuple[str, lp.Entry]]
+            ) -> list[ev.EventFact]:
+    """Store the figures, queue the Brevo body when it changed; returns the events that fell due and adds
+    the buyer's new ledger entries to `ledger`."""
     buyer, profile, rfm = view.buyer, view.profile, view.rfm
     contact.dirty = False
     contact.email, contact.phone = buyer.email, buyer.phone
@@ -210,6 +246,8 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView) -> list[ev.Eve
                                             moment.properties))
     contact.lifecycle_scanned_at = max(after, shop.now)
     contact.lifecycle_due_at = next_due(view.moments, contact.lifecycle_scanned_at)
+    if view.loyalty is not None:
+        facts.extend(_settle_loyalty(shop, contact, view.loyalty, identity, buyer.shop_currency, ledger))
     if not (buyer.email or buyer.phone):
         return facts  # Brevo needs an email or a phone number to hold a contact
     memory = dict(contact.sent.get("_consent", {})) if contact.sent else {}
@@ -228,6 +266,28 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView) -> list[ev.Eve
     body["_consent"] = consent_memory
     contact.pending, contact.pending_hash = body, digest
     contact.push_state, contact.attempts, contact.next_attempt_at = "pending", 0, None
+    return facts
+
+
+def _settle_loyalty(shop: ShopContext, contact: Contact, loyalty: LoyaltyView, identity: ev.Buyer | None,
+                    currency: str | None, ledger: list[tuple[str, lp.Entry]]) -> list[ev.EventFact]:
+    """New ledger entries, the tier announced, and the next moment the program needs this buyer again.
+
+    A build under rules the contact was not yet computed with (the program just started, or its rules
+    changed) is a recompute: the ledger is corrected silently and the tier it lands in is not news.
+    """
+    program = shop.loyalty
+    recomputing = as_utc(contact.loyalty_rules_at) != program.rules_at
+    ledger.extend((contact.contact_key, entry) for entry in loyalty.new)
+    facts: list[ev.EventFact] = []
+    if identity is not None:
+        facts = loyalty_events(loyalty, shop_domain=shop.domain, buyer=identity, previous_tier=contact.loyalty_tier,
+                               recomputing=recomputing, since=max(shop.now - shop.freshness, program.rules_at),
+                               now=shop.now, rules=program.rules, currency=currency)
+    contact.loyalty_tier, contact.loyalty_rules_at = loyalty.state.tier.name, program.rules_at
+    if loyalty.next_at is not None and (contact.lifecycle_due_at is None
+                                        or loyalty.next_at < as_utc(contact.lifecycle_due_at)):  # type: ignore[operator]
+        contact.lifecycle_due_at = loyalty.next_at
     return facts
 
 

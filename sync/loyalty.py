@@ -1,0 +1,227 @@
+"""The loyalty program in the pipeline: a buyer's mirror rows become the program's facts; the profile builder
+settles their ledger from them and carries balance, tier and reward code to Brevo as attributes and events.
+
+The program itself is pure (`loyalty.program`); this module only translates rows into facts and decides which
+of the ledger's new entries are news (a live event) and which are history (attributes only).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from connector.clock import as_utc
+from connector.database import chunked
+from connector.models import Customer, LoyaltyReward, Order, Refund, Shop
+from loyalty import program as lp
+from loyalty.rules import LoyaltyRules
+from mappings import events as ev
+
+# Event names: a product contract, like the other events (merchants build Brevo automations on them).
+POINTS_EARNED = "loyalty_points_earned"
+POINTS_REVERSED = "loyalty_points_reversed"
+TIER_CHANGED = "loyalty_tier_changed"
+REWARD_ISSUED = "loyalty_reward_issued"
+POINTS_EXPIRING = "loyalty_points_expiring"
+POINTS_EXPIRED = "loyalty_points_expired"
+
+# Shopify's financial states in which the buyer has paid (a refund later takes its share back).
+PAID_STATES = frozenset({"paid", "partially_refunded", "refunded"})
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: codes are typed by people
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoyaltyContext:
+    rules: LoyaltyRules
+    started_at: datetime  # birthdays before this earn nothing
+    rules_at: datetime  # the current rules took effect: entries before are history, not news
+
+    @classmethod
+    def of(cls, shop: Shop, now: datetime) -> LoyaltyContext:
+        started = as_utc(shop.loyalty_started_at) or as_utc(shop.created_at) or now
+        return cls(rules=LoyaltyRules.from_dict(shop.loyalty_rules), started_at=started,
+                   rules_at=as_utc(shop.loyalty_rules_at) or started)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoyaltyView:
+    facts: lp.BuyerFacts
+    owed: tuple[lp.Entry, ...]  # the ledger the buyer is owed, in the order things happened
+    new: tuple[lp.Entry, ...]  # what the stored ledger lacks: appended by the builder
+    state: lp.LoyaltyState
+    reward_code: str | None
+    next_at: datetime | None  # when the program changes for this buyer with nothing new arriving
+    observed: Mapping[str, datetime]  # new entry key -> when what caused it was seen in Shopify
+
+
+def parse_birthday(value: str | None) -> date | None:
+    """`YYYY-MM-DD` or `--MM-DD` (year unknown); only month and day matter."""
+    if not value:
+        return None
+    try:
+        month, day = int(value[-5:-3]), int(value[-2:])
+        return date(2000, month, day)  # a leap year, so 29 February is a birthday too
+    except ValueError:
+        return None
+
+
+def program_facts(customer: Customer | None, orders: Sequence[Order], refunds: Mapping[int, Sequence[Refund]],
+                  stored: Sequence[lp.Entry]) -> lp.BuyerFacts:
+    """What the program needs of one buyer. Amounts are the shop-currency ones the mirror keeps (DESIGN 5),
+    so an order paid in another currency earns from what the shop received, never from a mixed sum."""
+    facts = []
+    for order in orders:
+        created = as_utc(order.created_at_src)
+        if created is None:
+            continue
+        basis = order.points_basis if order.points_basis is not None else order.subtotal
+        facts.append(lp.OrderFacts(
+            order_id=order.order_id, created_at=created, basis=basis, total=order.total,
+            paid=(order.financial_status or "") in PAID_STATES, cancelled_at=as_utc(order.cancelled_at),
+            test=order.test,
+            refunds=tuple(lp.RefundFacts(refund_id=r.refund_id, amount=r.amount,
+                                         created_at=as_utc(r.created_at_src) or created)
+                          for r in sorted(refunds.get(order.order_id, ()), key=lambda r: r.refund_id))))
+    # Adjustments and redemptions exist only in the ledger: their first entry is the fact.
+    adjustments = tuple(lp.Adjustment(key=e.key, points=e.points, reason=e.reason, at=e.at)
+                        for e in stored if e.kind == lp.ADJUSTMENT and "#" not in e.key)
+    redemptions = tuple(lp.Redemption(key=e.key, points=-e.points, at=e.at)
+                        for e in stored if e.kind == lp.REDEMPTION and "#" not in e.key)
+    real = customer is not None and not customer.deleted
+    return lp.BuyerFacts(
+        account_created_at=as_utc(customer.created_at_src) if real and customer else None,
+        birthday=parse_birthday(customer.birthday) if real and customer else None,
+        orders=tuple(sorted(facts, key=lambda o: o.order_id)), adjustments=adjustments, redemptions=redemptions)
+
+
+def evaluate(facts: lp.BuyerFacts, stored: Sequence[lp.Entry], context: LoyaltyContext, *, now: datetime,
+             orders: Sequence[Order] = (), refunds: Mapping[int, Sequence[Refund]] | None = None) -> LoyaltyView:
+    rules = context.rules
+    owed = lp.owed(facts, rules, now=now, program_start=context.started_at)
+    new = lp.corrections(owed, stored, now=now)
+    current = lp.state(owed, facts, rules, now=now)
+    code = next((e.key.removeprefix("reward:") for e in reversed(owed)
+                 if e.kind == lp.REDEMPTION and e.key.startswith("reward:")), None)
+    return LoyaltyView(facts=facts, owed=tuple(owed), new=tuple(new), state=current, reward_code=code,
+                       next_at=lp.next_moment(owed, facts, rules, now=now),
+                       observed=_observed(new, orders, refunds or {}))
+
+
+def _observed(new: Sequence[lp.Entry], orders: Sequence[Order], refunds: Mapping[int, Sequence[Refund]]
+              ) -> dict[str, datetime]:
+    """When the cause of each new entry reached us: an order's points are news when the order changed
+    recently (paid today for an order placed last week), not only when it was placed."""
+    updated = {o.order_id: as_utc(o.updated_at_src) for o in orders}
+    refunded = {r.refund_id: as_utc(r.created_at_src) for rs in refunds.values() for r in rs}
+    seen: dict[str, datetime] = {}
+    for entry in new:
+        base = entry.key.partition("#")[0]
+        kind, _, rest = base.partition(":")
+        ident = rest.split(":")[0]
+        cause = None
+        if kind == "order" and ident.isdigit():
+            cause = updated.get(int(ident))
+        elif kind == "refund" and ident.isdigit():
+            cause = refunded.get(int(ident))
+        seen[entry.key] = max(entry.at, cause) if cause else entry.at
+    for entry in new:  # the first-order bonus is news exactly when that order's points are
+        if entry.key == "first_order":
+            seen[entry.key] = max((seen[e.key] for e in new if e.at == entry.at), default=entry.at)
+    return seen
+
+
+def loyalty_attributes(view: LoyaltyView) -> dict[str, Any]:
+    state = view.state
+    return {
+        "LOYALTY_POINTS": state.balance,
+        "LOYALTY_TIER": state.tier.name,
+        "LOYALTY_NEXT_TIER": state.next_tier.name if state.next_tier else "",
+        "LOYALTY_POINTS_TO_NEXT_TIER": state.points_to_next_tier if state.points_to_next_tier is not None else "",
+        "LOYALTY_POINTS_EXPIRE_AT": state.expires_at.date().isoformat() if state.expires_at else "",
+        "LOYALTY_REWARD_CODE": view.reward_code or "",
+    }
+
+
+def loyalty_events(view: LoyaltyView, *, shop_domain: str, buyer: ev.Buyer, previous_tier: str | None,
+                   recomputing: bool, since: datetime, now: datetime, rules: LoyaltyRules,
+                   currency: str | None) -> list[ev.EventFact]:
+    """The events this build produces: one per new ledger entry that is news, a tier change, an expiry warning.
+
+    `since`: entries whose cause is older are history (attributes only). `recomputing`: the rules changed or
+    the program just started, so corrections and the tier reached are not news either.
+    """
+    state = view.state
+    key_base = f"{shop_domain}:loyalty:{buyer.contact_key}"
+    common = {"balance": state.balance, "tier": state.tier.name}
+    facts: list[ev.EventFact] = []
+    for entry in view.new:
+        if view.observed.get(entry.key, entry.at) < since or (recomputing and "#" in entry.key):
+            continue
+        props: dict[str, Any] = {**common, "points": abs(entry.points), "reason": entry.reason, "kind": entry.kind}
+        if entry.kind == lp.EXPIRY:
+            name = POINTS_EXPIRED
+        elif entry.kind == lp.REDEMPTION and entry.points < 0:
+            name = REWARD_ISSUED
+            props.update(code=entry.key.partition("#")[0].removeprefix("reward:"),
+                         value=ev.money_text(rules.reward_value), currency=currency or "")
+        elif entry.points > 0:
+            name = POINTS_EARNED
+        else:
+            name = POINTS_REVERSED
+        facts.append(ev.lifecycle_event(name, f"{key_base}:{entry.key}", buyer, entry.at, props))
+    if previous_tier and previous_tier != state.tier.name and not recomputing:
+        ranks = {t.name: i for i, t in enumerate(rules.tiers)}
+        direction = "up" if ranks.get(state.tier.name, 0) > ranks.get(previous_tier, 0) else "down"
+        facts.append(ev.lifecycle_event(
+            TIER_CHANGED, f"{key_base}:tier:{previous_tier}>{state.tier.name}:{now.date().isoformat()}", buyer, now,
+            {**common, "from": previous_tier, "to": state.tier.name, "direction": direction}))
+    warn_at = lp.expiry_warning_at(state.expires_at, rules)
+    if state.expires_at and warn_at and state.balance > 0 and warn_at <= now < state.expires_at:
+        expiry = state.expires_at.date().isoformat()
+        facts.append(ev.lifecycle_event(POINTS_EXPIRING, f"{key_base}:expiring:{expiry}", buyer, max(warn_at, since),
+                                        {**common, "points": state.balance, "expires_at": expiry}))
+    return facts
+
+
+def new_code() -> str:
+    return "REWARD-" + "".join(secrets.choice(_CODE_ALPHABET) for _ in range(10))
+
+
+def request_reward(session: Session, shop_id: int, contact_key: str, rules: LoyaltyRules, *, source: str,
+                   now: datetime) -> LoyaltyReward | None:
+    """Ask for one reward code for this buyer (issued by the worker through Shopify). At most one request
+    per buyer is open at a time; returns it (the new one, or the one already waiting)."""
+    waiting = session.execute(sa.select(LoyaltyReward).where(
+        col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.contact_key) == contact_key,
+        col(LoyaltyReward.status) == "requested")).scalars().first()
+    if waiting is not None:
+        return waiting
+    count = session.execute(sa.select(sa.func.count()).select_from(LoyaltyReward).where(
+        col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.contact_key) == contact_key)).scalar_one()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    table = LoyaltyReward.__table__  # type: ignore[attr-defined]
+    session.execute(insert(table).on_conflict_do_nothing(index_elements=["shop_id", "request_key"]), [{
+        "shop_id": shop_id, "contact_key": contact_key, "request_key": f"{contact_key}:{count + 1}",
+        "source": source, "points": rules.reward_every_points, "value": rules.reward_value, "code": new_code(),
+        "status": "requested", "attempts": 0, "next_attempt_at": now, "requested_at": now}])
+    return session.execute(sa.select(LoyaltyReward).where(
+        col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.request_key) == f"{contact_key}:{count + 1}")
+    ).scalars().first()
+
+
+def open_requests(session: Session, shop_id: int, contact_keys: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in chunked(set(contact_keys)):
+        found.update(session.execute(sa.select(col(LoyaltyReward.contact_key)).where(
+            col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.status) == "requested",
+            col(LoyaltyReward.contact_key).in_(chunk))).scalars())
+    return found
+
