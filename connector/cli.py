@@ -21,17 +21,20 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 shops_app = typer.Typer(help="The shops this connector syncs.", no_args_is_help=True)
 dead_app = typer.Typer(help="What could not be applied or delivered, with the reason.", no_args_is_help=True)
 contacts_app = typer.Typer(help="Buyers as Brevo sees them.", no_args_is_help=True)
+loyalty_app = typer.Typer(help="The loyalty program: rules, balances, adjustments, reward codes.",
+                          no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(shops_app, name="shops")
 app.add_typer(dead_app, name="dead-letters")
+app.add_typer(loyalty_app, name="loyalty")
 
 console = Console()
 err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, whatever the width
     return typer.Exit(code)
 
 
@@ -269,6 +272,112 @@ def dead_letters_retry(ids: Annotated[list[int], typer.Argument(help="Dead lette
     settings = _settings()
     count = retry_dead_letters(_engine(settings), ids)
     console.print(f"{count} re-queued")
+
+
+ShopOption = Annotated[str, typer.Option(help="my-store.myshopify.com")]
+BuyerArgument = Annotated[str, typer.Argument(help="The buyer: email address, phone (E.164) or customer id.")]
+
+
+@loyalty_app.command("configure")
+def loyalty_configure(
+    shop: ShopOption,
+    file: Annotated[str, typer.Option("--file", help="The loyalty rules (TOML); see README, Loyalty program.")],
+) -> None:
+    """Put a shop's loyalty rules in force and recompute every balance and tier under them (silently)."""
+    from pathlib import Path
+
+    from connector.clock import SystemClock
+    from connector.loyalty_admin import LoyaltyAdminError, configure_loyalty, recompute_program
+    from mappings.shop_config import ConfigError
+
+    settings = _settings()
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    engine = _engine(settings)
+    now = SystemClock().now()
+    try:
+        configure_loyalty(engine, shop, text, now=now)
+        done = recompute_program(engine, shop, now=now)
+    except ConfigError as exc:
+        raise _fail(f"{file}: {exc} (the previous rules stay in force)") from None
+    except LoyaltyAdminError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"loyalty rules of {shop} in force; {done.buyers} buyers recomputed in {done.seconds:.1f} s "
+                  f"({done.entries} ledger corrections, {done.tiers_changed} tiers changed, no events sent)")
+
+
+@loyalty_app.command("recompute")
+def loyalty_recompute(shop: ShopOption) -> None:
+    """Bring every buyer's ledger to what the rules grant over the full mirrored history (no events)."""
+    from connector.clock import SystemClock
+    from connector.loyalty_admin import LoyaltyAdminError, recompute_program
+
+    settings = _settings()
+    try:
+        done = recompute_program(_engine(settings), shop, now=SystemClock().now())
+    except LoyaltyAdminError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{done.buyers} buyers recomputed in {done.seconds:.1f} s: {done.entries} ledger corrections, "
+                  f"{done.tiers_changed} tiers changed")
+
+
+@loyalty_app.command("show")
+def loyalty_show(who: BuyerArgument, shop: ShopOption) -> None:
+    """A buyer's balance, tier, expiry and every ledger entry with its reason."""
+    from connector.clock import SystemClock
+    from connector.loyalty_admin import LoyaltyAdminError, buyer_loyalty
+
+    settings = _settings()
+    try:
+        found = buyer_loyalty(_engine(settings), shop, who, now=SystemClock().now())
+    except LoyaltyAdminError as exc:
+        raise _fail(str(exc)) from None
+    state = found.view.state
+    console.print(f"[bold]{who}[/]: {state.balance} points, tier {state.tier.name}"
+                  + (f", {state.points_to_next_tier} to {state.next_tier.name}" if state.next_tier else "")
+                  + (f"; expire {state.expires_at.date()} if no order before" if state.expires_at else "")
+                  + f"; lifetime earned {state.lifetime_earned}", highlight=False)
+    table = Table("when", "points", "kind", "source key", "reason")
+    for entry in found.ledger:
+        table.add_row(entry.at.isoformat(timespec="seconds"), f"{entry.points:+d}", entry.kind, entry.key,
+                      entry.reason)
+    console.print(table)
+
+
+@loyalty_app.command("adjust")
+def loyalty_adjust(
+    who: BuyerArgument,
+    shop: ShopOption,
+    points: Annotated[int, typer.Option(help="Points to add; negative to take away.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the ledger, sent with the event).")],
+) -> None:
+    """Add or take away points by hand. Refused when the balance would go below zero."""
+    from connector.clock import SystemClock
+    from connector.loyalty_admin import LoyaltyAdminError, adjust_points
+
+    settings = _settings()
+    try:
+        before, after = adjust_points(_engine(settings), shop, who, points, reason, now=SystemClock().now())
+    except LoyaltyAdminError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{who}: {before} -> {after} points ({reason})")
+
+
+@loyalty_app.command("reward")
+def loyalty_reward(who: BuyerArgument, shop: ShopOption) -> None:
+    """Ask for a reward code for a buyer; the worker creates it in Shopify, then deducts the points."""
+    from connector.clock import SystemClock
+    from connector.loyalty_admin import LoyaltyAdminError, ask_reward
+
+    settings = _settings()
+    try:
+        reward = ask_reward(_engine(settings), shop, who, source="cli", now=SystemClock().now())
+    except LoyaltyAdminError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"reward code {reward.code} ({reward.points} points, worth {reward.value}) {reward.status}; "
+                  "the worker creates it in Shopify")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import SystemClock, as_utc
@@ -22,24 +23,33 @@ class ExplainError(Exception):
     """The buyer or the shop to explain is not known."""
 
 
+def find_buyer(session: Session, domain: str, who: str) -> tuple[Shop, Contact]:
+    """The shop and the buyer an operator means: by email address, phone number, or Shopify customer id."""
+    shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+    if shop is None:
+        raise ExplainError(f"no shop {domain}")
+    email, phone = normalise_email(who), normalise_phone(who)
+    if who.strip().isdigit() and not phone:
+        match = col(Contact.customer_id) == int(who.strip())
+    elif email or phone:
+        match = col(Contact.email) == email if email else col(Contact.phone) == phone
+    else:
+        raise ExplainError(f"'{who}' is neither an email address, a phone number nor a customer id")
+    contact = session.execute(sa.select(Contact).where(col(Contact.shop_id) == shop.id, match,
+                                                       col(Contact.merged_into).is_(None))
+                              .order_by(col(Contact.customer_id).is_(None))).scalars().first()
+    if contact is None:
+        raise ExplainError(f"no buyer {who} in {domain}")
+    return shop, contact
+
+
 def explain_contact(engine: Engine, domain: str, who: str, console: Console) -> None:
     try:
         domain = normalise_domain(domain)
     except ShopError as exc:
         raise ExplainError(str(exc)) from None
-    email, phone = normalise_email(who), normalise_phone(who)
     with unit_of_work(engine) as session:
-        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
-        if shop is None:
-            raise ExplainError(f"no shop {domain}")
-        match = col(Contact.email) == email if email else col(Contact.phone) == phone
-        if not (email or phone):
-            raise ExplainError(f"'{who}' is neither an email address nor a phone number")
-        contact = session.execute(sa.select(Contact).where(col(Contact.shop_id) == shop.id, match,
-                                                           col(Contact.merged_into).is_(None))
-                                  .order_by(col(Contact.customer_id).is_(None))).scalars().first()
-        if contact is None:
-            raise ExplainError(f"no buyer {who} in {domain}")
+        shop, contact = find_buyer(session, domain, who)
         context = ShopContext.of(shop, SystemClock().now())
         [view] = load_buyers(session, context, [contact])
         events = session.execute(sa.select(OutboxEntry).where(

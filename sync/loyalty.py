@@ -161,22 +161,10 @@ def loyalty_events(view: LoyaltyView, *, shop_domain: str, buyer: ev.Buyer, prev
     state = view.state
     key_base = f"{shop_domain}:loyalty:{buyer.contact_key}"
     common = {"balance": state.balance, "tier": state.tier.name}
-    facts: list[ev.EventFact] = []
-    for entry in view.new:
-        if view.observed.get(entry.key, entry.at) < since or (recomputing and "#" in entry.key):
-            continue
-        props: dict[str, Any] = {**common, "points": abs(entry.points), "reason": entry.reason, "kind": entry.kind}
-        if entry.kind == lp.EXPIRY:
-            name = POINTS_EXPIRED
-        elif entry.kind == lp.REDEMPTION and entry.points < 0:
-            name = REWARD_ISSUED
-            props.update(code=entry.key.partition("#")[0].removeprefix("reward:"),
-                         value=ev.money_text(rules.reward_value), currency=currency or "")
-        elif entry.points > 0:
-            name = POINTS_EARNED
-        else:
-            name = POINTS_REVERSED
-        facts.append(ev.lifecycle_event(name, f"{key_base}:{entry.key}", buyer, entry.at, props))
+    facts = [entry_event(entry, shop_domain=shop_domain, buyer=buyer, balance=state.balance, tier=state.tier.name,
+                         rules=rules, currency=currency)
+             for entry in view.new
+             if view.observed.get(entry.key, entry.at) >= since and not (recomputing and "#" in entry.key)]
     if previous_tier and previous_tier != state.tier.name and not recomputing:
         ranks = {t.name: i for i, t in enumerate(rules.tiers)}
         direction = "up" if ranks.get(state.tier.name, 0) > ranks.get(previous_tier, 0) else "down"
@@ -189,6 +177,24 @@ def loyalty_events(view: LoyaltyView, *, shop_domain: str, buyer: ev.Buyer, prev
         facts.append(ev.lifecycle_event(POINTS_EXPIRING, f"{key_base}:expiring:{expiry}", buyer, max(warn_at, since),
                                         {**common, "points": state.balance, "expires_at": expiry}))
     return facts
+
+
+def entry_event(entry: lp.Entry, *, shop_domain: str, buyer: ev.Buyer, balance: int, tier: str,
+                rules: LoyaltyRules, currency: str | None) -> ev.EventFact:
+    """The event of one ledger entry; its idempotency key is the entry's, so it is sent once."""
+    props: dict[str, Any] = {"balance": balance, "tier": tier, "points": abs(entry.points), "reason": entry.reason,
+                             "kind": entry.kind}
+    if entry.kind == lp.EXPIRY:
+        name = POINTS_EXPIRED
+    elif entry.kind == lp.REDEMPTION and entry.points < 0:
+        name = REWARD_ISSUED
+        props.update(code=entry.key.partition("#")[0].removeprefix("reward:"),
+                     value=ev.money_text(rules.reward_value), currency=currency or "")
+    elif entry.points > 0:
+        name = POINTS_EARNED
+    else:
+        name = POINTS_REVERSED
+    return ev.lifecycle_event(name, f"{shop_domain}:loyalty:{buyer.contact_key}:{entry.key}", buyer, entry.at, props)
 
 
 def new_code() -> str:

@@ -1,0 +1,247 @@
+"""What a merchant or operator does to a shop's loyalty program: set its rules, adjust a buyer's points, ask for
+a reward code, recompute every ledger from the mirrored history, and look at one buyer's ledger."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from connector.clock import as_utc
+from connector.database import unit_of_work
+from connector.explain import ExplainError, find_buyer
+from connector.models import Contact, Customer, LoyaltyEntry, LoyaltyReward, Order, Refund, Shop
+from connector.shops import ShopError, normalise_domain
+from loyalty import program as lp
+from loyalty.rules import LoyaltyRules
+from loyalty.store import append, append_many, stored_entries
+from sync.apply import insert_events
+from sync.loyalty import LoyaltyContext, LoyaltyView, entry_event, evaluate, program_facts, request_reward
+from sync.profiles import ShopContext, load_buyers
+
+WRITE_CHUNK = 5000
+
+
+class LoyaltyAdminError(Exception):
+    """The request is refused; the message says why and nothing was changed."""
+
+
+def _shop(session: Session, domain: str) -> Shop:
+    try:
+        domain = normalise_domain(domain)
+    except ShopError as exc:
+        raise LoyaltyAdminError(str(exc)) from None
+    shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+    if shop is None:
+        raise LoyaltyAdminError(f"no shop {domain}")
+    return shop
+
+
+def configure_loyalty(engine: Engine, domain: str, text: str, *, now: datetime) -> dict[str, Any]:
+    """Validate the rules (TOML) and put them in force; invalid rules raise ConfigError and change nothing.
+
+    The new rules apply to the whole history: every ledger is corrected to what they grant, silently (a rules
+    change is not news to buyers), and every contact is rebuilt so Brevo gets the new balances and tiers.
+    """
+    rules = LoyaltyRules.from_toml(text)
+    with unit_of_work(engine) as session:
+        shop = _shop(session, domain)
+        shop.loyalty_rules, shop.loyalty_rules_at = rules.to_dict(), now
+        session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id).values(dirty=True))
+    return rules.to_dict()
+
+
+@dataclass(frozen=True)
+class BuyerLoyalty:
+    shop: Shop
+    contact: Contact
+    view: LoyaltyView
+    ledger: list[lp.Entry]
+
+
+def buyer_loyalty(engine: Engine, domain: str, who: str, *, now: datetime) -> BuyerLoyalty:
+    with unit_of_work(engine) as session:
+        try:
+            shop, contact = find_buyer(session, normalise_domain(domain), who)
+        except (ExplainError, ShopError) as exc:
+            raise LoyaltyAdminError(str(exc)) from None
+        [view] = load_buyers(session, ShopContext.of(shop, now), [contact])
+        if view.loyalty is None:
+            raise LoyaltyAdminError(f"the loyalty program of {shop.domain} is switched off")
+        ledger = stored_entries(session, shop.id or 0, [contact.contact_key]).get(contact.contact_key, [])
+        session.expunge_all()
+    return BuyerLoyalty(shop=shop, contact=contact, view=view.loyalty, ledger=[*ledger, *view.loyalty.new])
+
+
+def adjust_points(engine: Engine, domain: str, who: str, points: int, reason: str, *, now: datetime
+                  ) -> tuple[int, int]:
+    """Add (or with a negative number take away) points by hand, with a reason; returns (before, after).
+
+    Refused when it would leave the buyer below zero. The entry and its event commit together.
+    """
+    if not reason.strip():
+        raise LoyaltyAdminError("an adjustment needs a reason")
+    if points == 0:
+        raise LoyaltyAdminError("an adjustment of 0 points changes nothing")
+    with unit_of_work(engine) as session:
+        shop, contact, view = _buyer_now(session, domain, who, now)
+        balance = view.state.balance
+        if balance + points < 0:
+            raise LoyaltyAdminError(f"{who} has {balance} points: taking {-points} would leave them below zero")
+        append(session, shop.id or 0, contact.contact_key, view.new, now=now)  # the ledger first catches up
+        entry = lp.Entry(f"adjust:{uuid.uuid4().hex[:12]}", points, lp.ADJUSTMENT, now, reason.strip())
+        append(session, shop.id or 0, contact.contact_key, [entry], now=now)
+        _announce(session, shop, contact, view, entry, balance + points, now)
+        contact.dirty = True
+    return balance, balance + points
+
+
+def ask_reward(engine: Engine, domain: str, who: str, *, source: str, now: datetime) -> LoyaltyReward:
+    """Ask for a reward code for a buyer whose balance covers it; the worker creates it in Shopify."""
+    with unit_of_work(engine) as session:
+        shop, contact, view = _buyer_now(session, domain, who, now)
+        rules = LoyaltyRules.from_dict(shop.loyalty_rules)
+        if view.state.balance < rules.reward_every_points:
+            raise LoyaltyAdminError(f"{who} has {view.state.balance} points; a reward takes "
+                                    f"{rules.reward_every_points}")
+        reward = request_reward(session, shop.id or 0, contact.contact_key, rules, source=source, now=now)
+        assert reward is not None
+        session.expunge(reward)
+    return reward
+
+
+def _buyer_now(session: Session, domain: str, who: str, now: datetime) -> tuple[Shop, Contact, LoyaltyView]:
+    try:
+        shop, contact = find_buyer(session, normalise_domain(domain), who)
+    except (ExplainError, ShopError) as exc:
+        raise LoyaltyAdminError(str(exc)) from None
+    context = ShopContext.of(shop, now)
+    if not context.loyalty.rules.enabled:
+        raise LoyaltyAdminError(f"the loyalty program of {shop.domain} is switched off")
+    [view] = load_buyers(session, context, [contact])
+    assert view.loyalty is not None
+    return shop, contact, view.loyalty
+
+
+def _announce(session: Session, shop: Shop, contact: Contact, view: LoyaltyView, entry: lp.Entry, balance: int,
+              now: datetime) -> None:
+    from mappings import events as ev
+    from mappings.shop_config import ShopConfig
+
+    if not (contact.email or contact.phone or contact.customer_id):
+        return
+    buyer = ev.Buyer(contact_key=contact.contact_key, customer_id=contact.customer_id, email=contact.email,
+                     phone=contact.phone)
+    rules = LoyaltyRules.from_dict(shop.loyalty_rules)
+    fact = entry_event(entry, shop_domain=shop.domain, buyer=buyer, balance=balance, tier=view.state.tier.name,
+                       rules=rules, currency=shop.currency)
+    insert_events(session, shop.id or 0, [fact], now=now, enabled=ShopConfig.from_dict(shop.config).event_enabled)
+
+
+@dataclass(frozen=True)
+class Recomputed:
+    buyers: int
+    entries: int  # ledger entries written (corrections)
+    tiers_changed: int
+    seconds: float
+
+
+def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomputed:
+    """Bring every buyer's ledger to what the rules grant over the full mirrored history, silently.
+
+    Used on a shop's first day and after a rules change (also reached gradually by the builder, contact by
+    contact; this does the whole shop at once). Reads the mirror as plain rows, one pass per table; writes the
+    corrections, each contact's tier and the rules it was computed with, and marks every contact to be rebuilt
+    so Brevo receives the new figures. No event is produced: history is not news.
+    """
+    started = time.perf_counter()
+    with unit_of_work(engine) as session:
+        shop = _shop(session, domain)
+        shop_id = shop.id or 0
+        context = LoyaltyContext.of(shop, now)
+        if not context.rules.enabled:
+            raise LoyaltyAdminError(f"the loyalty program of {shop.domain} is switched off")
+        customers = {r.contact_key: r for r in session.execute(sa.select(
+            col(Customer.contact_key), col(Customer.created_at_src), col(Customer.birthday), col(Customer.deleted))
+            .where(col(Customer.shop_id) == shop_id))}
+        refunds: dict[int, list[Any]] = defaultdict(list)
+        for r in session.execute(sa.select(col(Refund.refund_id), col(Refund.order_id), col(Refund.amount),
+                                           col(Refund.created_at_src)).where(col(Refund.shop_id) == shop_id)):
+            refunds[r.order_id].append(r)
+        ledgers = _ledgers(session, shop_id)
+        contacts = {r.contact_key: r.loyalty_tier for r in session.execute(sa.select(
+            col(Contact.contact_key), col(Contact.loyalty_tier)).where(
+            col(Contact.shop_id) == shop_id, col(Contact.merged_into).is_(None)))}
+        orders = session.execute(sa.select(
+            col(Order.contact_key), col(Order.order_id), col(Order.created_at_src), col(Order.updated_at_src),
+            col(Order.points_basis), col(Order.subtotal), col(Order.total), col(Order.financial_status),
+            col(Order.cancelled_at), col(Order.test))
+            .where(col(Order.shop_id) == shop_id, col(Order.contact_key).is_not(None))
+            .order_by(col(Order.contact_key))).all()
+        pending: list[tuple[str, lp.Entry]] = []
+        tiers: list[dict[str, Any]] = []
+        written = buyers = 0
+        for key, mine in _grouped(orders, contacts):
+            buyers += 1
+            stored = ledgers.get(key, [])
+            customer = cast(Customer | None, customers.get(key))
+            view = evaluate(program_facts(customer, cast(list[Order], mine), cast(dict[int, list[Refund]], refunds),
+                                          stored), stored, context, now=now)
+            pending.extend((key, e) for e in view.new)
+            if contacts[key] != view.state.tier.name:
+                tiers.append({"k": key, "t": view.state.tier.name})
+            if len(pending) >= WRITE_CHUNK:
+                written += append_many(session, shop_id, pending, now=now)
+                pending = []
+        written += append_many(session, shop_id, pending, now=now)
+        if tiers:
+            table = Contact.__table__  # type: ignore[attr-defined]
+            session.execute(sa.update(table).where(table.c.shop_id == shop_id, table.c.contact_key == sa.bindparam("k"))
+                            .values(loyalty_tier=sa.bindparam("t")), tiers)
+        session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop_id,
+                                                 col(Contact.merged_into).is_(None))
+                        .values(loyalty_rules_at=context.rules_at, dirty=True))
+    return Recomputed(buyers=buyers, entries=written, tiers_changed=len(tiers),
+                      seconds=time.perf_counter() - started)
+
+
+def _ledgers(session: Session, shop_id: int) -> dict[str, list[lp.Entry]]:
+    found: dict[str, list[lp.Entry]] = defaultdict(list)
+    for r in session.execute(sa.select(col(LoyaltyEntry.contact_key), col(LoyaltyEntry.entry_key),
+                                       col(LoyaltyEntry.kind), col(LoyaltyEntry.points),
+                                       col(LoyaltyEntry.occurred_at), col(LoyaltyEntry.recorded_at),
+                                       col(LoyaltyEntry.reason))
+                             .where(col(LoyaltyEntry.shop_id) == shop_id).order_by(col(LoyaltyEntry.id))):
+        at = as_utc(r.occurred_at) or as_utc(r.recorded_at)
+        assert at is not None
+        found[r.contact_key].append(lp.Entry(r.entry_key, r.points, r.kind, at, r.reason or ""))
+    return found
+
+
+def _grouped(orders: Iterable[Any], contacts: dict[str, str | None]) -> Iterator[tuple[str, list[Any]]]:
+    """(contact key, its orders) for every buyer: those with orders (rows sorted by contact), then the rest."""
+    seen: set[str] = set()
+    group: list[Any] = []
+    current: str | None = None
+    for row in orders:
+        if row.contact_key != current:
+            if current is not None and current in contacts:
+                yield current, group
+                seen.add(current)
+            current, group = row.contact_key, []
+        group.append(row)
+    if current is not None and current in contacts:
+        yield current, group
+        seen.add(current)
+    for key in contacts:
+        if key not in seen:
+            yield key, []
