@@ -9,11 +9,14 @@ and nothing else. Balances, lifetime figures and tiers are always derived from t
 
 from __future__ import annotations
 
+import itertools
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from typing import NamedTuple
 
 from loyalty.rules import LoyaltyRules, Tier
 
@@ -23,15 +26,13 @@ REVERSAL, EXPIRY, REDEMPTION = "reversal", "expiry", "redemption"
 EARNING_KINDS = frozenset({EARN, BONUS, REVERSAL})  # reversals take back what an order earned
 
 
-@dataclass(frozen=True)
-class RefundFacts:
+class RefundFacts(NamedTuple):
     refund_id: int
     amount: Decimal  # shop currency, what the buyer got back
     created_at: datetime
 
 
-@dataclass(frozen=True)
-class OrderFacts:
+class OrderFacts(NamedTuple):
     order_id: int
     created_at: datetime
     basis: Decimal  # subtotal after discounts, without tax and shipping, in shop currency
@@ -66,8 +67,7 @@ class BuyerFacts:
     redemptions: tuple[Redemption, ...] = ()
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     key: str
     points: int  # positive earns, negative takes back
     kind: str
@@ -86,15 +86,50 @@ class LoyaltyState:
     measure: Decimal
 
 
+class _Timeline:
+    """The earning entries in time order with running sums, so a window's measure is two binary searches."""
+
+    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+        self.ats: list[datetime] = []
+        self.sums: list[int] = [0]
+        for entry in sorted(entries, key=lambda e: e.at):
+            self.add(entry)
+
+    def add(self, entry: Entry) -> None:
+        if entry.kind not in EARNING_KINDS:
+            return
+        if self.ats and entry.at < self.ats[-1]:  # out of order (rare): rebuild the sums
+            at = bisect_right(self.ats, entry.at)
+            points = [b - a for a, b in itertools.pairwise(self.sums)]
+            self.ats.insert(at, entry.at)
+            points.insert(at, entry.points)
+            self.sums = list(itertools.accumulate(points, initial=0))
+            return
+        self.ats.append(entry.at)
+        self.sums.append(self.sums[-1] + entry.points)
+
+    def upto(self, moment: datetime) -> int:
+        """Points of the entries at or before `moment`."""
+        return self.sums[bisect_right(self.ats, moment)]
+
+    def before(self, moment: datetime) -> int:
+        return self.sums[bisect_left(self.ats, moment)]
+
+    def moments(self, since: datetime, until: datetime) -> list[datetime]:
+        return self.ats[bisect_left(self.ats, since):bisect_right(self.ats, until)]
+
+
 @dataclass
 class _Running:
     entries: list[Entry] = field(default_factory=list)
     balance: int = 0
+    timeline: _Timeline = field(default_factory=_Timeline)
 
     def add(self, entry: Entry) -> None:
         if entry.points:
             self.entries.append(entry)
             self.balance += entry.points
+            self.timeline.add(entry)
 
 
 def owed(facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime, program_start: datetime) -> list[Entry]:
@@ -134,7 +169,7 @@ def owed(facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime, program_start
             run.add(Entry("signup", rules.signup_bonus, BONUS, when, "account created"))
         elif what == "order":
             assert isinstance(fact, OrderFacts)
-            multiplier = _tier_at(run.entries, rules, when, counted).multiplier
+            multiplier = _tier_at(run.timeline, rules, when, counted).multiplier
             points = int((fact.basis * rules.points_per_unit * multiplier).to_integral_value(ROUND_DOWN))
             earned_by_order[fact.order_id] = max(points, 0)
             run.add(Entry(f"order:{fact.order_id}:earn", max(points, 0), EARN, when, f"order {fact.order_id}"))
@@ -213,35 +248,42 @@ def _expire_until(run: _Running, rules: LoyaltyRules, last_order_at: datetime | 
     run.add(Entry(key, -run.balance, EXPIRY, moment, f"no order for {rules.expiry_months} months"))
 
 
-def _measure(entries: Iterable[Entry], rules: LoyaltyRules, at: datetime, orders: Sequence[OrderFacts]) -> Decimal:
+_YEAR = timedelta(days=365)
+
+
+def _measure(timeline: _Timeline, rules: LoyaltyRules, at: datetime, orders: Sequence[OrderFacts]) -> Decimal:
     if rules.tier_measure == "spend_12_months":
-        since = at - timedelta(days=365)
+        since = at - _YEAR
         return sum((o.basis - sum((r.amount for r in o.refunds if r.created_at <= at), Decimal(0))
                     for o in orders if since < o.created_at <= at and o.cancelled_at is None), Decimal(0))
     if rules.tier_measure == "lifetime_points":
-        window = [e for e in entries if e.at <= at]
+        points = timeline.upto(at)
     elif rules.tier_measure == "calendar_year":
-        window = [e for e in entries if e.at <= at and e.at.year == at.year]
+        points = timeline.upto(at) - timeline.before(at.replace(month=1, day=1, hour=0, minute=0, second=0,
+                                                                microsecond=0))
     else:  # rolling_12_months
-        since = at - timedelta(days=365)
-        window = [e for e in entries if since < e.at <= at]
-    return Decimal(max(sum(e.points for e in window if e.kind in EARNING_KINDS), 0))
+        points = timeline.upto(at) - timeline.upto(at - _YEAR)
+    return Decimal(max(points, 0))
 
 
-def _tier_at(entries: Sequence[Entry], rules: LoyaltyRules, at: datetime, orders: Sequence[OrderFacts]) -> Tier:
+def _tier_at(timeline: _Timeline, rules: LoyaltyRules, at: datetime, orders: Sequence[OrderFacts]) -> Tier:
     """The best tier the buyer held at any moment of the grace period up to `at`: a tier is kept that long
     after the measure drops below it. Between entries a measure only falls (entries leave its window), so the
     start of the period and the entries inside it are the moments to look at."""
-    best = rules.tier_for(_measure(entries, rules, at, orders))
+    best = rules.tier_for(_measure(timeline, rules, at, orders))
     since = at - timedelta(days=rules.tier_grace_days)
-    for moment in {since} | {e.at for e in entries if since <= e.at <= at}:
-        reached = rules.tier_for(_measure(entries, rules, moment, orders))
+    moments = {since, *timeline.moments(since, at)}
+    if rules.tier_measure == "spend_12_months":
+        moments |= {o.created_at for o in orders if since <= o.created_at <= at}
+    for moment in moments:
+        reached = rules.tier_for(_measure(timeline, rules, moment, orders))
         if reached.threshold > best.threshold:
             best = reached
     return best
 
 
-def state(entries: Sequence[Entry], facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime) -> LoyaltyState:
+def state(entries: Sequence[Entry], facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime,
+          timeline: _Timeline | None = None) -> LoyaltyState:
     """Balance, lifetime points and tier, derived from the entries (never stored as a running total)."""
     # Every entry counts, even one stamped a little after `now` (Shopify's clock ahead of ours): the balance
     # is always the ledger's sum.
@@ -249,8 +291,9 @@ def state(entries: Sequence[Entry], facts: BuyerFacts, rules: LoyaltyRules, *, n
     lifetime = sum(e.points for e in entries if e.kind in (EARN, BONUS))
     counted = [o for o in facts.orders if o.paid and (rules.count_test_orders or not o.test)]
     latest = max([now, *(e.at for e in entries)])  # likewise for the tier window
-    tier = _tier_at(entries, rules, latest, counted)
-    measure = _measure(entries, rules, latest, counted)
+    timeline = timeline or _Timeline(entries)
+    tier = _tier_at(timeline, rules, latest, counted)
+    measure = _measure(timeline, rules, latest, counted)
     following = rules.next_tier(tier)
     to_next = None if following is None else max(int((following.threshold - measure).to_integral_value()), 0)
     last_order = max((o.created_at for o in counted), default=None)
@@ -295,13 +338,13 @@ def expiry_warning_at(expires_at: datetime | None, rules: LoyaltyRules) -> datet
     return expires_at - timedelta(days=rules.expiry_warning_days)
 
 
-def next_moment(entries: Sequence[Entry], facts: BuyerFacts, rules: LoyaltyRules, *,
-                now: datetime) -> datetime | None:
+def next_moment(entries: Sequence[Entry], facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime,
+                current: LoyaltyState | None = None) -> datetime | None:
     """The next moment after `now` at which this buyer's program changes with nothing new arriving: an expiry
     warning or an expiry, a birthday bonus, an entry leaving the tier window or a tier's grace period ending."""
     if not rules.enabled:
         return None
-    current = state(entries, facts, rules, now=now)
+    current = current or state(entries, facts, rules, now=now)
     candidates = [current.expires_at, expiry_warning_at(current.expires_at, rules)]
     if facts.birthday is not None and rules.birthday_bonus:
         for year in (now.year, now.year + 1):

@@ -111,7 +111,7 @@ def evaluate(facts: lp.BuyerFacts, stored: Sequence[lp.Entry], context: LoyaltyC
     code = next((e.key.removeprefix("reward:") for e in reversed(owed)
                  if e.kind == lp.REDEMPTION and e.key.startswith("reward:")), None)
     return LoyaltyView(facts=facts, owed=tuple(owed), new=tuple(new), state=current, reward_code=code,
-                       next_at=lp.next_moment(owed, facts, rules, now=now),
+                       next_at=lp.next_moment(owed, facts, rules, now=now, current=current),
                        observed=_observed(new, orders, refunds or {}))
 
 

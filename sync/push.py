@@ -32,14 +32,14 @@ T = TypeVar("T")
 
 
 class ShopPaused(Exception):
-    """Brevo refused the shop's API key: the shop is paused until the merchant fixes it."""
+    """Brevo refused the shop's API key, or Shopify its token: the shop is paused until the merchant fixes it."""
 
 
-def pause_shop(engine: Engine, shop_id: int, exc: BrevoAuthFailed) -> NoReturn:
-    """Pause the shop with Brevo's reason (shown by `connector shops list`) and stop its work."""
+def pause_shop(engine: Engine, shop_id: int, exc: Exception) -> NoReturn:
+    """Pause the shop with the refusal's reason (shown by `connector shops list`) and stop its work."""
+    reason = f"Brevo refused the API key: {exc}" if isinstance(exc, BrevoAuthFailed) else str(exc)
     with unit_of_work(engine) as session:
-        session.execute(sa.update(Shop).where(col(Shop.id) == shop_id)
-                        .values(status="paused", paused_reason=f"Brevo refused the API key: {exc}"))
+        session.execute(sa.update(Shop).where(col(Shop.id) == shop_id).values(status="paused", paused_reason=reason))
     raise ShopPaused(str(exc)) from None
 
 

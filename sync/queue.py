@@ -36,6 +36,8 @@ _DUE = """
                    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now))
         OR s.rfm_due_at IS NULL OR s.rfm_due_at <= :now
         OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.lifecycle_due_at <= :now)
+        OR EXISTS (SELECT 1 FROM loyalty_rewards r WHERE r.shop_id = s.id AND r.status = 'requested'
+                   AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= :now))
     )
 """
 

@@ -32,6 +32,7 @@ from connector.clock import Clock, SystemClock, as_utc
 from connector.database import unit_of_work
 from connector.models import Contact, DeadLetter, InboxEntry, Product, Shop, UTCDateTime
 from connector.settings import Settings
+from connector.shopify import CostBudget, ShopifyClient
 from connector.shops import credentials
 from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
@@ -41,6 +42,7 @@ from sync.mirror import BatchMirror
 from sync.profiles import ShopContext, build_dirty_contacts
 from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
 from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
+from sync.rewards import due_rewards, issue_rewards
 from sync.segments import mark_due_lifecycle, recompute_shop
 
 log = logging.getLogger("connector.worker")
@@ -69,6 +71,7 @@ class Worker:
         self.http = http or httpx.Client(timeout=20.0)
         self.policy = policy or PushPolicy(lease_seconds=settings.lease_seconds)
         self.pacers: dict[int, Pacer] = {}  # per shop: Brevo's budgets outlive one lease
+        self.shopify_budgets: dict[int, CostBudget] = {}  # per shop: Shopify's query-cost bucket
         self.stats = WorkerStats()
         self.wake = threading.Event()
 
@@ -104,6 +107,8 @@ class Worker:
                      AND (s.rfm_due_at IS NULL OR s.rfm_due_at <= :now))
                 + (SELECT count(*) FROM contacts c JOIN shops s ON s.id = c.shop_id
                      WHERE c.lifecycle_due_at <= :now AND s.status = 'active')
+                + (SELECT count(*) FROM loyalty_rewards r JOIN shops s ON s.id = r.shop_id
+                     WHERE r.status = 'requested' AND s.status = 'active')
             """).bindparams(sa.bindparam("now", type_=UTCDateTime)), {"now": self.clock.now()}).scalar_one()
         return bool(row)
 
@@ -169,6 +174,8 @@ class Worker:
                 recompute_shop(session, shop, now)
                 fence(session, lease, now=now, seconds=self.settings.lease_seconds)
             shop = self._build_profiles(lease, shop, now)
+        if self._issue_rewards(lease, shop):
+            shop = self._build_profiles(lease, shop, self.clock.now())  # balances and codes go out now
         if client is None or shop.brevo_ready_at is None:
             return  # nothing can be delivered before the account is set up; the rows wait
         # Contacts carrying a category Brevo does not offer yet wait for the options (events wait for them).
@@ -180,6 +187,19 @@ class Worker:
         now = self.clock.now()
         self.stats.events_pushed += pusher.push_events(now=now)
         pusher.push_events(target="order", now=now)
+
+    def _issue_rewards(self, lease: Lease, shop: Shop) -> int:
+        """Requested reward codes are created in Shopify (outside any transaction), then deducted."""
+        if not due_rewards(self.engine, lease.shop_id, self.clock):
+            return 0
+        token = credentials(shop, self.settings).shopify_access_token
+        if not token:
+            log.warning("shop %s: reward codes wait, no Shopify access token", lease.domain)
+            return 0
+        client = ShopifyClient(shop.domain, token, api_version=self.settings.shopify_api_version,
+                               admin_url=self.settings.shopify_admin_url, http=self.http,
+                               budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
+        return issue_rewards(self.engine, lease, client, self.clock, lease_seconds=self.settings.lease_seconds)
 
     def _prepare_brevo(self, lease: Lease, shop: Shop, client: BrevoClient) -> Shop | None:
         """Create our contact attributes and the shop's list in the Brevo account, once and idempotently."""

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from connector.sandbox.brevo import BrevoLimits, BrevoSandbox
 from connector.sandbox.server import RunningServer, serve_in_thread
+from connector.sandbox.shopify_admin import ShopifyAdminSandbox
 from connector.settings import Settings
 from connector.shops import ensure_single_store_shop
 from sync.push import PushPolicy
@@ -24,6 +25,7 @@ from webhooks.intake import sign
 SHOP = "test-store.myshopify.com"
 SECRET = "test-webhook-secret"
 BREVO_KEY = "sandbox-brevo-key"
+ADMIN_TOKEN = "test-admin-token"
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Connector:
     web: RunningServer
     settings: Settings
     http: httpx.Client
+    shopify: ShopifyAdminSandbox
+    shopify_server: RunningServer
     policy: PushPolicy = field(default_factory=PushPolicy)
     sequence: int = 0
 
@@ -81,21 +85,26 @@ def start_connector(engine: Engine, *, limits: BrevoLimits | None = None, policy
                     brevo_keys: set[str] | None = None, brevo_key: str = BREVO_KEY) -> Connector:
     brevo = BrevoSandbox(api_keys=brevo_keys or {BREVO_KEY}, limits=limits)
     brevo_server = serve_in_thread(brevo.app)
+    shopify = ShopifyAdminSandbox(tokens={ADMIN_TOKEN})
+    shopify_server = serve_in_thread(shopify.app)
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(DATABASE_URL=url, SHOPIFY_API_SECRET=SECRET, SHOPIFY_SHOP=SHOP,
-                        SHOPIFY_ACCESS_TOKEN="test-admin-token", BREVO_API_KEY=brevo_key,
+                        SHOPIFY_ACCESS_TOKEN=ADMIN_TOKEN, SHOPIFY_ADMIN_URL=shopify_server.url,
+                        BREVO_API_KEY=brevo_key,
                         BREVO_API_URL=f"{brevo_server.url}/v3", CONNECTOR_LEASE_SECONDS=5,
                         _env_file=None)  # type: ignore[call-arg]
     ensure_single_store_shop(engine, settings)
     web = serve_in_thread(create_app(engine, settings))
     return Connector(engine=engine, brevo=brevo, brevo_server=brevo_server, web=web, settings=settings,
-                     http=httpx.Client(timeout=10), policy=policy or PushPolicy(lease_seconds=5))
+                     http=httpx.Client(timeout=10), shopify=shopify, shopify_server=shopify_server,
+                     policy=policy or PushPolicy(lease_seconds=5))
 
 
 def stop_connector(connector: Connector) -> None:
     connector.http.close()
     connector.web.stop()
     connector.brevo_server.stop()
+    connector.shopify_server.stop()
 
 
 def iter_connector(engine: Engine, **kwargs: Any) -> Iterator[Connector]:

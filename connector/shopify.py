@@ -1,0 +1,181 @@
+"""The Shopify Admin GraphQL client: one pinned API version, cost-aware pacing, errors classified once.
+
+Shopify meters GraphQL by query cost: every response carries `extensions.cost.throttleStatus` (bucket size,
+what is left, restore rate per second). The client keeps that per shop and waits before a query that the
+bucket cannot pay for, instead of being refused. A refusal anyway (`THROTTLED`, HTTP 429) and server errors
+are retried with tenacity; 401/403 mean the token is no longer valid and the shop must be paused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
+
+from mappings.identity import customer_gid
+
+CENT = Decimal("0.01")
+
+
+class ShopifyError(Exception):
+    """A Shopify call failed for a reason that retrying will not fix."""
+
+
+class ShopifyAuthFailed(ShopifyError):
+    """The access token was refused (revoked, expired, uninstalled): pause the shop."""
+
+
+class ShopifyRetriable(ShopifyError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShopifyRejected(ShopifyError):
+    """Shopify refused the request itself (GraphQL errors, userErrors): it would fail again."""
+
+    def __init__(self, message: str, codes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.codes = codes
+
+
+@dataclass
+class CostBudget:
+    """Shopify's leaky bucket for one shop, as its last answer described it."""
+
+    maximum: float = 2000.0
+    available: float = 2000.0
+    restore_rate: float = 100.0  # points per second
+    seen_at: float = 0.0  # monotonic time of that answer
+
+    def wait_for(self, cost: float, now: float) -> float:
+        """Seconds to wait before a query of this (estimated) cost fits in the bucket."""
+        have = min(self.maximum, self.available + (now - self.seen_at) * self.restore_rate)
+        need = min(cost, self.maximum)
+        return 0.0 if have >= need else (need - have) / self.restore_rate
+
+    def update(self, extensions: Mapping[str, Any] | None, now: float) -> None:
+        status = ((extensions or {}).get("cost") or {}).get("throttleStatus") or {}
+        if status:
+            self.maximum = float(status.get("maximumAvailable", self.maximum))
+            self.available = float(status.get("currentlyAvailable", self.available))
+            self.restore_rate = float(status.get("restoreRate", self.restore_rate)) or self.restore_rate
+            self.seen_at = now
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    hinted = exc.retry_after if isinstance(exc, ShopifyRetriable) else None
+    # Brief: a longer outage is the caller's to schedule (the work waits in its table, the worker moves on).
+    return min(hinted if hinted is not None else 0.25 * 2.0 ** state.attempt_number, 5.0)
+
+
+class ShopifyClient:
+    def __init__(self, shop_domain: str, access_token: str, *, api_version: str, admin_url: str | None = None,
+                 http: httpx.Client | None = None, budget: CostBudget | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        base = admin_url or f"https://{shop_domain}"
+        self.url = f"{base}/admin/api/{api_version}/graphql.json"
+        self.shop_domain = shop_domain
+        self.headers = {"X-Shopify-Access-Token": access_token, "Content-Type": "application/json",
+                        "X-Shopify-Shop-Domain": shop_domain}
+        self.http = http or httpx.Client(timeout=30.0)
+        self.budget = budget or CostBudget()
+        self.sleep = sleep
+
+    def graphql(self, query: str, variables: Mapping[str, Any] | None = None, *, cost: float = 10.0
+                ) -> dict[str, Any]:
+        """`data` of one query; retried while Shopify says to wait, raised as a classified error otherwise."""
+        call = retry(retry=retry_if_exception_type(ShopifyRetriable), stop=stop_after_attempt(3), wait=_wait,
+                     sleep=self.sleep, reraise=True)(self._once)
+        return call(query, variables, cost)
+
+    def _once(self, query: str, variables: Mapping[str, Any] | None, cost: float) -> dict[str, Any]:
+        pause = self.budget.wait_for(cost, time.monotonic())
+        if pause > 0:
+            self.sleep(pause)
+        try:
+            response = self.http.post(self.url, headers=self.headers,
+                                      json={"query": query, "variables": dict(variables or {})})
+        except httpx.TransportError as exc:
+            raise ShopifyRetriable(f"Shopify unreachable: {type(exc).__name__}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise ShopifyAuthFailed(f"Shopify refused the access token of {self.shop_domain} "
+                                    f"(HTTP {response.status_code}): reinstall or renew the token")
+        if response.status_code == 429 or response.status_code >= 500:
+            after = response.headers.get("Retry-After")
+            raise ShopifyRetriable(f"Shopify answered HTTP {response.status_code}",
+                                   float(after) if after and after.replace(".", "", 1).isdigit() else None)
+        if response.status_code != 200:
+            raise ShopifyRejected(f"Shopify answered HTTP {response.status_code}: {response.text[:300]}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise ShopifyRetriable("Shopify answered with a body that is not JSON") from None
+        self.budget.update(body.get("extensions"), time.monotonic())
+        errors = body.get("errors") or []
+        if errors:
+            codes = tuple(str((e.get("extensions") or {}).get("code", "")) for e in errors if isinstance(e, dict))
+            if "THROTTLED" in codes:
+                raise ShopifyRetriable("Shopify throttled the query", self.budget.wait_for(cost, time.monotonic()))
+            if "ACCESS_DENIED" in codes:
+                raise ShopifyAuthFailed(f"Shopify denied access for {self.shop_domain}: {errors[0].get('message')}")
+            raise ShopifyRejected("; ".join(str(e.get("message", e)) for e in errors)[:500], codes)
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise ShopifyRejected("Shopify answered without data")
+        return data
+
+    # --- discount codes (loyalty rewards) ------------------------------------------------------------
+
+    def create_discount_code(self, *, code: str, title: str, amount: Decimal, customer_id: int | None,
+                             starts_at: str) -> str:
+        """A one-time fixed-amount code for one customer (or for anyone with the code, for a guest);
+        returns its discount id. A code that exists already is found and returned (a retry after a crash)."""
+        context: dict[str, Any] = ({"customers": {"add": [customer_gid(customer_id)]}} if customer_id
+                                   else {"all": "ALL"})
+        data = self.graphql(DISCOUNT_CODE_CREATE, {"basicCodeDiscount": {
+            "title": title, "code": code, "startsAt": starts_at, "context": context, "usageLimit": 1,
+            "appliesOncePerCustomer": True,
+            "customerGets": {"value": {"discountAmount": {"amount": str(amount.quantize(CENT)),
+                                                                "appliesOnEachItem": False}},
+                             "items": {"all": True}}}})
+        payload = data.get("discountCodeBasicCreate") or {}
+        errors = payload.get("userErrors") or []
+        if errors:
+            if any(str(e.get("code")) == "TAKEN" or "must be unique" in str(e.get("message", "")) for e in errors):
+                found = self.find_discount_code(code)
+                if found:
+                    return found
+            raise ShopifyRejected("; ".join(f"{'.'.join(e.get('field') or [])}: {e.get('message')}" for e in errors),
+                                  tuple(str(e.get("code")) for e in errors))
+        node = payload.get("codeDiscountNode") or {}
+        if not node.get("id"):
+            raise ShopifyRejected("Shopify created no discount and gave no reason")
+        return str(node["id"])
+
+    def find_discount_code(self, code: str) -> str | None:
+        data = self.graphql(DISCOUNT_CODE_FIND, {"code": code}, cost=2)
+        node = data.get("codeDiscountNodeByCode")
+        return str(node["id"]) if isinstance(node, dict) and node.get("id") else None
+
+
+DISCOUNT_CODE_CREATE = """
+mutation discountCodeBasicCreate($basicCodeDiscount: DiscountCodeBasicInput!) {
+  discountCodeBasicCreate(basicCodeDiscount: $basicCodeDiscount) {
+    codeDiscountNode { id }
+    userErrors { field code message }
+  }
+}
+"""
+
+DISCOUNT_CODE_FIND = """
+query codeDiscountNodeByCode($code: String!) {
+  codeDiscountNodeByCode(code: $code) { id }
+}
+"""
