@@ -6,17 +6,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, cast
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from connector.clock import as_utc
 from connector.database import unit_of_work
 from connector.explain import ExplainError, find_buyer
 from connector.models import Contact, Customer, LoyaltyEntry, LoyaltyReward, Order, Refund, Shop
@@ -25,7 +25,15 @@ from loyalty import program as lp
 from loyalty.rules import LoyaltyRules
 from loyalty.store import append, append_many, stored_entries
 from sync.apply import insert_events
-from sync.loyalty import LoyaltyContext, LoyaltyView, entry_event, evaluate, program_facts, request_reward
+from sync.loyalty import (
+    PAID_STATES,
+    LoyaltyContext,
+    LoyaltyView,
+    entry_event,
+    evaluate,
+    program_facts_from,
+    request_reward,
+)
 from sync.profiles import ShopContext, load_buyers
 
 WRITE_CHUNK = 5000
@@ -33,6 +41,10 @@ WRITE_CHUNK = 5000
 
 class LoyaltyAdminError(Exception):
     """The request is refused; the message says why and nothing was changed."""
+
+
+class NotEnoughPoints(LoyaltyAdminError):
+    """The buyer's balance does not cover what was asked."""
 
 
 def _shop(session: Session, domain: str) -> Shop:
@@ -96,7 +108,7 @@ def adjust_points(engine: Engine, domain: str, who: str, points: int, reason: st
         shop, contact, view = _buyer_now(session, domain, who, now)
         balance = view.state.balance
         if balance + points < 0:
-            raise LoyaltyAdminError(f"{who} has {balance} points: taking {-points} would leave them below zero")
+            raise NotEnoughPoints(f"{who} has {balance} points: taking {-points} would leave them below zero")
         append(session, shop.id or 0, contact.contact_key, view.new, now=now)  # the ledger first catches up
         entry = lp.Entry(f"adjust:{uuid.uuid4().hex[:12]}", points, lp.ADJUSTMENT, now, reason.strip())
         append(session, shop.id or 0, contact.contact_key, [entry], now=now)
@@ -111,7 +123,7 @@ def ask_reward(engine: Engine, domain: str, who: str, *, source: str, now: datet
         shop, contact, view = _buyer_now(session, domain, who, now)
         rules = LoyaltyRules.from_dict(shop.loyalty_rules)
         if view.state.balance < rules.reward_every_points:
-            raise LoyaltyAdminError(f"{who} has {view.state.balance} points; a reward takes "
+            raise NotEnoughPoints(f"{who} has {view.state.balance} points; a reward takes "
                                     f"{rules.reward_every_points}")
         reward = request_reward(session, shop.id or 0, contact.contact_key, rules, source=source, now=now)
         assert reward is not None
@@ -173,29 +185,28 @@ def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomput
         customers = {r.contact_key: r for r in session.execute(sa.select(
             col(Customer.contact_key), col(Customer.created_at_src), col(Customer.birthday), col(Customer.deleted))
             .where(col(Customer.shop_id) == shop_id))}
-        refunds: dict[int, list[Any]] = defaultdict(list)
-        for r in session.execute(sa.select(col(Refund.refund_id), col(Refund.order_id), col(Refund.amount),
-                                           col(Refund.created_at_src)).where(col(Refund.shop_id) == shop_id)):
-            refunds[r.order_id].append(r)
+        refunds: dict[int, list[tuple[int, Decimal, datetime | None]]] = defaultdict(list)
+        for refund_id, order_id, amount, created in session.execute(sa.select(
+                col(Refund.refund_id), col(Refund.order_id), col(Refund.amount), col(Refund.created_at_src))
+                .where(col(Refund.shop_id) == shop_id).order_by(col(Refund.refund_id))).tuples():
+            refunds[order_id].append((refund_id, amount, created))
         ledgers = _ledgers(session, shop_id)
         contacts = {r.contact_key: r.loyalty_tier for r in session.execute(sa.select(
             col(Contact.contact_key), col(Contact.loyalty_tier)).where(
             col(Contact.shop_id) == shop_id, col(Contact.merged_into).is_(None)))}
         orders = session.execute(sa.select(
-            col(Order.contact_key), col(Order.order_id), col(Order.created_at_src), col(Order.updated_at_src),
-            col(Order.points_basis), col(Order.subtotal), col(Order.total), col(Order.financial_status),
-            col(Order.cancelled_at), col(Order.test))
+            col(Order.contact_key), col(Order.order_id), col(Order.created_at_src), col(Order.points_basis),
+            col(Order.subtotal), col(Order.total), col(Order.financial_status), col(Order.cancelled_at),
+            col(Order.test))
             .where(col(Order.shop_id) == shop_id, col(Order.contact_key).is_not(None))
-            .order_by(col(Order.contact_key))).all()
+            .order_by(col(Order.contact_key), col(Order.order_id))).tuples().all()
         pending: list[tuple[str, lp.Entry]] = []
         tiers: list[dict[str, Any]] = []
         written = buyers = 0
         for key, mine in _grouped(orders, contacts):
             buyers += 1
             stored = ledgers.get(key, [])
-            customer = cast(Customer | None, customers.get(key))
-            view = evaluate(program_facts(customer, cast(list[Order], mine), cast(dict[int, list[Refund]], refunds),
-                                          stored), stored, context, now=now)
+            view = evaluate(_facts(customers.get(key), mine, refunds, stored), stored, context, now=now)
             pending.extend((key, e) for e in view.new)
             if contacts[key] != view.state.tier.name:
                 tiers.append({"k": key, "t": view.state.tier.name})
@@ -214,17 +225,46 @@ def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomput
                       seconds=time.perf_counter() - started)
 
 
+_FACT_KINDS = frozenset({lp.ADJUSTMENT, lp.REDEMPTION})  # the kinds whose first entry is a fact of its own
+_UNUSED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ledgers(session: Session, shop_id: int) -> dict[str, list[lp.Entry]]:
+    """Every ledger of the shop. Corrections compare keys and amounts only, so times and reasons are read for
+    the entries that are facts themselves (adjustments, redemptions) and left out of the others."""
     found: dict[str, list[lp.Entry]] = defaultdict(list)
-    for r in session.execute(sa.select(col(LoyaltyEntry.contact_key), col(LoyaltyEntry.entry_key),
-                                       col(LoyaltyEntry.kind), col(LoyaltyEntry.points),
-                                       col(LoyaltyEntry.occurred_at), col(LoyaltyEntry.recorded_at),
-                                       col(LoyaltyEntry.reason))
-                             .where(col(LoyaltyEntry.shop_id) == shop_id).order_by(col(LoyaltyEntry.id))):
-        at = as_utc(r.occurred_at) or as_utc(r.recorded_at)
-        assert at is not None
-        found[r.contact_key].append(lp.Entry(r.entry_key, r.points, r.kind, at, r.reason or ""))
+    for key, entry_key, kind, points, occurred, recorded, reason in session.execute(sa.select(
+            col(LoyaltyEntry.contact_key), col(LoyaltyEntry.entry_key), col(LoyaltyEntry.kind),
+            col(LoyaltyEntry.points), col(LoyaltyEntry.occurred_at), col(LoyaltyEntry.recorded_at),
+            col(LoyaltyEntry.reason)).where(col(LoyaltyEntry.shop_id) == shop_id)
+            .order_by(col(LoyaltyEntry.id))).tuples():
+        if kind in _FACT_KINDS:
+            at = occurred or recorded
+            assert at is not None
+            found[key].append(lp.Entry(entry_key, points, kind, _utc(at), reason or ""))
+        else:
+            found[key].append(lp.Entry(entry_key, points, kind, _UNUSED))
     return found
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _facts(customer: Any, orders: Sequence[Any], refunds: dict[int, list[tuple[int, Decimal, datetime | None]]],
+           stored: Sequence[lp.Entry]) -> lp.BuyerFacts:
+    """`sync.loyalty.program_facts` over plain rows (contact, id, created, basis, subtotal, total, status,
+    cancelled, test): the same facts, without an object per row."""
+    facts = []
+    for _, order_id, created, basis, subtotal, total, status, cancelled, test in orders:
+        if created is None:
+            continue
+        at = _utc(created)
+        facts.append(lp.OrderFacts(order_id, at, subtotal if basis is None else basis, total, status in PAID_STATES,
+                                   _utc(cancelled) if cancelled else None, test,
+                                   tuple(lp.RefundFacts(rid, amount, _utc(when) if when else at)
+                                         for rid, amount, when in refunds.get(order_id, ()))))
+    return program_facts_from(customer, tuple(facts), stored)
 
 
 def _grouped(orders: Iterable[Any], contacts: dict[str, str | None]) -> Iterator[tuple[str, list[Any]]]:
@@ -233,11 +273,11 @@ def _grouped(orders: Iterable[Any], contacts: dict[str, str | None]) -> Iterator
     group: list[Any] = []
     current: str | None = None
     for row in orders:
-        if row.contact_key != current:
+        if row[0] != current:
             if current is not None and current in contacts:
                 yield current, group
                 seen.add(current)
-            current, group = row.contact_key, []
+            current, group = row[0], []
         group.append(row)
     if current is not None and current in contacts:
         yield current, group

@@ -124,6 +124,8 @@ class _Running:
     entries: list[Entry] = field(default_factory=list)
     balance: int = 0
     timeline: _Timeline = field(default_factory=_Timeline)
+    expiry_for: datetime | None = None  # the last order the cached expiry moment belongs to
+    expiry_at: datetime | None = None
 
     def add(self, entry: Entry) -> None:
         if entry.points:
@@ -239,8 +241,12 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 def _expire_until(run: _Running, rules: LoyaltyRules, last_order_at: datetime | None, until: datetime) -> None:
     """Points expire N months after the buyer's last order: the whole balance at that moment."""
-    moment = expiry_moment(last_order_at, rules)
-    if moment is None or moment > until or run.balance <= 0:
+    if last_order_at is None or run.balance <= 0:
+        return
+    if run.expiry_for != last_order_at:  # computed once per last order, not once per happening
+        run.expiry_for, run.expiry_at = last_order_at, expiry_moment(last_order_at, rules)
+    moment = run.expiry_at
+    if moment is None or moment > until:
         return
     key = f"expiry:{moment.date().isoformat()}"
     if any(e.key == key for e in run.entries):

@@ -103,8 +103,10 @@ class LoyaltyRules:
         return out
 
     def tier_for(self, measure: Decimal | int) -> Tier:
-        reached = [t for t in self.tiers if measure >= t.threshold]
-        return reached[-1] if reached else self.tiers[0]
+        for tier in reversed(self.tiers):
+            if measure >= tier.threshold:
+                return tier
+        return self.tiers[0]
 
     def next_tier(self, tier: Tier) -> Tier | None:
         later = [t for t in self.tiers if t.threshold > tier.threshold]

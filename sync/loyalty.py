@@ -90,16 +90,22 @@ def program_facts(customer: Customer | None, orders: Sequence[Order], refunds: M
             refunds=tuple(lp.RefundFacts(refund_id=r.refund_id, amount=r.amount,
                                          created_at=as_utc(r.created_at_src) or created)
                           for r in sorted(refunds.get(order.order_id, ()), key=lambda r: r.refund_id))))
-    # Adjustments and redemptions exist only in the ledger: their first entry is the fact.
+    return program_facts_from(customer, tuple(sorted(facts, key=lambda o: o.order_id)), stored)
+
+
+def program_facts_from(customer: Any, orders: tuple[lp.OrderFacts, ...], stored: Sequence[lp.Entry]
+                       ) -> lp.BuyerFacts:
+    """The buyer's facts from their orders' facts, their customer record (or None: a guest) and the ledger.
+    Adjustments and redemptions exist only in the ledger: their first entry is the fact."""
     adjustments = tuple(lp.Adjustment(key=e.key, points=e.points, reason=e.reason, at=e.at)
                         for e in stored if e.kind == lp.ADJUSTMENT and "#" not in e.key)
     redemptions = tuple(lp.Redemption(key=e.key, points=-e.points, at=e.at)
                         for e in stored if e.kind == lp.REDEMPTION and "#" not in e.key)
     real = customer is not None and not customer.deleted
     return lp.BuyerFacts(
-        account_created_at=as_utc(customer.created_at_src) if real and customer else None,
-        birthday=parse_birthday(customer.birthday) if real and customer else None,
-        orders=tuple(sorted(facts, key=lambda o: o.order_id)), adjustments=adjustments, redemptions=redemptions)
+        account_created_at=as_utc(customer.created_at_src) if real else None,
+        birthday=parse_birthday(customer.birthday) if real else None,
+        orders=orders, adjustments=adjustments, redemptions=redemptions)
 
 
 def evaluate(facts: lp.BuyerFacts, stored: Sequence[lp.Entry], context: LoyaltyContext, *, now: datetime,
@@ -217,7 +223,7 @@ def request_reward(session: Session, shop_id: int, contact_key: str, rules: Loya
     session.execute(insert(table).on_conflict_do_nothing(index_elements=["shop_id", "request_key"]), [{
         "shop_id": shop_id, "contact_key": contact_key, "request_key": f"{contact_key}:{count + 1}",
         "source": source, "points": rules.reward_every_points, "value": rules.reward_value, "code": new_code(),
-        "status": "requested", "attempts": 0, "next_attempt_at": now, "requested_at": now}])
+        "status": "requested", "attempts": 0, "next_attempt_at": None, "requested_at": now}])
     return session.execute(sa.select(LoyaltyReward).where(
         col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.request_key) == f"{contact_key}:{count + 1}")
     ).scalars().first()

@@ -1,4 +1,4 @@
-"""The ASGI app: Shopify webhooks in, health and metrics out."""
+"""The ASGI app: Shopify webhooks in, health and metrics out, the loyalty app proxy for the storefront."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from connector.clock import Clock
 from connector.settings import Settings
 from webhooks.intake import Intake
+from webhooks.proxy import proxy_routes
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -69,7 +71,7 @@ async def _respond(send: Send, status: int, error: str | None,
 
 
 def create_app(engine: Engine, settings: Settings, *,
-               on_stored: Callable[[], None] | None = None) -> ConnectorApp:
+               on_stored: Callable[[], None] | None = None, clock: Clock | None = None) -> ConnectorApp:
     intake = Intake(engine, settings.webhook_secrets, max_body_bytes=settings.webhook_max_body_bytes,
                     on_stored=on_stored)
 
@@ -101,4 +103,5 @@ def create_app(engine: Engine, settings: Settings, *,
     return ConnectorApp(intake, Starlette(routes=[
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *proxy_routes(engine, settings, clock),
     ]))
