@@ -182,19 +182,20 @@ def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomput
         context = LoyaltyContext.of(shop, now)
         if not context.rules.enabled:
             raise LoyaltyAdminError(f"the loyalty program of {shop.domain} is switched off")
-        customers = {r.contact_key: r for r in session.execute(sa.select(
+        conn = session.connection()  # plain rows: no ORM result processing for a whole shop's history
+        customers = {r.contact_key: r for r in conn.execute(sa.select(
             col(Customer.contact_key), col(Customer.created_at_src), col(Customer.birthday), col(Customer.deleted))
             .where(col(Customer.shop_id) == shop_id))}
         refunds: dict[int, list[tuple[int, Decimal, datetime | None]]] = defaultdict(list)
-        for refund_id, order_id, amount, created in session.execute(sa.select(
+        for refund_id, order_id, amount, created in conn.execute(sa.select(
                 col(Refund.refund_id), col(Refund.order_id), col(Refund.amount), col(Refund.created_at_src))
                 .where(col(Refund.shop_id) == shop_id).order_by(col(Refund.refund_id))).tuples():
             refunds[order_id].append((refund_id, amount, created))
-        ledgers = _ledgers(session, shop_id)
-        contacts = {r.contact_key: r.loyalty_tier for r in session.execute(sa.select(
+        ledgers = _ledgers(conn, shop_id)
+        contacts = {r.contact_key: r.loyalty_tier for r in conn.execute(sa.select(
             col(Contact.contact_key), col(Contact.loyalty_tier)).where(
             col(Contact.shop_id) == shop_id, col(Contact.merged_into).is_(None)))}
-        orders = session.execute(sa.select(
+        orders = conn.execute(sa.select(
             col(Order.contact_key), col(Order.order_id), col(Order.created_at_src), col(Order.points_basis),
             col(Order.subtotal), col(Order.total), col(Order.financial_status), col(Order.cancelled_at),
             col(Order.test))
@@ -229,11 +230,11 @@ _FACT_KINDS = frozenset({lp.ADJUSTMENT, lp.REDEMPTION})  # the kinds whose first
 _UNUSED = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _ledgers(session: Session, shop_id: int) -> dict[str, list[lp.Entry]]:
+def _ledgers(conn: sa.Connection, shop_id: int) -> dict[str, list[lp.Entry]]:
     """Every ledger of the shop. Corrections compare keys and amounts only, so times and reasons are read for
     the entries that are facts themselves (adjustments, redemptions) and left out of the others."""
     found: dict[str, list[lp.Entry]] = defaultdict(list)
-    for key, entry_key, kind, points, occurred, recorded, reason in session.execute(sa.select(
+    for key, entry_key, kind, points, occurred, recorded, reason in conn.execute(sa.select(
             col(LoyaltyEntry.contact_key), col(LoyaltyEntry.entry_key), col(LoyaltyEntry.kind),
             col(LoyaltyEntry.points), col(LoyaltyEntry.occurred_at), col(LoyaltyEntry.recorded_at),
             col(LoyaltyEntry.reason)).where(col(LoyaltyEntry.shop_id) == shop_id)

@@ -160,6 +160,7 @@ def owed(facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime, program_start
     happenings.sort(key=lambda h: (h[0], h[1], _order_key(h[3])))
 
     run = _Running()
+    uniform = rules.uniform_multiplier
     earned_by_order: dict[int, int] = {}
     reversed_by_order: dict[int, int] = defaultdict(int)
     refunded_by_order: dict[int, Decimal] = defaultdict(Decimal)
@@ -171,7 +172,8 @@ def owed(facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime, program_start
             run.add(Entry("signup", rules.signup_bonus, BONUS, when, "account created"))
         elif what == "order":
             assert isinstance(fact, OrderFacts)
-            multiplier = _tier_at(run.timeline, rules, when, counted).multiplier
+            multiplier = (rules.tiers[0].multiplier if uniform
+                          else _tier_at(run.timeline, rules, when, counted).multiplier)
             points = int((fact.basis * rules.points_per_unit * multiplier).to_integral_value(ROUND_DOWN))
             earned_by_order[fact.order_id] = max(points, 0)
             run.add(Entry(f"order:{fact.order_id}:earn", max(points, 0), EARN, when, f"order {fact.order_id}"))

@@ -102,6 +102,11 @@ class LoyaltyRules:
             (out.setdefault(section, {}) if section else out)[key] = value
         return out
 
+    @property
+    def uniform_multiplier(self) -> bool:
+        """Every tier earns at the same rate: an order's points do not depend on the tier at that moment."""
+        return len({t.multiplier for t in self.tiers}) == 1
+
     def tier_for(self, measure: Decimal | int) -> Tier:
         for tier in reversed(self.tiers):
             if measure >= tier.threshold:
