@@ -3,6 +3,8 @@ a reward code, recompute every ledger from the mirrored history, and look at one
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -201,20 +203,20 @@ def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomput
             col(Order.test))
             .where(col(Order.shop_id) == shop_id, col(Order.contact_key).is_not(None))
             .order_by(col(Order.contact_key), col(Order.order_id))).tuples().all()
-        pending: list[tuple[str, lp.Entry]] = []
-        tiers: list[dict[str, Any]] = []
-        written = buyers = 0
-        for key, mine in _grouped(orders, contacts):
-            buyers += 1
-            stored = ledgers.get(key, [])
-            view = evaluate(_facts(customers.get(key), mine, refunds, stored), stored, context, now=now)
-            pending.extend((key, e) for e in view.new)
-            if contacts[key] != view.state.tier.name:
-                tiers.append({"k": key, "t": view.state.tier.name})
-            if len(pending) >= WRITE_CHUNK:
-                written += append_many(session, shop_id, pending, now=now)
-                pending = []
-        written += append_many(session, shop_id, pending, now=now)
+        global _SHARED
+        _SHARED = _Shared(groups=list(_grouped(orders, contacts)), customers=customers, refunds=refunds,
+                          ledgers=ledgers, contacts=contacts, context=context, now=now)
+        del orders
+        try:
+            results = _compute_all(engine, len(_SHARED.groups))
+        finally:
+            _SHARED = None
+        buyers = sum(n for n, _, _ in results)
+        pending = [pair for _, new, _ in results for pair in new]
+        tiers = [{"k": key, "t": tier} for _, _, changed in results for key, tier in changed]
+        written = 0
+        for start in range(0, len(pending), WRITE_CHUNK):
+            written += append_many(session, shop_id, pending[start:start + WRITE_CHUNK], now=now)
         if tiers:
             table = Contact.__table__  # type: ignore[attr-defined]
             session.execute(sa.update(table).where(table.c.shop_id == shop_id, table.c.contact_key == sa.bindparam("k"))
@@ -224,6 +226,54 @@ def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomput
                         .values(loyalty_rules_at=context.rules_at, dirty=True))
     return Recomputed(buyers=buyers, entries=written, tiers_changed=len(tiers),
                       seconds=time.perf_counter() - started)
+
+
+@dataclass
+class _Shared:
+    """A recompute's inputs, set before the worker processes are forked so that they inherit them."""
+
+    groups: list[tuple[str, list[Any]]]
+    customers: dict[str, Any]
+    refunds: dict[int, list[tuple[int, Decimal, datetime | None]]]
+    ledgers: dict[str, list[lp.Entry]]
+    contacts: dict[str, str | None]
+    context: LoyaltyContext
+    now: datetime
+
+
+_SHARED: _Shared | None = None
+_Slice = tuple[int, list[tuple[str, lp.Entry]], list[tuple[str, str]]]  # buyers, new entries, changed tiers
+PARALLEL_FROM = 20_000  # buyers; below this, starting processes costs more than it saves
+
+
+def _compute_slice(part: int, parts: int) -> _Slice:
+    shared = _SHARED
+    assert shared is not None
+    new: list[tuple[str, lp.Entry]] = []
+    changed: list[tuple[str, str]] = []
+    groups = shared.groups[part::parts]
+    for key, mine in groups:
+        stored = shared.ledgers.get(key, [])
+        view = evaluate(_facts(shared.customers.get(key), mine, shared.refunds, stored), stored, shared.context,
+                        now=shared.now)
+        new.extend((key, e) for e in view.new)
+        if shared.contacts[key] != view.state.tier.name:
+            changed.append((key, view.state.tier.name))
+    return len(groups), new, changed
+
+
+def _forget_connections(engine: Engine) -> None:
+    engine.dispose(close=False)  # a forked process must never use (or close) its parent's connections
+
+
+def _compute_all(engine: Engine, buyers: int) -> list[_Slice]:
+    """The program is pure and buyers are independent: on a big shop, every core computes its share."""
+    cores = min(os.cpu_count() or 1, 8)
+    if buyers < PARALLEL_FROM or cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_compute_slice(0, 1)]
+    with multiprocessing.get_context("fork").Pool(cores, initializer=_forget_connections,
+                                                  initargs=(engine,)) as pool:
+        return pool.starmap(_compute_slice, [(part, cores) for part in range(cores)])
 
 
 _FACT_KINDS = frozenset({lp.ADJUSTMENT, lp.REDEMPTION})  # the kinds whose first entry is a fact of its own
