@@ -60,3 +60,19 @@ def test_two_writers_of_the_same_entry_store_it_once_and_contacts_stay_apart(eng
     assert {key: [e.key for e in entries] for key, entries in stored.items()} == {
         "c:1": ["order:7:earn", "first_order"], "c:2": ["order:7:earn"]}
     assert stored["c:1"][0].at == T0  # read back as the aware time it was written with
+
+
+def test_times_written_in_bulk_read_back_exactly_in_utc(engine: sa.Engine) -> None:
+    from datetime import timezone
+
+    from loyalty.program import Entry
+
+    paris = timezone(timedelta(hours=1))
+    moments = [T0, T0.replace(microsecond=123456), datetime(2026, 9, 1, 14, 30, tzinfo=paris)]
+    with unit_of_work(engine) as session:
+        append(session, 1, "c:1", [Entry(f"adjust:{i}", 5, "adjustment", at, "why") for i, at in enumerate(moments)],
+               now=NOW)
+    with unit_of_work(engine) as session:
+        stored = stored_entries(session, 1, ["c:1"])["c:1"]
+    assert [e.at for e in stored] == moments
+    assert [e.at.utcoffset() for e in stored] == [timedelta(0)] * 3
