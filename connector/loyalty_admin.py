@@ -21,7 +21,7 @@ from sqlmodel import col
 
 from connector.database import unit_of_work
 from connector.explain import ExplainError, find_buyer
-from connector.models import Contact, Customer, LoyaltyEntry, LoyaltyReward, Order, Refund, Shop
+from connector.models import Contact, Customer, LoyaltyEntry, LoyaltyReward, Money, Order, Refund, Shop
 from connector.shops import ShopError, normalise_domain
 from loyalty import program as lp
 from loyalty.rules import LoyaltyRules
@@ -198,9 +198,9 @@ def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomput
             col(Contact.contact_key), col(Contact.loyalty_tier)).where(
             col(Contact.shop_id) == shop_id, col(Contact.merged_into).is_(None)))}
         orders = conn.execute(sa.select(
-            col(Order.contact_key), col(Order.order_id), col(Order.created_at_src), col(Order.points_basis),
-            col(Order.subtotal), col(Order.total), col(Order.financial_status), col(Order.cancelled_at),
-            col(Order.test))
+            col(Order.contact_key), col(Order.order_id), col(Order.created_at_src),
+            sa.type_coerce(sa.func.coalesce(col(Order.points_basis), col(Order.subtotal)), Money()),
+            col(Order.total), col(Order.financial_status), col(Order.cancelled_at), col(Order.test))
             .where(col(Order.shop_id) == shop_id, col(Order.contact_key).is_not(None))
             .order_by(col(Order.contact_key), col(Order.order_id))).tuples().all()
         global _SHARED
@@ -213,14 +213,14 @@ def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomput
             _SHARED = None
         buyers = sum(n for n, _, _ in results)
         pending = [pair for _, new, _ in results for pair in new]
-        tiers = [{"k": key, "t": tier} for _, _, changed in results for key, tier in changed]
+        tiers = [pair for _, _, changed in results for pair in changed]
         written = 0
         for start in range(0, len(pending), WRITE_CHUNK):
             written += append_many(session, shop_id, pending[start:start + WRITE_CHUNK], now=now)
-        if tiers:
-            table = Contact.__table__  # type: ignore[attr-defined]
-            session.execute(sa.update(table).where(table.c.shop_id == shop_id, table.c.contact_key == sa.bindparam("k"))
-                            .values(loyalty_tier=sa.bindparam("t")), tiers)
+        if tiers:  # plain tuples to the driver, as for the ledger: a first day changes every buyer's tier
+            mark = "?" if conn.dialect.name == "sqlite" else "%s"
+            conn.exec_driver_sql(f"UPDATE contacts SET loyalty_tier = {mark} WHERE shop_id = {mark} "
+                                 f"AND contact_key = {mark}", [(tier, shop_id, key) for key, tier in tiers])
         session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop_id,
                                                  col(Contact.merged_into).is_(None))
                         .values(loyalty_rules_at=context.rules_at, dirty=True))
@@ -304,14 +304,14 @@ def _utc(value: datetime) -> datetime:
 
 def _facts(customer: Any, orders: Sequence[Any], refunds: dict[int, list[tuple[int, Decimal, datetime | None]]],
            stored: Sequence[lp.Entry]) -> lp.BuyerFacts:
-    """`sync.loyalty.program_facts` over plain rows (contact, id, created, basis, subtotal, total, status,
+    """`sync.loyalty.program_facts` over plain rows (contact, id, created, basis or else subtotal, total, status,
     cancelled, test): the same facts, without an object per row."""
     facts = []
-    for _, order_id, created, basis, subtotal, total, status, cancelled, test in orders:
+    for _, order_id, created, basis, total, status, cancelled, test in orders:
         if created is None:
             continue
         at = _utc(created)
-        facts.append(lp.OrderFacts(order_id, at, subtotal if basis is None else basis, total, status in PAID_STATES,
+        facts.append(lp.OrderFacts(order_id, at, basis, total, status in PAID_STATES,
                                    _utc(cancelled) if cancelled else None, test,
                                    tuple(lp.RefundFacts(rid, amount, _utc(when) if when else at)
                                          for rid, amount, when in refunds.get(order_id, ()))))
