@@ -76,3 +76,20 @@ def test_times_written_in_bulk_read_back_exactly_in_utc(engine: sa.Engine) -> No
         stored = stored_entries(session, 1, ["c:1"])["c:1"]
     assert [e.at for e in stored] == moments
     assert [e.at.utcoffset() for e in stored] == [timedelta(0)] * 3
+
+
+def test_a_bulk_append_keeps_the_order_given_and_skips_what_is_stored(engine: sa.Engine) -> None:
+    from loyalty.program import Entry
+    from loyalty.store import append_many
+
+    entries = [(f"c:{i % 7}", Entry(f"order:{i}:earn", i, "earn", T0 + timedelta(minutes=i), f"order {i}"))
+               for i in range(1200)]  # enough to take the bulk path on PostgreSQL
+    with unit_of_work(engine) as session:
+        append_many(session, 1, entries[:300], now=NOW)
+        append_many(session, 1, entries, now=NOW)  # the first 300 are already there
+        append_many(session, 1, entries[600:], now=NOW)  # and again, in the same transaction
+    with unit_of_work(engine) as session:
+        stored = stored_entries(session, 1, [f"c:{i}" for i in range(7)])
+    assert sum(len(v) for v in stored.values()) == 1200
+    assert [e.key for e in stored["c:3"]] == [f"order:{i}:earn" for i in range(3, 1200, 7)]
+    assert stored["c:3"][1].at == T0 + timedelta(minutes=10) and stored["c:3"][1].reason == "order 10"
