@@ -217,10 +217,14 @@ def recompute_program(engine: Engine, domain: str, *, now: datetime) -> Recomput
         written = 0
         for start in range(0, len(pending), WRITE_CHUNK):
             written += append_many(session, shop_id, pending[start:start + WRITE_CHUNK], now=now)
-        if tiers:  # plain tuples to the driver, as for the ledger: a first day changes every buyer's tier
-            mark = "?" if conn.dialect.name == "sqlite" else "%s"
-            conn.exec_driver_sql(f"UPDATE contacts SET loyalty_tier = {mark} WHERE shop_id = {mark} "
-                                 f"AND contact_key = {mark}", [(tier, shop_id, key) for key, tier in tiers])
+        if tiers and conn.dialect.name == "postgresql":  # a first day changes every buyer's tier: one statement
+            conn.exec_driver_sql(
+                "UPDATE contacts c SET loyalty_tier = v.tier FROM unnest(%s::text[], %s::text[]) AS v(k, tier) "
+                "WHERE c.shop_id = %s AND c.contact_key = v.k",
+                ([key for key, _ in tiers], [tier for _, tier in tiers], shop_id))
+        elif tiers:  # plain tuples to the driver, as for the ledger
+            conn.exec_driver_sql("UPDATE contacts SET loyalty_tier = ? WHERE shop_id = ? AND contact_key = ?",
+                                 [(tier, shop_id, key) for key, tier in tiers])
         session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop_id,
                                                  col(Contact.merged_into).is_(None))
                         .values(loyalty_rules_at=context.rules_at, dirty=True))
