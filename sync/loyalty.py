@@ -192,9 +192,9 @@ def entry_event(entry: lp.Entry, *, shop_domain: str, buyer: ev.Buyer, balance: 
                              "kind": entry.kind}
     if entry.kind == lp.EXPIRY:
         name = POINTS_EXPIRED
-    elif entry.kind == lp.REDEMPTION and entry.points < 0:
+    elif entry.kind == lp.REDEMPTION and "#" not in entry.key:  # a correction of it is no second reward
         name = REWARD_ISSUED
-        props.update(code=entry.key.partition("#")[0].removeprefix("reward:"),
+        props.update(code=entry.key.removeprefix("reward:"),
                      value=ev.money_text(rules.reward_value), currency=currency or "")
     elif entry.points > 0:
         name = POINTS_EARNED

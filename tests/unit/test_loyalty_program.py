@@ -196,3 +196,14 @@ def test_any_arrival_order_and_any_replays_end_in_the_same_ledger_never_below_ze
         assert running >= 0
     shuffled = BuyerFacts(account_created_at=facts.account_created_at, orders=tuple(reversed(facts.orders)))
     assert owed(shuffled, rules, now=now, program_start=START) == final
+
+
+def test_a_correction_of_a_redemption_is_not_a_second_reward() -> None:
+    from mappings import events as ev
+    from sync.loyalty import entry_event
+
+    buyer = ev.Buyer(contact_key="c:1", customer_id=1, email="a@example.com", phone=None)
+    names = [entry_event(Entry(key, points, "redemption", T0), shop_domain="s", buyer=buyer, balance=0, tier="Bronze",
+                         rules=LoyaltyRules(), currency="USD").name
+             for key, points in (("reward:ABC", -500), ("reward:ABC#1", 98), ("reward:ABC#2", -98))]
+    assert names == ["loyalty_reward_issued", "loyalty_points_earned", "loyalty_points_reversed"]
