@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -36,6 +37,13 @@ err = Console(stderr=True)
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, whatever the width
     return typer.Exit(code)
+
+
+def _read_text(file: str) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from None
 
 
 def _settings() -> Settings:
@@ -186,16 +194,11 @@ def shops_configure(
     file: Annotated[str, typer.Option("--file", help="The mapping configuration (TOML); see README, Mapping.")],
 ) -> None:
     """Rename or switch off attributes and events, set lifecycle delays and segment lists, for one shop."""
-    from pathlib import Path
-
     from connector.shops import ShopError, configure_shop
     from mappings.shop_config import ConfigError
 
     settings = _settings()
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    text = _read_text(file)
     try:
         stored = configure_shop(_engine(settings), shop, text)
     except ConfigError as exc:
@@ -284,17 +287,12 @@ def loyalty_configure(
     file: Annotated[str, typer.Option("--file", help="The loyalty rules (TOML); see README, Loyalty program.")],
 ) -> None:
     """Put a shop's loyalty rules in force and recompute every balance and tier under them (silently)."""
-    from pathlib import Path
-
     from connector.clock import SystemClock
     from connector.loyalty_admin import LoyaltyAdminError, configure_loyalty, recompute_program
     from mappings.shop_config import ConfigError
 
     settings = _settings()
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    text = _read_text(file)
     engine = _engine(settings)
     now = SystemClock().now()
     try:

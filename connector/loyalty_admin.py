@@ -25,15 +25,14 @@ from connector.models import Contact, Customer, LoyaltyEntry, LoyaltyReward, Mon
 from connector.shops import ShopError, normalise_domain
 from loyalty import program as lp
 from loyalty.rules import LoyaltyRules
-from loyalty.store import append, append_many, stored_entries
-from sync.apply import insert_events
+from loyalty.store import append_many, stored_entries
 from sync.loyalty import (
-    PAID_STATES,
     LoyaltyContext,
     LoyaltyView,
-    entry_event,
     evaluate,
+    order_fact,
     program_facts_from,
+    record_entry,
     request_reward,
 )
 from sync.profiles import ShopContext, load_buyers
@@ -84,16 +83,10 @@ class BuyerLoyalty:
 
 def buyer_loyalty(engine: Engine, domain: str, who: str, *, now: datetime) -> BuyerLoyalty:
     with unit_of_work(engine) as session:
-        try:
-            shop, contact = find_buyer(session, normalise_domain(domain), who)
-        except (ExplainError, ShopError) as exc:
-            raise LoyaltyAdminError(str(exc)) from None
-        [view] = load_buyers(session, ShopContext.of(shop, now), [contact])
-        if view.loyalty is None:
-            raise LoyaltyAdminError(f"the loyalty program of {shop.domain} is switched off")
+        shop, contact, view = _buyer_now(session, domain, who, now)
         ledger = stored_entries(session, shop.id or 0, [contact.contact_key]).get(contact.contact_key, [])
         session.expunge_all()
-    return BuyerLoyalty(shop=shop, contact=contact, view=view.loyalty, ledger=[*ledger, *view.loyalty.new])
+    return BuyerLoyalty(shop=shop, contact=contact, view=view, ledger=[*ledger, *view.new])
 
 
 def adjust_points(engine: Engine, domain: str, who: str, points: int, reason: str, *, now: datetime
@@ -111,12 +104,9 @@ def adjust_points(engine: Engine, domain: str, who: str, points: int, reason: st
         balance = view.state.balance
         if balance + points < 0:
             raise NotEnoughPoints(f"{who} has {balance} points: taking {-points} would leave them below zero")
-        append(session, shop.id or 0, contact.contact_key, view.new, now=now)  # the ledger first catches up
         entry = lp.Entry(f"adjust:{uuid.uuid4().hex[:12]}", points, lp.ADJUSTMENT, now, reason.strip())
-        append(session, shop.id or 0, contact.contact_key, [entry], now=now)
-        _announce(session, shop, contact, view, entry, balance + points, now)
-        contact.dirty = True
-    return balance, balance + points
+        after = record_entry(session, shop, contact, view, entry, now=now)
+    return balance, after
 
 
 def ask_reward(engine: Engine, domain: str, who: str, *, source: str, now: datetime) -> LoyaltyReward:
@@ -144,21 +134,6 @@ def _buyer_now(session: Session, domain: str, who: str, now: datetime) -> tuple[
     [view] = load_buyers(session, context, [contact])
     assert view.loyalty is not None
     return shop, contact, view.loyalty
-
-
-def _announce(session: Session, shop: Shop, contact: Contact, view: LoyaltyView, entry: lp.Entry, balance: int,
-              now: datetime) -> None:
-    from mappings import events as ev
-    from mappings.shop_config import ShopConfig
-
-    if not (contact.email or contact.phone or contact.customer_id):
-        return
-    buyer = ev.Buyer(contact_key=contact.contact_key, customer_id=contact.customer_id, email=contact.email,
-                     phone=contact.phone)
-    rules = LoyaltyRules.from_dict(shop.loyalty_rules)
-    fact = entry_event(entry, shop_domain=shop.domain, buyer=buyer, balance=balance, tier=view.state.tier.name,
-                       rules=rules, currency=shop.currency)
-    insert_events(session, shop.id or 0, [fact], now=now, enabled=ShopConfig.from_dict(shop.config).event_enabled)
 
 
 @dataclass(frozen=True)
@@ -310,16 +285,11 @@ def _facts(customer: Any, orders: Sequence[Any], refunds: dict[int, list[tuple[i
            stored: Sequence[lp.Entry]) -> lp.BuyerFacts:
     """`sync.loyalty.program_facts` over plain rows (contact, id, created, basis or else subtotal, total, status,
     cancelled, test): the same facts, without an object per row."""
-    facts = []
-    for _, order_id, created, basis, total, status, cancelled, test in orders:
-        if created is None:
-            continue
-        at = _utc(created)
-        facts.append(lp.OrderFacts(order_id, at, basis, total, status in PAID_STATES,
-                                   _utc(cancelled) if cancelled else None, test,
-                                   tuple(lp.RefundFacts(rid, amount, _utc(when) if when else at)
-                                         for rid, amount, when in refunds.get(order_id, ()))))
-    return program_facts_from(customer, tuple(facts), stored)
+    facts = tuple(order_fact(order_id, _utc(created), basis, total, status, _utc(cancelled) if cancelled else None,
+                             test, ((rid, amount, _utc(when) if when else None)
+                                    for rid, amount, when in refunds.get(order_id, ())))
+                  for _, order_id, created, basis, total, status, cancelled, test in orders if created is not None)
+    return program_facts_from(customer, facts, stored)
 
 
 def _grouped(orders: Iterable[Any], contacts: dict[str, str | None]) -> Iterator[tuple[str, list[Any]]]:

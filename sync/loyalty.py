@@ -8,9 +8,10 @@ of the ledger's new entries are news (a live event) and which are history (attri
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,10 +21,13 @@ from sqlmodel import col
 
 from connector.clock import as_utc
 from connector.database import chunked
-from connector.models import Customer, LoyaltyReward, Order, Refund, Shop
+from connector.models import Contact, Customer, LoyaltyReward, Order, Refund, Shop
 from loyalty import program as lp
 from loyalty.rules import LoyaltyRules
+from loyalty.store import append_many
 from mappings import events as ev
+from mappings.shop_config import ShopConfig
+from sync.apply import insert_events
 
 # Event names: a product contract, like the other events (merchants build Brevo automations on them).
 POINTS_EARNED = "loyalty_points_earned"
@@ -53,7 +57,6 @@ class LoyaltyContext:
 
 @dataclass(frozen=True, kw_only=True)
 class LoyaltyView:
-    facts: lp.BuyerFacts
     owed: tuple[lp.Entry, ...]  # the ledger the buyer is owed, in the order things happened
     new: tuple[lp.Entry, ...]  # what the stored ledger lacks: appended by the builder
     state: lp.LoyaltyState
@@ -82,15 +85,20 @@ def program_facts(customer: Customer | None, orders: Sequence[Order], refunds: M
         created = as_utc(order.created_at_src)
         if created is None:
             continue
-        basis = order.points_basis if order.points_basis is not None else order.subtotal
-        facts.append(lp.OrderFacts(
-            order_id=order.order_id, created_at=created, basis=basis, total=order.total,
-            paid=(order.financial_status or "") in PAID_STATES, cancelled_at=as_utc(order.cancelled_at),
-            test=order.test,
-            refunds=tuple(lp.RefundFacts(refund_id=r.refund_id, amount=r.amount,
-                                         created_at=as_utc(r.created_at_src) or created)
-                          for r in sorted(refunds.get(order.order_id, ()), key=lambda r: r.refund_id))))
+        facts.append(order_fact(
+            order.order_id, created, order.points_basis if order.points_basis is not None else order.subtotal,
+            order.total, order.financial_status, as_utc(order.cancelled_at), order.test,
+            ((r.refund_id, r.amount, as_utc(r.created_at_src))
+             for r in sorted(refunds.get(order.order_id, ()), key=lambda r: r.refund_id))))
     return program_facts_from(customer, tuple(sorted(facts, key=lambda o: o.order_id)), stored)
+
+
+def order_fact(order_id: int, created_at: datetime, basis: Decimal, total: Decimal, financial_status: str | None,
+               cancelled_at: datetime | None, test: bool,
+               refunds: Iterable[tuple[int, Decimal, datetime | None]]) -> lp.OrderFacts:
+    """One order as the program sees it; a refund without a time of its own counts from the order's."""
+    return lp.OrderFacts(order_id, created_at, basis, total, (financial_status or "") in PAID_STATES, cancelled_at,
+                         test, tuple(lp.RefundFacts(rid, amount, when or created_at) for rid, amount, when in refunds))
 
 
 def program_facts_from(customer: Any, orders: tuple[lp.OrderFacts, ...], stored: Sequence[lp.Entry]
@@ -116,7 +124,7 @@ def evaluate(facts: lp.BuyerFacts, stored: Sequence[lp.Entry], context: LoyaltyC
     current = lp.state(owed, facts, rules, now=now)
     code = next((e.key.removeprefix("reward:") for e in reversed(owed)
                  if e.kind == lp.REDEMPTION and e.key.startswith("reward:")), None)
-    return LoyaltyView(facts=facts, owed=tuple(owed), new=tuple(new), state=current, reward_code=code,
+    return LoyaltyView(owed=tuple(owed), new=tuple(new), state=current, reward_code=code,
                        next_at=lp.next_moment(owed, facts, rules, now=now, current=current),
                        observed=_observed(new, orders, refunds or {}))
 
@@ -201,6 +209,24 @@ def entry_event(entry: lp.Entry, *, shop_domain: str, buyer: ev.Buyer, balance: 
     else:
         name = POINTS_REVERSED
     return ev.lifecycle_event(name, f"{shop_domain}:loyalty:{buyer.contact_key}:{entry.key}", buyer, entry.at, props)
+
+
+def record_entry(session: Session, shop: Shop, contact: Contact, view: LoyaltyView, entry: lp.Entry, *,
+                 now: datetime) -> int:
+    """An entry the mirror does not derive (an adjustment, a confirmed reward): the ledger first catches up
+    with what is owed, then the entry is appended and announced in the same unit of work, and the contact is
+    rebuilt so Brevo gets the new balance. Returns the balance after it."""
+    shop_id = shop.id or 0
+    append_many(session, shop_id, [(contact.contact_key, e) for e in (*view.new, entry)], now=now)
+    balance = view.state.balance + entry.points
+    if contact.email or contact.phone or contact.customer_id:
+        buyer = ev.Buyer(contact_key=contact.contact_key, customer_id=contact.customer_id, email=contact.email,
+                         phone=contact.phone)
+        fact = entry_event(entry, shop_domain=shop.domain, buyer=buyer, balance=balance, tier=view.state.tier.name,
+                           rules=LoyaltyRules.from_dict(shop.loyalty_rules), currency=shop.currency)
+        insert_events(session, shop_id, [fact], now=now, enabled=ShopConfig.from_dict(shop.config).event_enabled)
+    contact.dirty = True
+    return balance
 
 
 def new_code() -> str:

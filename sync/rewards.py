@@ -19,12 +19,7 @@ from connector.database import unit_of_work
 from connector.models import Contact, DeadLetter, LoyaltyReward, Shop
 from connector.shopify import ShopifyAuthFailed, ShopifyClient, ShopifyError, ShopifyRetriable
 from loyalty import program as lp
-from loyalty.rules import LoyaltyRules
-from loyalty.store import append
-from mappings import events as ev
-from mappings.shop_config import ShopConfig
-from sync.apply import insert_events
-from sync.loyalty import entry_event
+from sync.loyalty import record_entry
 from sync.profiles import ShopContext, load_buyers
 from sync.push import pause_shop
 from sync.queue import Lease, fence
@@ -95,19 +90,9 @@ def _confirmed(engine: Engine, lease: Lease, reward: LoyaltyReward, discount_id:
             return
         [view] = load_buyers(session, ShopContext.of(shop, now), [contact])
         assert view.loyalty is not None
-        append(session, lease.shop_id, contact.contact_key, view.loyalty.new, now=now)  # catch up first
         entry = lp.Entry(f"reward:{row.code}", -row.points, lp.REDEMPTION, now, f"reward code {row.code}")
-        append(session, lease.shop_id, contact.contact_key, [entry], now=now)
+        record_entry(session, shop, contact, view.loyalty, entry, now=now)
         row.status, row.discount_id, row.issued_at, row.error = "issued", discount_id, now, None
-        contact.dirty = True
-        if contact.email or contact.phone or contact.customer_id:
-            buyer = ev.Buyer(contact_key=contact.contact_key, customer_id=contact.customer_id, email=contact.email,
-                             phone=contact.phone)
-            fact = entry_event(entry, shop_domain=shop.domain, buyer=buyer,
-                               balance=view.loyalty.state.balance - row.points, tier=view.loyalty.state.tier.name,
-                               rules=LoyaltyRules.from_dict(shop.loyalty_rules), currency=shop.currency)
-            insert_events(session, lease.shop_id, [fact], now=now,
-                          enabled=ShopConfig.from_dict(shop.config).event_enabled)
         fence(session, lease, now=now, seconds=lease_seconds)
 
 

@@ -10,38 +10,27 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connector.clock import ShiftedClock
 from connector.database import unit_of_work
 from connector.models import Shop
 from tests.integration.harness import Connector, iter_connector
+from tests.integration.test_lifecycle import Store as LifecycleStore
 from tests.payloads import T0, _money, customer, order, refund
 
 LOYALTY_EVENTS = ("loyalty_points_earned", "loyalty_points_reversed", "loyalty_tier_changed",
                   "loyalty_reward_issued", "loyalty_points_expiring", "loyalty_points_expired")
 
 
-class Store:
-    """A connector whose worker and webhooks share a clock starting just after T0; the program started a day
-    before T0, so what happens from T0 on is news."""
+class Store(LifecycleStore):
+    """The lifecycle tests' store (one clock for worker and webhooks, just after T0); the program started a
+    day before T0, so what happens from T0 on is news."""
 
     def __init__(self, connector: Connector) -> None:
-        self.connector = connector
-        self.clock = ShiftedClock(T0 + timedelta(minutes=2))
+        super().__init__(connector)
         self.started(T0 - timedelta(days=1))
 
     def started(self, at: Any) -> None:
         with unit_of_work(self.connector.engine) as session:
             session.execute(sa.update(Shop).values(loyalty_started_at=at, loyalty_rules_at=at))
-
-    def post(self, topic: str, payload: dict[str, Any]) -> None:
-        assert self.connector.post(topic, payload, triggered_at=self.clock.now()).status_code == 200
-
-    def sync(self) -> None:
-        self.connector.worker(clock=self.clock).run(until_idle=True, idle_sleep=0.02)
-
-    def travel(self, **delta: float) -> None:
-        self.clock.advance(**delta)
-        self.sync()
 
     def attributes(self, email: str) -> dict[str, Any]:
         attributes: dict[str, Any] = self.connector.contact(email)["attributes"]
