@@ -80,7 +80,7 @@ def _copy_in(session: Session, shop_id: int, entries: Sequence[tuple[str, Entry]
                 copy.write_row((seq, shop_id, key, e.key, e.kind, e.points, e.reason, e.at, now))
         cursor.execute(f"INSERT INTO loyalty_entries ({_COLUMNS}) SELECT {_COLUMNS} FROM loyalty_incoming "
                        "ORDER BY seq ON CONFLICT (shop_id, contact_key, entry_key) DO NOTHING")
-        cursor.execute("DELETE FROM loyalty_incoming")
+        cursor.execute("TRUNCATE loyalty_incoming")  # cheaper than deleting the rows one by one
     return len(entries)
 
 

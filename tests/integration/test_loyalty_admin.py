@@ -110,14 +110,14 @@ def test_the_cli_refuses_invalid_rules_with_the_key_and_exit_code_2(tmp_path: Pa
     assert "previous rules stay in force" in result.stderr
 
 
-def test_a_big_shop_is_recomputed_on_every_core_with_the_same_result(store: Store,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_shop_recomputed_batch_by_batch_gets_every_correction_once(store: Store,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(1, 7):
         store.post("orders/create", order(9100 + n, customer_id=n, email=f"b{n}@example.com", total=f"{n}00.00"))
     store.sync()
     now = store.clock.now()
     configure_loyalty(store.connector.engine, SHOP, "[earn]\npoints_per_unit = 2\n", now=now)
-    monkeypatch.setattr("connector.loyalty_admin.PARALLEL_FROM", 1)
+    monkeypatch.setattr("connector.loyalty_admin.BUYERS_PER_BATCH", 4)  # two batches, written while computed
     done = recompute_program(store.connector.engine, SHOP, now=now)
     assert done.buyers == 6 and done.entries == 6  # one correction per order: its points doubled
     assert [sum(p for _, p in store.ledger(f"c:{n}")) for n in range(1, 7)] == [n * 200 + 50 for n in range(1, 7)]
