@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from loyalty.rules import LoyaltyRules, Tier
 
@@ -158,7 +158,28 @@ def owed(facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime, program_start
             if program_start <= day <= now:
                 happenings.append((day, 6, "birthday", year))
     happenings.sort(key=lambda h: (h[0], h[1], _order_key(h[3])))
+    # A confirmed reward code cost its points: if a refund or cancellation dated before it (but learnt of after
+    # it) would leave too little for it, the reversals before it take less ("never below what is left"), most
+    # recent first. Only late news does this, so it is nearly always one pass; the redemption itself is capped
+    # only when no reversal can make room (rules changed so that the history no longer earned it).
+    relief: dict[str, int] = {}
+    for _ in range(_RELIEF_PASSES):
+        entries, more = _replay(happenings, counted, rules, now, relief)
+        if not more:
+            break
+        for key, points in more.items():
+            relief[key] = relief.get(key, 0) + points
+    else:
+        entries, _ = _replay(happenings, counted, rules, now, relief)
+    return entries
 
+
+_RELIEF_PASSES = 8
+
+
+def _replay(happenings: Sequence[tuple[datetime, int, str, object]], counted: Sequence[OrderFacts],
+            rules: LoyaltyRules, now: datetime, relief: dict[str, int]) -> tuple[list[Entry], dict[str, int]]:
+    """One pass over the buyer's history; returns the entries and any further relief a redemption needs."""
     run = _Running()
     uniform = rules.uniform_multiplier
     earned_by_order: dict[int, int] = {}
@@ -166,6 +187,7 @@ def owed(facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime, program_start
     refunded_by_order: dict[int, Decimal] = defaultdict(Decimal)
     first_order_done = False
     last_order_at: datetime | None = None
+    more: dict[str, int] = {}
     for when, _, what, fact in happenings:
         _expire_until(run, rules, last_order_at, when)
         if what == "signup":
@@ -182,33 +204,49 @@ def owed(facts: BuyerFacts, rules: LoyaltyRules, *, now: datetime, program_start
                 first_order_done = True
                 run.add(Entry("first_order", rules.first_order_bonus, BONUS, when, f"first order {fact.order_id}"))
         elif what == "refund":
-            order, refund = fact  # type: ignore[misc]
+            order, refund = cast(tuple[OrderFacts, RefundFacts], fact)
             refunded_by_order[order.order_id] += refund.amount
             earned = earned_by_order.get(order.order_id, 0)
             share = min(refunded_by_order[order.order_id] / order.total, Decimal(1)) if order.total > 0 else Decimal(1)
             due = min(int((earned * share).to_integral_value(ROUND_HALF_UP)), earned)
-            take = min(due - reversed_by_order[order.order_id], run.balance)  # never below what is left
-            if take > 0:
+            key = f"refund:{refund.refund_id}"
+            take = min(due - reversed_by_order[order.order_id], run.balance) - relief.get(key, 0)
+            if take > 0:  # never below what is left
                 reversed_by_order[order.order_id] += take
-                run.add(Entry(f"refund:{refund.refund_id}", -take, REVERSAL, when, f"refund of order {order.order_id}"))
+                run.add(Entry(key, -take, REVERSAL, when, f"refund of order {order.order_id}"))
         elif what == "cancel":
             assert isinstance(fact, OrderFacts)
             earned = earned_by_order.get(fact.order_id, 0)
-            take = min(earned - reversed_by_order[fact.order_id], run.balance)
+            key = f"order:{fact.order_id}:cancel"
+            take = min(earned - reversed_by_order[fact.order_id], run.balance) - relief.get(key, 0)
             if take > 0:
                 reversed_by_order[fact.order_id] += take
-                run.add(Entry(f"order:{fact.order_id}:cancel", -take, REVERSAL, when,
-                              f"order {fact.order_id} cancelled"))
+                run.add(Entry(key, -take, REVERSAL, when, f"order {fact.order_id} cancelled"))
         elif what == "adjust":
             assert isinstance(fact, Adjustment)
             run.add(Entry(fact.key, max(fact.points, -run.balance), ADJUSTMENT, when, fact.reason))
         elif what == "redeem":
             assert isinstance(fact, Redemption)
+            if fact.points > run.balance and not more:
+                more = _room(run.entries, fact.points - run.balance)
             run.add(Entry(fact.key, -min(fact.points, run.balance), REDEMPTION, when, "reward code"))
         elif what == "birthday":
             run.add(Entry(f"birthday:{fact}", rules.birthday_bonus, BONUS, when, "birthday"))
     _expire_until(run, rules, last_order_at, now)
-    return run.entries
+    return run.entries, more
+
+
+def _room(earlier: Sequence[Entry], needed: int) -> dict[str, int]:
+    """How much each reversal before a redemption gives back (most recent first) to make `needed` points room."""
+    room: dict[str, int] = {}
+    for entry in reversed(earlier):
+        if needed <= 0:
+            break
+        if entry.kind == REVERSAL and entry.points < 0:
+            give = min(-entry.points, needed)
+            room[entry.key] = give
+            needed -= give
+    return room
 
 
 def _order_key(fact: object) -> int:

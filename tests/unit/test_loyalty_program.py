@@ -14,6 +14,7 @@ from loyalty.program import (
     BuyerFacts,
     Entry,
     OrderFacts,
+    Redemption,
     RefundFacts,
     corrections,
     owed,
@@ -65,6 +66,40 @@ def test_a_reversal_never_takes_more_than_is_left() -> None:
     facts = BuyerFacts(orders=(_order(1, "100", refunds=(refund,)),), adjustments=(spent,))
     entries = owed(facts, LoyaltyRules(first_order_bonus=0), now=T0 + timedelta(days=3), program_start=START)
     assert _points(entries) == {"order:1:earn": 100, "adjust:1": -90, "refund:9": -10}
+
+
+def test_a_refund_learnt_of_after_a_reward_takes_only_what_the_reward_left() -> None:
+    """The code cost its points when Shopify confirmed it; a refund dated earlier but delivered later finds
+    nothing left to take back, instead of making the code cheaper."""
+    refund = RefundFacts(refund_id=9, amount=Decimal("250"), created_at=T0 + timedelta(days=2))
+    reward = Redemption(key="reward:ABC", points=500, at=T0 + timedelta(days=3))
+    facts = BuyerFacts(orders=(_order(1, "500", refunds=(refund,)),), redemptions=(reward,))
+    entries = owed(facts, LoyaltyRules(first_order_bonus=0), now=T0 + timedelta(days=4), program_start=START)
+    assert _points(entries) == {"order:1:earn": 500, "reward:ABC": -500}
+
+
+def test_a_refund_known_before_a_reward_still_takes_its_share() -> None:
+    refund = RefundFacts(refund_id=9, amount=Decimal("500"), created_at=T0 + timedelta(days=1))
+    reward = Redemption(key="reward:ABC", points=500, at=T0 + timedelta(days=3))
+    facts = BuyerFacts(orders=(_order(1, "1000", refunds=(refund,)),), redemptions=(reward,))
+    entries = owed(facts, LoyaltyRules(first_order_bonus=0), now=T0 + timedelta(days=4), program_start=START)
+    assert _points(entries) == {"order:1:earn": 1000, "refund:9": -500, "reward:ABC": -500}
+
+
+def test_a_late_cancellation_leaves_a_reward_whole_and_takes_the_rest() -> None:
+    reward = Redemption(key="reward:ABC", points=500, at=T0 + timedelta(days=3))
+    facts = BuyerFacts(orders=(_order(1, "800", cancelled_day=2),), redemptions=(reward,))
+    entries = owed(facts, LoyaltyRules(first_order_bonus=0), now=T0 + timedelta(days=4), program_start=START)
+    assert _points(entries) == {"order:1:earn": 800, "order:1:cancel": -300, "reward:ABC": -500}
+    assert sum(e.points for e in entries) == 0
+
+
+def test_a_reward_the_new_rules_no_longer_cover_costs_what_is_left() -> None:
+    reward = Redemption(key="reward:ABC", points=500, at=T0 + timedelta(days=3))
+    facts = BuyerFacts(orders=(_order(1, "500"),), redemptions=(reward,))
+    halved = LoyaltyRules.from_toml("[earn]\npoints_per_unit = 0.5\nfirst_order_bonus = 0\n")
+    entries = owed(facts, halved, now=T0 + timedelta(days=4), program_start=START)
+    assert _points(entries) == {"order:1:earn": 250, "reward:ABC": -250}  # never below zero
 
 
 def test_a_tier_multiplier_applies_to_orders_placed_once_the_tier_is_reached() -> None:
@@ -196,6 +231,29 @@ def test_any_arrival_order_and_any_replays_end_in_the_same_ledger_never_below_ze
         assert running >= 0
     shuffled = BuyerFacts(account_created_at=facts.account_created_at, orders=tuple(reversed(facts.orders)))
     assert owed(shuffled, rules, now=now, program_start=START) == final
+
+
+@settings(max_examples=150, deadline=None)
+@given(_orders, st.lists(st.tuples(st.integers(0, 800), st.integers(1, 1500)), max_size=3))
+def test_a_reward_costs_its_points_whenever_what_was_earned_before_it_covers_them(
+        raw: list[tuple], asked: list[tuple[int, int]]) -> None:
+    rules = LoyaltyRules.from_toml("[expiry]\nmonths = 0\n")
+    rewards = tuple(Redemption(key=f"reward:R{i}", points=points, at=T0 + timedelta(days=day, hours=1))
+                    for i, (day, points) in enumerate(asked))
+    facts = _facts(raw)
+    facts = BuyerFacts(account_created_at=facts.account_created_at, orders=facts.orders, redemptions=rewards)
+    entries = owed(facts, rules, now=T0 + timedelta(days=900), program_start=START)
+    running = 0
+    for n, entry in enumerate(entries):
+        running += entry.points
+        assert running >= 0
+        if entry.kind == "redemption":
+            asked_for = next(r.points for r in rewards if r.key == entry.key)
+            earned = sum(e.points for e in entries[:n] if e.kind in ("earn", "bonus"))
+            spent = sum(-e.points for e in entries[:n] if e.kind == "redemption")
+            assert -entry.points <= asked_for
+            if earned - spent >= asked_for:  # reversals dated before it give way, the code keeps its price
+                assert -entry.points == asked_for
 
 
 def test_a_correction_of_a_redemption_is_not_a_second_reward() -> None:
