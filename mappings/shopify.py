@@ -485,6 +485,7 @@ class ProductRecord:
     status: str | None
     image_url: str | None
     updated_at: datetime | None
+    collections: tuple[str, ...] | None = None  # titles; only GraphQL reads (polls, backfill) carry them
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> ProductRecord:
@@ -503,6 +504,8 @@ class ProductRecord:
             status=_text(payload, "status"),
             image_url=image_url,
             updated_at=timestamp(payload.get("updated_at"), "updated_at"),
+            collections=tuple(str(c) for c in payload["collections"]) if isinstance(payload.get("collections"), list)
+            else None,
         )
 
 

@@ -92,11 +92,18 @@ class ApplyContext:
 
     def resolve(self, key: str | None) -> str | None:
         """A guest key merged into a customer stands for that customer: their later guest checkouts and
-        orders (same email, no login) join the customer instead of reviving a second contact."""
+        orders (same email, no login) join the customer instead of reviving a second contact. So does a
+        guest key whose email or phone is a known customer's."""
         if not key or key.startswith("c:"):
             return key
         guest = self.dirty.get(key) or self.mirror.get(Contact, key)
-        return guest.merged_into if guest is not None and guest.merged_into else key
+        if guest is not None:
+            return guest.merged_into or key
+        # No guest yet, but a customer with that email (or phone): a guest order placed after registering, or
+        # history read customers first. It belongs to the customer, not to a second contact of the same buyer.
+        kind, _, value = key.partition(":")
+        customer = self.mirror.customer_with(email=value if kind == "e" else None, phone=value if kind == "p" else None)
+        return customer.contact_key if customer is not None else key
 
     def emit(self, facts: Iterable[ev.EventFact]) -> None:
         self.events.extend(facts)
@@ -434,6 +441,8 @@ def apply_product(ctx: ApplyContext, rec: ProductRecord) -> str:
         row = ctx.mirror.add(Product(shop_id=ctx.shop_id, product_id=rec.product_id))
     row.title, row.handle, row.product_type, row.vendor = rec.title, rec.handle, rec.product_type, rec.vendor
     row.tags, row.status, row.image_url, row.updated_at_src = rec.tags, rec.status, rec.image_url, rec.updated_at
+    if rec.collections is not None:  # a webhook says nothing about collections: keep what a backfill stored
+        row.collections = list(rec.collections)
     row.deleted = False
     row.brevo_hash = None  # Brevo's copy of the product is due for an update
     return "applied"

@@ -44,6 +44,7 @@ class Wanted:
     # a cart for the checkout that carries it.
     orders_by_checkout: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
     checkouts_by: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
+    customers_by: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))  # email, phone
 
     def add(self, model: type[SQLModel], *idents: Any) -> None:
         self.rows[model].update(i for i in idents if i)
@@ -52,8 +53,10 @@ class Wanted:
         self.add(Contact, *keys)
 
     def buyer(self, key: str | None, email: str | None, phone: str | None) -> None:
-        """A buyer's key and the guest keys a customer would absorb."""
+        """A buyer's key, the guest keys a customer would absorb, and the customer a guest may be."""
         self.contact(key, f"e:{email}" if email else None, f"p:{phone}" if phone else None)
+        self.customers_by["email"].add(email)
+        self.customers_by["phone"].add(phone)
 
 
 class BatchMirror:
@@ -132,12 +135,24 @@ class BatchMirror:
         self._search(Refund, "order_id", wanted.refunds_of)
         for name in ("token", "cart_token", "checkout_id"):
             self._search(Checkout, name, wanted.checkouts_by.get(name, ()))
+        for name in ("email", "phone"):
+            self._search(Customer, name, wanted.customers_by.get(name, ()))
         keys = set(wanted.rows.get(Contact, ()))
         keys |= {o.contact_key for o in self._cached(Order)} | {c.contact_key for c in self._cached(Checkout)}
         self._load(Contact, "contact_key", keys)
         self._index_orders(wanted.order_keys)
 
     # --- searches ---------------------------------------------------------------------------
+
+    def customer_with(self, *, email: str | None = None, phone: str | None = None) -> Customer | None:
+        """The (not deleted) customer with this email, else this phone, among those stored or added."""
+        for column, value in (("email", email), ("phone", phone)):
+            if value:
+                self._search(Customer, column, [value])
+                for row in self._cached(Customer):
+                    if getattr(row, column) == value and not row.deleted:
+                        return row
+        return None
 
     def checkouts_completed_by(self, token: str | None, cart_token: str | None,
                                checkout_id: int | None) -> list[Checkout]:
