@@ -378,6 +378,67 @@ def loyalty_reward(who: BuyerArgument, shop: ShopOption) -> None:
                   "the worker creates it in Shopify")
 
 
+@app.command()
+def backfill(shop: ShopOption,
+             since: Annotated[str | None, typer.Option(help="only history created on or after this date "
+                                                           "(YYYY-MM-DD)")] = None,
+             resources: Annotated[str, typer.Option(help="comma-separated: customers, products, orders, "
+                                                         "checkouts")] = "customers,products,orders,checkouts",
+             restart: Annotated[bool, typer.Option(help="start over instead of resuming an unfinished run")] = False,
+             ) -> None:
+    """Read the shop's history from Shopify with bulk queries and queue it for the worker, as history: contacts
+    get their totals, no automation fires. Resumable: run it again after a failure or a kill."""
+    from datetime import UTC, datetime
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+    from sqlalchemy.orm import Session
+    from sqlmodel import col
+
+    from connector.models import Shop
+    from connector.shopify import ShopifyClient
+    from connector.shops import ShopError, credentials, normalise_domain
+    from sync.backfill import BackfillError, run_backfill
+    from sync.backfill import Progress as Step
+
+    settings = _settings()
+    try:
+        domain = normalise_domain(shop)
+        moment = datetime.fromisoformat(since).replace(tzinfo=UTC) if since else None
+    except (ShopError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    engine = _engine(settings)
+    with Session(engine) as session:
+        found = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+    if found is None:
+        raise _fail(f"no shop {domain}: add it with `connector shops add` first")
+    token = credentials(found, settings).shopify_access_token
+    if not token:
+        raise _fail(f"no Shopify access token for {domain}")
+    client = ShopifyClient(domain, token, api_version=settings.shopify_api_version,
+                           admin_url=settings.shopify_admin_url)
+    with Progress(TextColumn("{task.description:<10}"), TextColumn("{task.fields[step]:<8}"), BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                  disable=not console.is_terminal) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def show(step: Step) -> None:
+            if step.resource not in tasks:
+                tasks[step.resource] = bars.add_task(step.resource, total=None, step=step.step)
+            bars.update(tasks[step.resource], completed=step.done, total=step.total or None, step=step.step)
+
+        try:
+            results = run_backfill(engine, client, domain, resources=[r.strip() for r in resources.split(",")],
+                                   since=moment, restart=restart, progress=show)
+        except BackfillError as exc:
+            raise _fail(str(exc)) from None
+    for result in results:
+        line = f"{result.resource}: {result.status}, {result.queued} objects queued ({result.objects} lines read)"
+        console.print(line + (f": {result.error}" if result.error else ""), highlight=False, soft_wrap=True)
+    if any(r.status != "done" for r in results):
+        raise _fail("the backfill is not complete; run it again to resume", code=1)
+    console.print("queued as history: the worker applies it (no automation fires)")
+
+
 def main() -> None:
     try:
         app()

@@ -403,3 +403,39 @@ class DeadLetter(SQLModel, table=True):
     payload: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime | None = _ts()
     resolved_at: datetime | None = _ts()
+
+
+class Backfill(SQLModel, table=True):
+    """One resource's history read from Shopify with a bulk query, and how far it got (a killed backfill
+    resumes from here: the operation is not run again while its file is there, staged lines are not read
+    again, objects already queued are not queued twice)."""
+
+    __tablename__ = "backfills"
+    __table_args__ = (sa.UniqueConstraint("shop_id", "resource", name="uq_backfill_resource"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int
+    resource: str = Field(max_length=20)  # customers | orders | products | checkouts
+    status: str = Field(default="started", max_length=20)  # started | staging | queuing | done | failed
+    since: datetime | None = _ts()
+    operation_id: str | None = Field(default=None, max_length=200)
+    url: str | None = Field(default=None, sa_type=sa.Text)
+    objects: int = 0  # lines in Shopify's file (objects and their nested rows)
+    staged: int = 0  # lines of it stored
+    queued: int = 0  # objects handed to the applier
+    last_queued_line: int = 0
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+
+
+class BackfillRow(SQLModel, table=True):
+    """A line of a bulk operation's file, kept until its object is reassembled with its nested rows."""
+
+    __tablename__ = "backfill_rows"
+    __table_args__ = (sa.Index("ix_backfill_rows_parent", "backfill_id", "parent"),)
+
+    backfill_id: int = Field(primary_key=True)
+    line: int = Field(primary_key=True)
+    parent: str | None = Field(default=None, max_length=200)  # the parent object's GID, for nested rows
+    body: str = Field(sa_type=sa.Text)

@@ -9,7 +9,7 @@ are retried with tenacity; 401/403 mean the token is no longer valid and the sho
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -68,6 +68,80 @@ class CostBudget:
             self.seen_at = now
 
 
+@dataclass(frozen=True)
+class BulkStatus:
+    id: str
+    status: str  # CREATED | RUNNING | COMPLETED | FAILED | CANCELED | CANCELING | EXPIRED
+    error_code: str | None
+    objects: int
+    url: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("COMPLETED", "FAILED", "CANCELED", "EXPIRED")
+
+
+class BulkBusy(ShopifyRetriable):
+    """The shop already runs as many bulk queries as Shopify allows: start this one later."""
+
+
+class _BulkQueries:
+    """Bulk operations (mixed into the client): start a query, read its status, stream its JSONL file."""
+
+    graphql: Callable[..., dict[str, Any]]
+    http: httpx.Client
+
+    def run_bulk_query(self, query: str) -> str:
+        data = self.graphql(BULK_RUN, {"query": query})
+        payload = data.get("bulkOperationRunQuery") or {}
+        errors = payload.get("userErrors") or []
+        if any(str(e.get("code")) == "LIMIT_REACHED" for e in errors):
+            raise BulkBusy("; ".join(str(e.get("message")) for e in errors), retry_after=5.0)
+        if errors:
+            raise ShopifyRejected("; ".join(str(e.get("message")) for e in errors),
+                                  tuple(str(e.get("code")) for e in errors))
+        operation = payload.get("bulkOperation") or {}
+        if not operation.get("id"):
+            raise ShopifyRejected("Shopify started no bulk operation and gave no reason")
+        return str(operation["id"])
+
+    def bulk_operation(self, operation_id: str) -> BulkStatus:
+        node = self.graphql(BULK_STATUS, {"id": operation_id}, cost=1).get("node")
+        if not isinstance(node, dict):
+            raise ShopifyRejected(f"Shopify knows no bulk operation {operation_id}")
+        return BulkStatus(id=operation_id, status=str(node.get("status")), error_code=node.get("errorCode"),
+                          objects=int(node.get("objectCount") or 0), url=node.get("url"))
+
+    def bulk_lines(self, url: str, *, skip: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(line number from 1, raw line) of a bulk file, streamed: never held whole. The first `skip` lines
+        are read past (a resumed backfill has them). A line cut off by a broken download is still yielded,
+        without its newline, for the caller to refuse."""
+        try:
+            with self.http.stream("GET", url, timeout=httpx.Timeout(60.0, connect=10.0)) as response:
+                if response.status_code in (403, 404, 410):
+                    raise BulkFileGone(f"the bulk file is no longer there (HTTP {response.status_code})")
+                if response.status_code != 200:
+                    raise ShopifyRetriable(f"downloading the bulk file: HTTP {response.status_code}")
+                number, pending = 0, b""
+                for chunk in response.iter_bytes():
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    for line in complete:
+                        number += 1
+                        if number > skip:
+                            yield number, line + b"\n"
+                if pending:
+                    number += 1
+                    if number > skip:
+                        yield number, pending
+        except httpx.TransportError as exc:
+            raise ShopifyRetriable(f"downloading the bulk file: {type(exc).__name__}: {exc}") from None
+
+
+class BulkFileGone(ShopifyError):
+    """The file's URL expired (Shopify keeps it 7 days): the query must run again."""
+
+
 def _wait(state: RetryCallState) -> float:
     exc = state.outcome.exception() if state.outcome else None
     hinted = exc.retry_after if isinstance(exc, ShopifyRetriable) else None
@@ -75,7 +149,7 @@ def _wait(state: RetryCallState) -> float:
     return min(hinted if hinted is not None else 0.25 * 2.0 ** state.attempt_number, 5.0)
 
 
-class ShopifyClient:
+class ShopifyClient(_BulkQueries):
     def __init__(self, shop_domain: str, access_token: str, *, api_version: str, admin_url: str | None = None,
                  http: httpx.Client | None = None, budget: CostBudget | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -164,6 +238,23 @@ class ShopifyClient:
         node = data.get("codeDiscountNodeByCode")
         return str(node["id"]) if isinstance(node, dict) and node.get("id") else None
 
+
+BULK_RUN = """
+mutation bulkOperationRunQuery($query: String!) {
+  bulkOperationRunQuery(query: $query) {
+    bulkOperation { id status }
+    userErrors { field code message }
+  }
+}
+"""
+
+BULK_STATUS = """
+query bulkOperation($id: ID!) {
+  node(id: $id) {
+    ... on BulkOperation { id status errorCode objectCount rootObjectCount url partialDataUrl }
+  }
+}
+"""
 
 DISCOUNT_CODE_CREATE = """
 mutation discountCodeBasicCreate($basicCodeDiscount: DiscountCodeBasicInput!) {

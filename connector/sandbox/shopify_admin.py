@@ -5,8 +5,11 @@ authenticated with `X-Shopify-Access-Token`; every answer carries `extensions.co
 bucket (2,000 points, 100 restored per second, as on standard plans) and a query the bucket cannot pay for is
 answered `THROTTLED`. Faults can be injected: the next calls answer a given HTTP status or are throttled.
 
-Operations: `discountCodeBasicCreate` (codes unique per store, required fields checked as Shopify does) and
-`codeDiscountNodeByCode`. Anything else is answered with a GraphQL error, as Shopify answers an unknown field.
+Operations: `discountCodeBasicCreate` (codes unique per store, required fields checked as Shopify does),
+`codeDiscountNodeByCode`, and bulk queries over a simulated store's data: `bulkOperationRunQuery` (at most five
+running per shop, as from API 2026-01), `node(id:)` for an operation's status, and the JSONL file at the
+operation's `url`. Bulk faults: the next operation fails (`"fail"`) or the first download of its file breaks
+off mid-line (`"truncate"`). Anything else is answered with a GraphQL error, as Shopify answers an unknown field.
 """
 
 from __future__ import annotations
@@ -22,12 +25,29 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-_OPERATION = re.compile(r"\b(discountCodeBasicCreate|codeDiscountNodeByCode)\s*\(")
+from connector.sandbox.shopify_bulk import Consents, jsonl, rows
+
+_OPERATION = re.compile(r"\b(discountCodeBasicCreate|codeDiscountNodeByCode|bulkOperationRunQuery|node)\s*\(")
 _FIELD = re.compile(r"{\s*([A-Za-z_][A-Za-z0-9_]*)")
-COSTS = {"discountCodeBasicCreate": 10, "codeDiscountNodeByCode": 2}
+_BULK_ROOT = re.compile(r"^\s*{\s*(customers|orders|products|abandonedCheckouts)\s*"
+                        r"(?:\(\s*query:\s*\"([^\"]*)\"\s*\))?")
+COSTS = {"discountCodeBasicCreate": 10, "codeDiscountNodeByCode": 2, "bulkOperationRunQuery": 10, "node": 1}
+BULK_CONCURRENCY = 5
+
+
+@dataclass
+class BulkOperation:
+    id: str
+    root: str
+    search: str | None
+    ready_at: float  # monotonic: RUNNING until then
+    failed: bool = False
+    truncated: bool = False
+    objects: int | None = None
+    roots: int | None = None
 
 
 @dataclass
@@ -48,13 +68,19 @@ class ShopifyAdminSandbox:
     restore_rate: float = 100.0
     discounts: dict[str, Discount] = field(default_factory=dict)  # by code, upper-cased
     faults: deque[int | str] = field(default_factory=deque)  # next calls: an HTTP status, or "throttle"
+    store: Any = None  # a SimulatedStore (customers, orders, products, checkouts, deliveries()) for bulk queries
+    bulk_seconds: float = 0.3  # how long a bulk query runs
+    bulk_faults: deque[str] = field(default_factory=deque)  # next bulk operations: "fail" or "truncate"
+    operations: dict[str, BulkOperation] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._available, self._at = self.bucket_size, time.monotonic()
         self._ids = itertools.count(1_000_001)
-        self.app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"])])
+        self._consents: Consents | None = None
+        self.app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"]),
+                                     Route("/bulk/{number}.jsonl", self._bulk_file, methods=["GET"])])
 
     # --- HTTP -------------------------------------------------------------------------------------
 
@@ -85,7 +111,12 @@ class ShopifyAdminSandbox:
                                      "extensions": self._cost(cost, 0)})
             self._available -= cost
             self.calls.append(operation)
-            data = self._create(variables) if operation == "discountCodeBasicCreate" else self._find(variables)
+            if operation == "bulkOperationRunQuery":
+                data = self._run_bulk(variables, str(request.base_url).rstrip("/"))
+            elif operation == "node":
+                data = self._node(variables)
+            else:
+                data = self._create(variables) if operation == "discountCodeBasicCreate" else self._find(variables)
             return JSONResponse({"data": data, "extensions": self._cost(cost, cost)})
 
     def _restore(self) -> None:
@@ -128,3 +159,71 @@ class ShopifyAdminSandbox:
     def _find(self, variables: dict[str, Any]) -> dict[str, Any]:
         found = self.discounts.get(str(variables.get("code") or "").upper())
         return {"codeDiscountNodeByCode": {"id": found.id} if found else None}
+
+    # --- bulk operations ------------------------------------------------------------------------------
+
+    def _run_bulk(self, variables: dict[str, Any], base: str) -> dict[str, Any]:
+        match = _BULK_ROOT.match(str(variables.get("query") or ""))
+        if match is None or self.store is None:
+            return {"bulkOperationRunQuery": {"bulkOperation": None, "userErrors": [
+                {"field": ["query"], "code": "INVALID", "message": "Invalid bulk query: a connection field ("
+                 "customers, orders, products, abandonedCheckouts) is required"}]}}
+        now = time.monotonic()
+        running = [op for op in self.operations.values() if op.ready_at > now and not op.failed]
+        if len(running) >= BULK_CONCURRENCY:
+            return {"bulkOperationRunQuery": {"bulkOperation": None, "userErrors": [
+                {"field": None, "code": "LIMIT_REACHED",
+                 "message": f"A shop can run {BULK_CONCURRENCY} bulk query operations at a time"}]}}
+        fault = self.bulk_faults.popleft() if self.bulk_faults else None
+        number = next(self._ids)
+        op = BulkOperation(id=f"gid://shopify/BulkOperation/{number}", root=match.group(1), search=match.group(2),
+                           ready_at=now + self.bulk_seconds, failed=fault == "fail", truncated=fault == "truncate")
+        self.operations[op.id] = op
+        self._bulk_base = base
+        self.calls.append(f"bulk:{op.root}")
+        return {"bulkOperationRunQuery": {"bulkOperation": {"id": op.id, "status": "CREATED"}, "userErrors": []}}
+
+    def _node(self, variables: dict[str, Any]) -> dict[str, Any]:
+        op = self.operations.get(str(variables.get("id")))
+        if op is None:
+            return {"node": None}
+        done = time.monotonic() >= op.ready_at
+        status = "RUNNING" if not done else ("FAILED" if op.failed else "COMPLETED")
+        if status == "COMPLETED" and op.objects is None:
+            op.objects = op.roots = 0
+            for obj in self._rows(op):
+                op.objects += 1
+                op.roots += "__parentId" not in obj
+        number = op.id.rsplit("/", 1)[-1]
+        return {"node": {"id": op.id, "status": status, "errorCode": "INTERNAL_SERVER_ERROR" if op.failed and done
+                         else None, "objectCount": str(op.objects or 0), "rootObjectCount": str(op.roots or 0),
+                         "url": f"{self._bulk_base}/bulk/{number}.jsonl" if status == "COMPLETED" and op.objects
+                         else None, "partialDataUrl": None}}
+
+    def _rows(self, op: BulkOperation) -> Any:
+        if self._consents is None:
+            self._consents = Consents.from_deliveries(self.store.deliveries())
+        objects = {"customers": self.store.customers, "orders": self.store.orders, "products": self.store.products,
+                   "abandonedCheckouts": self.store.checkouts}[op.root]
+        return rows(op.root, objects, op.search, self._consents)
+
+    async def _bulk_file(self, request: Request) -> Response:
+        op = self.operations.get(f"gid://shopify/BulkOperation/{request.path_params['number']}")
+        if op is None or op.failed or time.monotonic() < op.ready_at:
+            return Response("Not found", status_code=404)
+        lines = jsonl(self._rows(op))
+        if op.truncated:  # this download breaks off; the next one is whole
+            op.truncated = False
+            lines = _cut_short(lines)
+        return StreamingResponse(lines, media_type="application/jsonl")
+
+
+def _cut_short(lines: Any) -> Any:
+    """All but the last line, then half of the last line: a download that broke off."""
+    previous = None
+    for line in lines:
+        if previous is not None:
+            yield previous
+        previous = line
+    if previous is not None:
+        yield previous[: len(previous) // 2]

@@ -1,0 +1,329 @@
+"""A shop's history read from Shopify with bulk queries and handed to the applier as history.
+
+Per resource (customers, products, orders, abandoned checkouts), in three resumable steps:
+1. **Run**: one `bulkOperationRunQuery` (the resources run side by side: Shopify allows five per shop), then its
+   status is polled until the file is ready. The operation id is saved first, so a restarted backfill waits for
+   the same operation instead of starting another.
+2. **Stage**: the JSONL file is streamed (never held whole) and its lines stored as they come, with the count
+   of lines stored, in the same commit. Shopify writes nested rows (an order's line items) as lines of their own
+   that point at their parent with `__parentId`, not necessarily next to it, so objects are reassembled only once
+   the whole file is staged. A line cut off by a broken download is refused with its number; the next run
+   reads the file again from the first line not stored.
+3. **Queue**: each object, with its nested rows, becomes the webhook payload its topic carries
+   (`mappings.shopify_graphql`) and an inbox row with source `backfill`: the worker applies it through the same
+   parsers and handlers as a webhook, as history (no events: history fires no automation), last write wins on
+   `updated_at`, and the row's id (resource, object, `updatedAt`) makes a replay a no-op.
+
+A bulk operation that fails or expires, or a file that is gone, is reported with Shopify's reason and started
+again on the next run; a revoked token pauses the shop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from connector.clock import Clock, SystemClock, as_utc
+from connector.database import unit_of_work
+from connector.models import Backfill, BackfillRow, InboxEntry, Shop
+from connector.shopify import (
+    BulkBusy,
+    BulkFileGone,
+    ShopifyAuthFailed,
+    ShopifyClient,
+    ShopifyError,
+    ShopifyRetriable,
+)
+from mappings.shopify_graphql import RESOURCES, Resource, legacy_id, to_payload
+from sync.push import ShopPaused, pause_shop
+
+STAGE_CHUNK = 2000  # lines per commit while staging
+QUEUE_CHUNK = 500  # objects per commit while queuing
+ORDER = ("customers", "products", "orders", "checkouts")  # buyers before their orders, products before lines
+
+
+class BackfillError(Exception):
+    """This resource's backfill stopped; the message says why. Running it again resumes."""
+
+
+class BulkOperationFailed(BackfillError):
+    """Shopify's bulk operation failed, expired or never finished: the next run starts a new one."""
+
+
+@dataclass
+class Progress:
+    resource: str
+    step: str  # waiting | staging | queuing | done | failed
+    done: int
+    total: int
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class ResourceResult:
+    resource: str
+    status: str
+    objects: int
+    queued: int
+    error: str | None
+
+
+def _shop(engine: Engine, domain: str) -> Shop:
+    with unit_of_work(engine) as session:
+        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+        if shop is None:
+            raise BackfillError(f"no shop {domain}: add it with `connector shops add` first")
+        session.expunge(shop)
+    return shop
+
+
+def _search(since: datetime | None) -> str | None:
+    return f"created_at:>='{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'" if since else None
+
+
+def run_backfill(engine: Engine, client: ShopifyClient, domain: str, *, resources: Sequence[str] = ORDER,
+                 since: datetime | None = None, restart: bool = False, clock: Clock | None = None,
+                 progress: ProgressFn | None = None, poll_seconds: float = 1.0,
+                 sleep: Callable[[float], None] = time.sleep, timeout_seconds: float = 24 * 3600
+                 ) -> list[ResourceResult]:
+    """Backfill these resources of the shop; returns what happened to each. Safe to run again at any point.
+
+    Shopify refusing the access token pauses the shop (its other work stops too) and raises BackfillError."""
+    try:
+        return _run(engine, client, domain, resources=resources, since=since, restart=restart, clock=clock,
+                    progress=progress, poll_seconds=poll_seconds, sleep=sleep, timeout_seconds=timeout_seconds)
+    except ShopifyAuthFailed as exc:
+        shop = _shop(engine, domain)
+        with contextlib.suppress(ShopPaused):  # pausing raises it, to stop the caller's work: ours stops here
+            pause_shop(engine, shop.id or 0, exc)
+        raise BackfillError(f"{exc}; the shop is paused until the token is renewed") from None
+
+
+def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Sequence[str], since: datetime | None,
+         restart: bool, clock: Clock | None, progress: ProgressFn | None, poll_seconds: float,
+         sleep: Callable[[float], None], timeout_seconds: float) -> list[ResourceResult]:
+    clock = clock or SystemClock()
+    unknown = [r for r in resources if r not in RESOURCES]
+    if unknown:
+        raise BackfillError(f"unknown resource {unknown[0]!r}: choose from {', '.join(ORDER)}")
+    shop = _shop(engine, domain)
+    shop_id = shop.id or 0
+    wanted = [r for r in ORDER if r in resources]
+    runs = {r: _prepare(engine, shop_id, r, since=since, restart=restart, now=clock.now()) for r in wanted}
+    report = progress or (lambda _: None)
+    results: dict[str, ResourceResult] = {}
+    # Start every operation first (they run side by side in Shopify), then take the files one by one.
+    for name in wanted:
+        try:
+            _start(engine, client, runs[name], RESOURCES[name], sleep=sleep)
+        except ShopifyAuthFailed:
+            raise
+        except (BackfillError, ShopifyError) as exc:
+            results[name] = _failed(engine, runs[name], exc, clock.now())
+            report(Progress(name, "failed", 0, 0))
+    for name in wanted:
+        if name in results:
+            continue
+        run = runs[name]
+        try:
+            if run.status == "started":
+                run = _wait(engine, client, run, report, poll_seconds=poll_seconds, sleep=sleep,
+                            timeout_seconds=timeout_seconds, clock=clock)
+            if run.status == "staging":
+                run = _stage(engine, client, run, report)
+            if run.status == "queuing":
+                run = _queue(engine, run, RESOURCES[name], domain, report, now=clock.now())
+            results[name] = ResourceResult(name, run.status, run.objects, run.queued, None)
+            report(Progress(name, "done", run.queued, run.queued))
+        except ShopifyAuthFailed:
+            raise
+        except (BackfillError, ShopifyError) as exc:
+            results[name] = _failed(engine, run, exc, clock.now())
+            report(Progress(name, "failed", run.staged, run.objects))
+    return [results[name] for name in wanted]
+
+
+def _prepare(engine: Engine, shop_id: int, resource: str, *, since: datetime | None, restart: bool,
+             now: datetime) -> Backfill:
+    """The resource's backfill row: a finished, failed or restarted one begins again; an unfinished one resumes."""
+    with unit_of_work(engine) as session:
+        run = session.execute(sa.select(Backfill).where(col(Backfill.shop_id) == shop_id,
+                                                        col(Backfill.resource) == resource)).scalar_one_or_none()
+        if run is None:
+            run = Backfill(shop_id=shop_id, resource=resource)
+            session.add(run)
+        elif run.status not in ("done", "failed") and not restart and as_utc(run.since) == as_utc(since):
+            session.flush()
+            session.expunge(run)
+            return run
+        elif run.id is not None:
+            session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
+        run.status, run.since, run.operation_id, run.url, run.error = "started", since, None, None, None
+        run.objects = run.staged = run.queued = run.last_queued_line = 0
+        run.started_at, run.finished_at = now, None
+        session.flush()
+        session.expunge(run)
+    return run
+
+
+def _save(engine: Engine, run: Backfill, **values: object) -> Backfill:
+    with unit_of_work(engine) as session:
+        session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(**values))
+    for name, value in values.items():
+        setattr(run, name, value)
+    return run
+
+
+def _failed(engine: Engine, run: Backfill, exc: Exception, now: datetime) -> ResourceResult:
+    """Recorded with the reason; the staged lines and the count of queued objects are kept for the next run."""
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, (BulkFileGone, BulkOperationFailed)):
+        _save(engine, run, status="failed", error=reason, finished_at=now)  # the query must run again
+    else:
+        _save(engine, run, error=reason)  # resumable as it stands
+    return ResourceResult(run.resource, "failed", run.objects, run.queued, reason)
+
+
+def _start(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resource, *,
+           sleep: Callable[[float], None]) -> None:
+    if run.status != "started" or run.operation_id:
+        return
+    query = resource.bulk_query(_search(run.since))
+    for _ in range(60):  # the shop's bulk slots may be taken (by us or another app): wait for one
+        try:
+            _save(engine, run, operation_id=client.run_bulk_query(query), error=None)
+            return
+        except BulkBusy as exc:
+            sleep(exc.retry_after or 5.0)
+    raise BackfillError("Shopify kept refusing a new bulk operation: the shop's bulk query slots stay busy")
+
+
+def _wait(engine: Engine, client: ShopifyClient, run: Backfill, report: ProgressFn, *, poll_seconds: float,
+          sleep: Callable[[float], None], timeout_seconds: float, clock: Clock) -> Backfill:
+    assert run.operation_id is not None
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            status = client.bulk_operation(run.operation_id)
+        except ShopifyRetriable:
+            status = None
+        if status is not None and status.finished:
+            break
+        report(Progress(run.resource, "waiting", status.objects if status else 0, 0))
+        if time.monotonic() > deadline:
+            raise BulkOperationFailed(f"the bulk operation {run.operation_id} did not finish in time")
+        sleep(poll_seconds)
+    if status.status != "COMPLETED":
+        raise BulkOperationFailed(f"Shopify's bulk operation {status.id} ended {status.status}"
+                            + (f" ({status.error_code})" if status.error_code else "") + ": it runs again next time")
+    if not status.url:  # nothing matched: an empty history
+        return _save(engine, run, status="queuing", objects=0)
+    return _save(engine, run, status="staging", url=status.url, objects=status.objects)
+
+
+def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: ProgressFn) -> Backfill:
+    assert run.url is not None and run.id is not None
+    batch: list[dict[str, object]] = []
+    staged = run.staged
+
+    def flush() -> None:
+        nonlocal batch
+        with unit_of_work(engine) as session:
+            if batch:
+                session.execute(sa.insert(BackfillRow), batch)
+            session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(staged=staged))
+        run.staged, batch = staged, []
+        report(Progress(run.resource, "staging", staged, run.objects))
+
+    for number, raw in client.bulk_lines(run.url, skip=run.staged):
+        if not raw.endswith(b"\n"):
+            flush()
+            raise BackfillError(f"line {number} of the bulk file is cut off (the download broke): "
+                                f"{number - 1} lines are kept, the next run reads on from line {number}")
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+                raise ValueError("not an object with an id")
+        except ValueError as exc:
+            flush()
+            raise BackfillError(f"line {number} of the bulk file is unreadable ({exc})") from None
+        parent = obj.get("__parentId")
+        batch.append({"backfill_id": run.id, "line": number, "parent": parent if isinstance(parent, str) else None,
+                      "body": raw.decode().rstrip("\n")})
+        staged = number
+        if len(batch) >= STAGE_CHUNK:
+            flush()
+    flush()
+    return _save(engine, run, status="queuing", objects=max(run.objects, staged))
+
+
+def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, report: ProgressFn, *,
+           now: datetime) -> Backfill:
+    """Reassemble each object with its nested rows and queue it for the applier, a chunk per commit."""
+    assert run.id is not None
+    while True:
+        with unit_of_work(engine) as session:
+            parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
+                col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
+                col(BackfillRow.line) > run.last_queued_line).order_by(col(BackfillRow.line))
+                .limit(QUEUE_CHUNK)).tuples().all()
+            if not parents:
+                session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
+                session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
+                    status="done", finished_at=now, error=None))
+                run.status, run.finished_at, run.error = "done", now, None
+                return run
+            nodes = [json.loads(body) for _, body in parents]
+            children: dict[str, list[dict[str, Any]]] = {str(node["id"]): [] for node in nodes}
+            if resource.child_type:
+                for body in session.execute(sa.select(col(BackfillRow.body)).where(
+                        col(BackfillRow.backfill_id) == run.id,
+                        col(BackfillRow.parent).in_(list(children))).order_by(col(BackfillRow.line))).scalars():
+                    child = json.loads(body)
+                    children[str(child["__parentId"])].append(child)
+            rows = list(_inbox_rows(resource, domain, nodes, children, now))
+            if rows:
+                _insert_new(session, rows)
+            last = parents[-1][0]
+            queued = run.queued + len(nodes)
+            session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
+                last_queued_line=last, queued=queued))
+        run.last_queued_line, run.queued = last, queued
+        report(Progress(run.resource, "queuing", queued, queued + _left(engine, run)))
+
+
+def _left(engine: Engine, run: Backfill) -> int:
+    with unit_of_work(engine) as session:
+        return int(session.execute(sa.select(sa.func.count()).select_from(BackfillRow).where(
+            col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
+            col(BackfillRow.line) > run.last_queued_line)).scalar_one())
+
+
+def _inbox_rows(resource: Resource, domain: str, nodes: Iterable[dict[str, Any]],
+                children: dict[str, list[dict[str, Any]]], now: datetime) -> Iterable[dict[str, object]]:
+    for node in nodes:
+        payload = to_payload(resource.name, node, children.get(str(node["id"]), []))
+        ident = legacy_id(node.get("id"))
+        yield {"shop_domain": domain, "event_id": f"backfill:{resource.name}:{ident}:{node.get('updatedAt') or ''}",
+               "topic": resource.topic, "source": "backfill", "body": json.dumps(payload, separators=(",", ":")),
+               "status": "pending", "received_at": now}
+
+
+def _insert_new(session: Session, rows: list[dict[str, object]]) -> None:
+    """Inbox rows; one already there (same shop and event id) is left alone, so a replay is a no-op."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    table = InboxEntry.__table__  # type: ignore[attr-defined]
+    session.execute(insert(table).on_conflict_do_nothing(index_elements=["shop_domain", "event_id"]), rows)

@@ -1,0 +1,121 @@
+"""History backfill through Shopify bulk operations, end to end: the simulated Admin API serves a simulated
+store's JSONL over loopback, the worker applies it as history, the simulated Brevo receives the contacts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from connector.sandbox.shopify import SimulatedStore, StoreSize
+from connector.shopify import ShopifyClient
+from sync.backfill import BackfillError, run_backfill
+from tests.integration.harness import ADMIN_TOKEN, BREVO_KEY, SECRET, SHOP, Connector
+from tests.integration.test_cli import _connector
+
+START = datetime(2026, 8, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(connector: Connector) -> SimulatedStore:
+    simulated = SimulatedStore(SHOP, size=StoreSize(customers=30, guests=6, products=8), start=START)
+    connector.shopify.store = simulated
+    connector.shopify.bulk_seconds = 0.05
+    return simulated
+
+
+def _client(connector: Connector, token: str = ADMIN_TOKEN) -> ShopifyClient:
+    return ShopifyClient(SHOP, token, api_version="2026-01", admin_url=connector.shopify_server.url)
+
+
+def _backfill(connector: Connector, **kwargs: object) -> list[tuple[str, str, int]]:
+    results = run_backfill(connector.engine, _client(connector), SHOP, poll_seconds=0.02,
+                           **kwargs)  # type: ignore[arg-type]
+    return [(r.resource, r.status, r.queued) for r in results]
+
+
+def _count(connector: Connector, table: str) -> int:
+    return int(connector.rows(f"SELECT count(*) FROM {table}")[0][0])
+
+
+def test_a_backfill_brings_every_buyer_with_correct_totals_and_fires_no_automation(
+        connector: Connector, store: SimulatedStore) -> None:
+    abandoned = [c for c in store.checkouts if not c.get("completed_at")]
+    assert _backfill(connector) == [("customers", "done", len(store.customers)),
+                                    ("products", "done", len(store.products)),
+                                    ("orders", "done", len(store.orders)),
+                                    ("checkouts", "done", len(abandoned))]
+    connector.sync()
+    assert _count(connector, "orders") == len(store.orders)
+    assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
+    assert _count(connector, "refunds") == sum(len(o.get("refunds") or []) for o in store.orders)
+    # The simulation's own ledger; an order refunded in full is not a purchase for the connector (net 0 either way).
+    refunded = Counter(o["email"] for o in store.orders if o["financial_status"] == "refunded"
+                       and o["cancelled_at"] is None and not o["test"])
+    for email, totals in store.expected().buyers.items():
+        attributes = connector.contact(email)["attributes"]
+        assert attributes["ORDER_COUNT"] == totals.order_count - refunded[email], email
+        assert Decimal(str(attributes["TOTAL_SPENT"])) == totals.total_spent, email
+    assert connector.events() == []  # history fires no automation
+    assert _count(connector, "backfill_rows") == 0  # the staged file is gone once queued
+    collections = connector.rows("SELECT collections FROM products WHERE product_type IS NOT NULL")
+    assert collections and all(row[0] for row in collections)
+
+
+def test_running_a_finished_backfill_again_changes_nothing(connector: Connector, store: SimulatedStore) -> None:
+    _backfill(connector, resources=["customers", "orders"])
+    connector.sync()
+    inbox, brevo_calls = _count(connector, "inbox"), len(connector.brevo.calls)
+    _backfill(connector, resources=["customers", "orders"])
+    assert _count(connector, "inbox") == inbox  # the same objects: the same deliveries, already there
+    connector.sync()
+    assert len([c for c in connector.brevo.calls[brevo_calls:] if c.path.startswith("/v3/contacts")]) == 0
+
+
+def test_a_download_cut_off_mid_line_is_refused_and_the_next_run_reads_on(
+        connector: Connector, store: SimulatedStore) -> None:
+    connector.shopify.bulk_faults.append("truncate")
+    [(resource, status, queued)] = _backfill(connector, resources=["orders"])
+    assert (resource, status, queued) == ("orders", "failed", 0)
+    [row] = connector.rows("SELECT status, staged, error FROM backfills WHERE resource = 'orders'")
+    assert row.status == "staging" and row.staged > 0 and "cut off" in row.error
+    assert _backfill(connector, resources=["orders"]) == [("orders", "done", len(store.orders))]
+    connector.sync()
+    assert _count(connector, "orders") == len(store.orders)
+
+
+def test_a_failed_bulk_operation_is_reported_with_shopifys_reason_and_runs_again(
+        connector: Connector, store: SimulatedStore) -> None:
+    connector.shopify.bulk_faults.append("fail")
+    results = run_backfill(connector.engine, _client(connector), SHOP, resources=["customers"], poll_seconds=0.02)
+    assert results[0].status == "failed" and "ended FAILED (INTERNAL_SERVER_ERROR)" in (results[0].error or "")
+    assert _backfill(connector, resources=["customers"]) == [("customers", "done", len(store.customers))]
+
+
+def test_a_revoked_token_pauses_the_shop_with_the_reason(connector: Connector, store: SimulatedStore) -> None:
+    with pytest.raises(BackfillError, match="refused the access token"):
+        run_backfill(connector.engine, _client(connector, token="revoked"), SHOP, poll_seconds=0.02)
+    [row] = connector.rows("SELECT status, paused_reason FROM shops")
+    assert row.status == "paused" and "access token" in row.paused_reason
+
+
+def test_the_backfill_command_reports_each_resource_and_resumes_after_a_failure(
+        connector: Connector, store: SimulatedStore, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": connector.settings.database_url, "SHOPIFY_SHOP": SHOP, "SHOPIFY_ACCESS_TOKEN": ADMIN_TOKEN,
+           "SHOPIFY_ADMIN_URL": connector.shopify_server.url, "SHOPIFY_API_SECRET": SECRET,
+           "BREVO_API_KEY": BREVO_KEY}
+    connector.shopify.bulk_faults.append("fail")
+    first = _connector("backfill", "--shop", SHOP, "--resources", "customers,products", env=env, cwd=tmp_path)
+    assert first.returncode == 1
+    assert "customers: failed, 0 objects queued (0 lines read): Shopify's bulk operation" in first.stdout
+    assert "ended FAILED (INTERNAL_SERVER_ERROR)" in first.stdout
+    assert f"products: done, {len(store.products)} objects queued" in first.stdout
+    assert first.stderr.strip() == "error: the backfill is not complete; run it again to resume"
+    second = _connector("backfill", "--shop", SHOP, "--resources", "customers", env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert f"customers: done, {len(store.customers)} objects queued" in second.stdout
+    unknown = _connector("backfill", "--shop", SHOP, "--resources", "carts", env=env, cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown resource 'carts'" in unknown.stderr
