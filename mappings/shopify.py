@@ -179,12 +179,24 @@ class CustomerRecord:
             created_at=timestamp(payload.get("created_at"), "created_at"),
             updated_at=timestamp(payload.get("updated_at"), "updated_at"),
             note=_text(payload, "note"),
-            birthday=birthday_from(_text(payload, "note"), tags),
+            birthday=_metafield_birthday(payload) or birthday_from(_text(payload, "note"), tags),
         )
 
 
 _BIRTHDAY = re.compile(r"(?:birthday|birthdate|date of birth|dob)\s*[:=]?\s*(\d{4}-\d{2}-\d{2}|-{0,2}\d{2}-\d{2})",
                        re.IGNORECASE)
+
+
+def _metafield_birthday(payload: Mapping[str, Any]) -> str | None:
+    """Shopify's standard customer birthday metafield (`facts.birth_date`, a date), which GraphQL reads carry
+    as `birth_date` (webhooks carry no metafields)."""
+    value = _text(payload, "birth_date")
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value[:10]).isoformat()
+    except ValueError:
+        raise PayloadError(f"'birth_date' is not a date: {value!r}") from None
 
 
 def birthday_from(note: str | None, tags: Any) -> str | None:

@@ -19,6 +19,7 @@ _ADDRESS = "firstName lastName phone city countryCodeV2"
 
 CUSTOMER_FIELDS = f"""
       id firstName lastName note tags locale state createdAt updatedAt
+      birthDate: metafield(namespace: "facts", key: "birth_date") {{ value }}
       defaultEmailAddress {{ emailAddress marketingState marketingOptInLevel marketingUpdatedAt }}
       defaultPhoneNumber {{ phoneNumber marketingState marketingOptInLevel marketingUpdatedAt
                             marketingCollectedFrom }}
@@ -151,6 +152,7 @@ def customer_payload(node: Mapping[str, Any]) -> JSON:
         "first_name": node.get("firstName"), "last_name": node.get("lastName"), "note": node.get("note"),
         "tags": _tags(node.get("tags")), "locale": node.get("locale"), "state": _lower(node.get("state")),
         "created_at": node.get("createdAt"), "updated_at": node.get("updatedAt"),
+        "birth_date": _contact(node, "birthDate", "value"),
         "default_address": _address(node.get("defaultAddress")),
         "email_marketing_consent": _consent(email, "email"),
         "sms_marketing_consent": _consent(phone, "sms"),

@@ -210,7 +210,9 @@ def apply_customer(ctx: ApplyContext, rec: CustomerRecord, *, created: bool = Fa
     row.country_code, row.city, row.state = rec.country_code, rec.city, rec.state
     if rec.tags is not None:
         row.tags = rec.tags
-    row.note, row.birthday = rec.note, rec.birthday
+    row.note = rec.note
+    if rec.birthday is not None:  # a webhook without the metafield keeps the birthday a GraphQL read stored
+        row.birthday = rec.birthday
     row.deleted = False
     row.created_at_src = rec.created_at or row.created_at_src
     row.updated_at_src = rec.updated_at or row.updated_at_src

@@ -105,7 +105,13 @@ def customer_node(customer: Mapping[str, Any], consents: Consents) -> JSON:
             "marketingUpdatedAt": sms.get("consent_updated_at"),
             "marketingCollectedFrom": sms.get("consent_collected_from")} if customer.get("phone") else None,
         "defaultAddress": _address(customer.get("default_address")),
+        "birthDate": {"value": birth_date(int(customer["id"]))} if int(customer["id"]) % 4 == 0 else None,
     }
+
+
+def birth_date(customer_id: int) -> str:
+    """The birthday the simulated store keeps in a quarter of its customers' `facts.birth_date` metafield."""
+    return f"{1960 + customer_id % 40}-{customer_id % 12 + 1:02d}-{customer_id % 28 + 1:02d}"
 
 
 _FULFILMENT = {"fulfilled": "FULFILLED", "partial": "PARTIALLY_FULFILLED", "restocked": "RESTOCKED"}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from connector.sandbox.shopify import SimulatedStore, StoreSize
+from connector.sandbox.shopify_bulk import birth_date
 from connector.shopify import ShopifyClient
 from sync.backfill import BackfillError, run_backfill
 from tests.integration.harness import ADMIN_TOKEN, BREVO_KEY, SECRET, SHOP, Connector
@@ -63,6 +64,20 @@ def test_a_backfill_brings_every_buyer_with_correct_totals_and_fires_no_automati
     assert _count(connector, "backfill_rows") == 0  # the staged file is gone once queued
     collections = connector.rows("SELECT collections FROM products WHERE product_type IS NOT NULL")
     assert collections and all(row[0] for row in collections)
+    birthdays = {row.customer_id: row.birthday for row in connector.rows("SELECT customer_id, birthday FROM customers")}
+    assert {i: b for i, b in birthdays.items() if b} == {
+        c["id"]: birth_date(c["id"]) for c in store.customers if c["id"] % 4 == 0}  # from `facts.birth_date`
+
+
+def test_a_webhook_without_metafields_keeps_the_birthday_a_backfill_read(
+        connector: Connector, store: SimulatedStore) -> None:
+    customer = next(c for c in store.customers if c["id"] % 4 == 0)
+    _backfill(connector, resources=["customers"])
+    connector.sync()
+    connector.post("customers/update", {**customer, "updated_at": "2026-11-01T00:00:00Z"})
+    connector.sync()
+    [row] = connector.rows("SELECT birthday FROM customers WHERE customer_id = :i", i=customer["id"])
+    assert row.birthday == birth_date(customer["id"])
 
 
 def test_running_a_finished_backfill_again_changes_nothing(connector: Connector, store: SimulatedStore) -> None:

@@ -109,3 +109,11 @@ def test_malformed_order_fails_naming_the_field(field: str, value: object, messa
     payload[field] = value
     with pytest.raises(PayloadError, match=message):
         OrderRecord.from_payload(payload)
+
+
+def test_a_birthday_comes_from_the_standard_metafield_before_the_note() -> None:
+    payload = {"id": 7, "email": "b@example.com", "note": "birthday: 1985-01-02", "birth_date": "1990-05-12"}
+    assert CustomerRecord.from_payload(payload).birthday == "1990-05-12"
+    assert CustomerRecord.from_payload({**payload, "birth_date": None}).birthday == "1985-01-02"
+    with pytest.raises(PayloadError, match="'birth_date' is not a date"):
+        CustomerRecord.from_payload({**payload, "birth_date": "12/05/1990"})
