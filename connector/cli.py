@@ -395,8 +395,7 @@ def backfill(shop: ShopOption,
     from sqlmodel import col
 
     from connector.models import Shop
-    from connector.shopify import ShopifyClient
-    from connector.shops import ShopError, credentials, normalise_domain
+    from connector.shops import ShopError, normalise_domain, shopify_client
     from sync.backfill import BackfillError, run_backfill
     from sync.backfill import Progress as Step
 
@@ -411,11 +410,9 @@ def backfill(shop: ShopOption,
         found = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
     if found is None:
         raise _fail(f"no shop {domain}: add it with `connector shops add` first")
-    token = credentials(found, settings).shopify_access_token
-    if not token:
+    client = shopify_client(found, settings)
+    if client is None:
         raise _fail(f"no Shopify access token for {domain}")
-    client = ShopifyClient(domain, token, api_version=settings.shopify_api_version,
-                           admin_url=settings.shopify_admin_url)
     with Progress(TextColumn("{task.description:<10}"), TextColumn("{task.fields[step]:<8}"), BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=console,
                   disable=not console.is_terminal) as bars:
@@ -432,7 +429,7 @@ def backfill(shop: ShopOption,
         except BackfillError as exc:
             raise _fail(str(exc)) from None
     for result in results:
-        line = f"{result.resource}: {result.status}, {result.queued} objects queued ({result.objects} lines read)"
+        line = f"{result.resource}: {result.status}, {result.queued} objects queued ({result.lines_read} lines read)"
         console.print(line + (f": {result.error}" if result.error else ""), highlight=False, soft_wrap=True)
     if any(r.status != "done" for r in results):
         raise _fail("the backfill is not complete; run it again to resume", code=1)

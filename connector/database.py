@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -27,6 +28,15 @@ def normalise_url(url: str) -> str:
 
 
 IN_LIST = 500  # values per IN (...) list: well inside every driver's parameter limit
+
+
+def insert_new(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """Insert rows, leaving alone any whose unique `keys` are already there ("do nothing on conflict"), on
+    PostgreSQL and SQLite alike: how replays, redeliveries and re-runs become no-ops."""
+    if not rows:
+        return
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(model.__table__).on_conflict_do_nothing(index_elements=keys), rows)
 
 
 def chunked(values: Iterable[Any], size: int = IN_LIST) -> Iterator[list[Any]]:

@@ -420,7 +420,7 @@ class Backfill(SQLModel, table=True):
     since: datetime | None = _ts()
     operation_id: str | None = Field(default=None, max_length=200)
     url: str | None = Field(default=None, sa_type=sa.Text)
-    objects: int = 0  # lines in Shopify's file (objects and their nested rows)
+    lines: int = 0  # in Shopify's file: objects and their nested rows
     staged: int = 0  # lines of it stored
     queued: int = 0  # objects handed to the applier
     last_queued_line: int = 0

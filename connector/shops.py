@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -14,6 +15,7 @@ from connector.database import unit_of_work
 from connector.models import Shop
 from connector.secrets import SecretBox
 from connector.settings import MissingSetting, Settings
+from connector.shopify import ShopifyClient
 
 SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
 
@@ -117,3 +119,12 @@ def configure_shop(engine: Engine, domain: str, text: str) -> dict:
 
         session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id).values(dirty=True))
     return config.to_dict()
+
+
+def shopify_client(shop: Shop, settings: Settings, **kwargs: Any) -> ShopifyClient | None:
+    """The shop's Admin API client (pinned version, the sandbox's address when set), or None without a token."""
+    token = credentials(shop, settings).shopify_access_token
+    if not token:
+        return None
+    return ShopifyClient(shop.domain, token, api_version=settings.shopify_api_version,
+                         admin_url=settings.shopify_admin_url, **kwargs)

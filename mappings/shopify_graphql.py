@@ -67,7 +67,6 @@ class Resource:
     topic: str
     fields: str
     child_type: str | None  # the nested connection's node type, reassembled from `__parentId` rows
-    search: str = "updated_at"  # the search field bookmarks and `--since` filter on
 
     def bulk_query(self, search: str | None) -> str:
         argument = f'(query: "{search}")' if search else ""
@@ -82,17 +81,16 @@ RESOURCES: dict[str, Resource] = {r.name: r for r in (
 )}
 
 
-def gid_type(gid: str) -> str:
-    """`gid://shopify/LineItem/123` -> `LineItem`."""
-    parts = gid.split("/")
-    return parts[3] if len(parts) > 4 and gid.startswith("gid://shopify/") else ""
-
-
 def legacy_id(gid: Any) -> int | None:
     if not isinstance(gid, str):
         return None
     tail = gid.rsplit("/", 1)[-1].split("?", 1)[0]
     return int(tail) if tail.isdigit() else None
+
+
+def _ref_id(value: Any) -> int | None:
+    """The numeric id of a referenced object (`product { id }`), or None."""
+    return legacy_id(value.get("id")) if isinstance(value, Mapping) else None
 
 
 def _lower(value: Any) -> str | None:
@@ -174,8 +172,8 @@ _FULFILMENT = {"FULFILLED": "fulfilled", "PARTIALLY_FULFILLED": "partial", "REST
 def _order_line(node: Mapping[str, Any]) -> JSON:
     return {
         "id": legacy_id(node.get("id")), "admin_graphql_api_id": node.get("id"),
-        "product_id": legacy_id(_contact({"v": node.get("product")}, "v", "id")),
-        "variant_id": legacy_id(_contact({"v": node.get("variant")}, "v", "id")),
+        "product_id": _ref_id(node.get("product")),
+        "variant_id": _ref_id(node.get("variant")),
         "title": node.get("title"), "variant_title": node.get("variantTitle"), "sku": node.get("sku"),
         "vendor": node.get("vendor"), "quantity": node.get("quantity", 0),
         "price_set": _money_set(node.get("originalUnitPriceSet")),
@@ -250,8 +248,7 @@ def checkout_payload(node: Mapping[str, Any], lines: Sequence[Mapping[str, Any]]
         "shipping_address": _address(node.get("shippingAddress")),
         "created_at": node.get("createdAt"), "updated_at": node.get("updatedAt"),
         "completed_at": node.get("completedAt"),
-        "line_items": [{"product_id": legacy_id(_contact({"v": li.get("product")}, "v", "id")),
-                        "variant_id": legacy_id(_contact({"v": li.get("variant")}, "v", "id")),
+        "line_items": [{"product_id": _ref_id(li.get("product")), "variant_id": _ref_id(li.get("variant")),
                         "title": li.get("title"), "sku": li.get("sku"), "quantity": li.get("quantity", 0),
                         "price_set": _money_set(li.get("originalUnitPriceSet")),
                         "line_price_set": _money_set(li.get("discountedTotalPriceSet"))} for li in lines],

@@ -29,13 +29,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import unit_of_work
+from connector.database import insert_new, unit_of_work
 from connector.models import Backfill, BackfillRow, InboxEntry, Shop
 from connector.shopify import (
     BulkBusy,
@@ -76,7 +74,7 @@ ProgressFn = Callable[[Progress], None]
 class ResourceResult:
     resource: str
     status: str
-    objects: int
+    lines_read: int
     queued: int
     error: str | None
 
@@ -146,13 +144,13 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
                 run = _stage(engine, client, run, report)
             if run.status == "queuing":
                 run = _queue(engine, run, RESOURCES[name], domain, report, now=clock.now())
-            results[name] = ResourceResult(name, run.status, run.objects, run.queued, None)
+            results[name] = ResourceResult(name, run.status, run.staged, run.queued, None)
             report(Progress(name, "done", run.queued, run.queued))
         except ShopifyAuthFailed:
             raise
         except (BackfillError, ShopifyError) as exc:
             results[name] = _failed(engine, run, exc, clock.now())
-            report(Progress(name, "failed", run.staged, run.objects))
+            report(Progress(name, "failed", run.staged, run.lines))
     return [results[name] for name in wanted]
 
 
@@ -172,7 +170,7 @@ def _prepare(engine: Engine, shop_id: int, resource: str, *, since: datetime | N
         elif run.id is not None:
             session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
         run.status, run.since, run.operation_id, run.url, run.error = "started", since, None, None, None
-        run.objects = run.staged = run.queued = run.last_queued_line = 0
+        run.lines = run.staged = run.queued = run.last_queued_line = 0
         run.started_at, run.finished_at = now, None
         session.flush()
         session.expunge(run)
@@ -194,7 +192,7 @@ def _failed(engine: Engine, run: Backfill, exc: Exception, now: datetime) -> Res
         _save(engine, run, status="failed", error=reason, finished_at=now)  # the query must run again
     else:
         _save(engine, run, error=reason)  # resumable as it stands
-    return ResourceResult(run.resource, "failed", run.objects, run.queued, reason)
+    return ResourceResult(run.resource, "failed", run.staged, run.queued, reason)
 
 
 def _start(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resource, *,
@@ -230,8 +228,8 @@ def _wait(engine: Engine, client: ShopifyClient, run: Backfill, report: Progress
         raise BulkOperationFailed(f"Shopify's bulk operation {status.id} ended {status.status}"
                             + (f" ({status.error_code})" if status.error_code else "") + ": it runs again next time")
     if not status.url:  # nothing matched: an empty history
-        return _save(engine, run, status="queuing", objects=0)
-    return _save(engine, run, status="staging", url=status.url, objects=status.objects)
+        return _save(engine, run, status="queuing", lines=0)
+    return _save(engine, run, status="staging", url=status.url, lines=status.objects)
 
 
 def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: ProgressFn) -> Backfill:
@@ -246,7 +244,7 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
                 session.execute(sa.insert(BackfillRow), batch)
             session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(staged=staged))
         run.staged, batch = staged, []
-        report(Progress(run.resource, "staging", staged, run.objects))
+        report(Progress(run.resource, "staging", staged, run.lines))
 
     for number, raw in client.bulk_lines(run.url, skip=run.staged):
         if not raw.endswith(b"\n"):
@@ -267,7 +265,7 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
         if len(batch) >= STAGE_CHUNK:
             flush()
     flush()
-    return _save(engine, run, status="queuing", objects=max(run.objects, staged))
+    return _save(engine, run, status="queuing", lines=max(run.lines, staged))
 
 
 def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, report: ProgressFn, *,
@@ -295,8 +293,7 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
                     child = json.loads(body)
                     children[str(child["__parentId"])].append(child)
             rows = list(_inbox_rows(resource, domain, nodes, children, now))
-            if rows:
-                _insert_new(session, rows)
+            insert_new(session, InboxEntry, rows, ["shop_domain", "event_id"])  # a replay is a no-op
             last = parents[-1][0]
             queued = run.queued + len(nodes)
             session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
@@ -320,10 +317,3 @@ def _inbox_rows(resource: Resource, domain: str, nodes: Iterable[dict[str, Any]]
         yield {"shop_domain": domain, "event_id": f"backfill:{resource.name}:{ident}:{node.get('updatedAt') or ''}",
                "topic": resource.topic, "source": "backfill", "body": json.dumps(payload, separators=(",", ":")),
                "status": "pending", "received_at": now}
-
-
-def _insert_new(session: Session, rows: list[dict[str, object]]) -> None:
-    """Inbox rows; one already there (same shop and event id) is left alone, so a replay is a no-op."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    table = InboxEntry.__table__  # type: ignore[attr-defined]
-    session.execute(insert(table).on_conflict_do_nothing(index_elements=["shop_domain", "event_id"]), rows)

@@ -15,12 +15,11 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import as_utc
-from connector.database import chunked
+from connector.database import chunked, insert_new
 from connector.models import Contact, Customer, LoyaltyReward, Order, Refund, Shop
 from loyalty import program as lp
 from loyalty.rules import LoyaltyRules
@@ -244,14 +243,14 @@ def request_reward(session: Session, shop_id: int, contact_key: str, rules: Loya
         return waiting
     count = session.execute(sa.select(sa.func.count()).select_from(LoyaltyReward).where(
         col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.contact_key) == contact_key)).scalar_one()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    table = LoyaltyReward.__table__  # type: ignore[attr-defined]
-    session.execute(insert(table).on_conflict_do_nothing(index_elements=["shop_id", "request_key"]), [{
-        "shop_id": shop_id, "contact_key": contact_key, "request_key": f"{contact_key}:{count + 1}",
+    request_key = f"{contact_key}:{count + 1}"
+    insert_new(session, LoyaltyReward, [{
+        "shop_id": shop_id, "contact_key": contact_key, "request_key": request_key,
         "source": source, "points": rules.reward_every_points, "value": rules.reward_value, "code": new_code(),
-        "status": "requested", "attempts": 0, "next_attempt_at": None, "requested_at": now}])
+        "status": "requested", "attempts": 0, "next_attempt_at": None, "requested_at": now}],
+        ["shop_id", "request_key"])
     return session.execute(sa.select(LoyaltyReward).where(
-        col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.request_key) == f"{contact_key}:{count + 1}")
+        col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.request_key) == request_key)
     ).scalars().first()
 
 

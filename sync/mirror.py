@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
-from connector.database import chunked
+from connector.database import chunked, insert_new
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, OutboxEntry, Product, Refund
 
 M = TypeVar("M", bound=SQLModel)
@@ -259,9 +258,4 @@ class BatchMirror:
 
 def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
     """Unique per (shop, idempotency key): a key already there is left alone (exactly once)."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = OutboxEntry.__table__  # type: ignore[attr-defined]
-    session.execute(insert(table).on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"]), rows)
+    insert_new(session, OutboxEntry, rows, ["shop_id", "idempotency_key"])

@@ -32,8 +32,8 @@ from connector.clock import Clock, SystemClock, as_utc
 from connector.database import unit_of_work
 from connector.models import Contact, DeadLetter, InboxEntry, Product, Shop, UTCDateTime
 from connector.settings import Settings
-from connector.shopify import CostBudget, ShopifyClient
-from connector.shops import credentials
+from connector.shopify import CostBudget
+from connector.shops import credentials, shopify_client
 from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
@@ -192,13 +192,11 @@ class Worker:
         """Requested reward codes are created in Shopify (outside any transaction), then deducted."""
         if not due_rewards(self.engine, lease.shop_id, self.clock):
             return 0
-        token = credentials(shop, self.settings).shopify_access_token
-        if not token:
+        client = shopify_client(shop, self.settings, http=self.http,
+                                budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
+        if client is None:
             log.warning("shop %s: reward codes wait, no Shopify access token", lease.domain)
             return 0
-        client = ShopifyClient(shop.domain, token, api_version=self.settings.shopify_api_version,
-                               admin_url=self.settings.shopify_admin_url, http=self.http,
-                               budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
         return issue_rewards(self.engine, lease, client, self.clock, lease_seconds=self.settings.lease_seconds)
 
     def _prepare_brevo(self, lease: Lease, shop: Shop, client: BrevoClient) -> Shop | None:

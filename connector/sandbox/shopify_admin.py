@@ -79,6 +79,7 @@ class ShopifyAdminSandbox:
         self._available, self._at = self.bucket_size, time.monotonic()
         self._ids = itertools.count(1_000_001)
         self._consents: Consents | None = None
+        self._bulk_base = ""  # this server's own address, for the files' URLs (known from the first request)
         self.app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"]),
                                      Route("/bulk/{number}.jsonl", self._bulk_file, methods=["GET"])])
 

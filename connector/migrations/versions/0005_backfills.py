@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column('since', sa.DateTime(timezone=True), nullable=True),
         sa.Column('operation_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
         sa.Column('url', sa.Text(), nullable=True),
-        sa.Column('objects', sa.Integer(), nullable=False),
+        sa.Column('lines', sa.Integer(), nullable=False),
         sa.Column('staged', sa.Integer(), nullable=False),
         sa.Column('queued', sa.Integer(), nullable=False),
         sa.Column('last_queued_line', sa.Integer(), nullable=False),
