@@ -18,6 +18,7 @@ import httpx
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
 
 from mappings.identity import customer_gid
+from mappings.shopify_graphql import JSON, Resource
 
 CENT = Decimal("0.01")
 
@@ -81,8 +82,21 @@ class BulkStatus:
         return self.status in ("COMPLETED", "FAILED", "CANCELED", "EXPIRED")
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a resource: each object with its nested rows, and where the next page starts."""
+
+    objects: list[tuple[JSON, list[JSON]]]
+    end_cursor: str | None
+    has_next: bool
+
+
 class BulkBusy(ShopifyRetriable):
     """The shop already runs as many bulk queries as Shopify allows: start this one later."""
+
+
+class BulkTimedOut(ShopifyRetriable):
+    """A bulk operation still runs past the caller's deadline."""
 
 
 class _BulkQueries:
@@ -111,6 +125,23 @@ class _BulkQueries:
             raise ShopifyRejected(f"Shopify knows no bulk operation {operation_id}")
         return BulkStatus(id=operation_id, status=str(node.get("status")), error_code=node.get("errorCode"),
                           objects=int(node.get("objectCount") or 0), url=node.get("url"))
+
+    def wait_bulk(self, operation_id: str, *, deadline: float, poll_seconds: float,
+                  sleep: Callable[[float], None], waiting: Callable[[BulkStatus | None], None] = lambda _: None
+                  ) -> BulkStatus:
+        """Poll a bulk operation until it finishes (`waiting` hears each unfinished status, None while Shopify
+        is briefly unreachable); past the `time.monotonic()` deadline, BulkTimedOut."""
+        while True:
+            try:
+                status: BulkStatus | None = self.bulk_operation(operation_id)
+            except ShopifyRetriable:
+                status = None
+            if status is not None and status.finished:
+                return status
+            waiting(status)
+            if time.monotonic() > deadline:
+                raise BulkTimedOut(f"the bulk operation {operation_id} did not finish in time")
+            sleep(poll_seconds)
 
     def bulk_lines(self, url: str, *, skip: int = 0) -> Iterator[tuple[int, bytes]]:
         """(line number from 1, raw line) of a bulk file, streamed: never held whole. The first `skip` lines
@@ -152,7 +183,10 @@ def _wait(state: RetryCallState) -> float:
 class ShopifyClient(_BulkQueries):
     def __init__(self, shop_domain: str, access_token: str, *, api_version: str, admin_url: str | None = None,
                  http: httpx.Client | None = None, budget: CostBudget | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 refresh_token: Callable[[str], str | None] | None = None) -> None:
+        """`refresh_token`, given the refused token, returns a fresh one (an expiring offline token renewed) or
+        None; a refused token is then replaced once and the query sent again before the shop is paused."""
         base = admin_url or f"https://{shop_domain}"
         self.url = f"{base}/admin/api/{api_version}/graphql.json"
         self.shop_domain = shop_domain
@@ -161,13 +195,22 @@ class ShopifyClient(_BulkQueries):
         self.http = http or httpx.Client(timeout=30.0)
         self.budget = budget or CostBudget()
         self.sleep = sleep
+        self.refresh_token = refresh_token
 
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None, *, cost: float = 10.0
                 ) -> dict[str, Any]:
         """`data` of one query; retried while Shopify says to wait, raised as a classified error otherwise."""
         call = retry(retry=retry_if_exception_type(ShopifyRetriable), stop=stop_after_attempt(3), wait=_wait,
                      sleep=self.sleep, reraise=True)(self._once)
-        return call(query, variables, cost)
+        try:
+            return call(query, variables, cost)
+        except ShopifyAuthFailed:
+            refused = self.headers["X-Shopify-Access-Token"]
+            fresh = self.refresh_token(refused) if self.refresh_token else None
+            if not fresh or fresh == refused:
+                raise
+            self.headers["X-Shopify-Access-Token"] = fresh
+            return call(query, variables, cost)
 
     def _once(self, query: str, variables: Mapping[str, Any] | None, cost: float) -> dict[str, Any]:
         pause = self.budget.wait_for(cost, time.monotonic())
@@ -204,6 +247,35 @@ class ShopifyClient(_BulkQueries):
         if not isinstance(data, dict):
             raise ShopifyRejected("Shopify answered without data")
         return data
+
+    # --- pages of a resource (reconciliation polls) ----------------------------------------------------
+
+    def page(self, resource: Resource, search: str, after: str | None = None) -> Page:
+        """The objects matching a search (`updated_at:>='…'`), oldest change first where Shopify can sort so."""
+        data = self.graphql(resource.page_query(), {"first": resource.page_size, "after": after, "query": search},
+                            cost=resource.page_cost)
+        connection = data.get(resource.root)
+        if not isinstance(connection, dict):
+            raise ShopifyRejected(f"Shopify answered without {resource.root}")
+        info = connection.get("pageInfo") or {}
+        objects = [resource.split(edge["node"]) for edge in connection.get("edges") or []
+                   if isinstance(edge, dict) and isinstance(edge.get("node"), dict)]
+        return Page(objects=objects, end_cursor=info.get("endCursor"), has_next=bool(info.get("hasNextPage")))
+
+    def granted_scopes(self) -> set[str]:
+        """The access scopes the merchant granted the app (`read_all_orders` decides how far back orders go)."""
+        data = self.graphql("query scopes { currentAppInstallation { accessScopes { handle } } }", cost=1)
+        installation = data.get("currentAppInstallation") or {}
+        return {str(s.get("handle")) for s in installation.get("accessScopes") or [] if isinstance(s, dict)}
+
+    def count(self, resource: Resource) -> int | None:
+        """How many objects Shopify holds of a resource (None where it has no count, or caps it)."""
+        field = f"{resource.root}Count"  # Shopify names each count after its connection
+        data = self.graphql(f"query counts {{ {field}(limit: null) {{ count precision }} }}", cost=1)
+        found = data.get(field)
+        if not isinstance(found, dict) or found.get("precision") not in (None, "EXACT"):
+            return None
+        return int(found.get("count") or 0)
 
     # --- discount codes (loyalty rewards) ------------------------------------------------------------
 

@@ -60,24 +60,55 @@ CHECKOUT_FIELDS = f"""
 
 @dataclass(frozen=True)
 class Resource:
-    """One kind of history: its GraphQL root, the webhook topic its objects stand for, and its query."""
+    """One kind of history: its GraphQL root, the webhook topic its objects stand for, and its queries."""
 
     name: str  # customers | orders | products | checkouts
     root: str  # the GraphQL connection
     topic: str
     fields: str
     child_type: str | None  # the nested connection's node type, reassembled from `__parentId` rows
+    nested: str | None  # the nested connection's field
+    page_size: int  # objects per page of a poll, and nested rows per object, so that a page costs under
+    nested_size: int  # Shopify's 1,000-point ceiling for one query
+    sortable: bool  # has sortKey UPDATED_AT (abandonedCheckouts has not)
 
     def bulk_query(self, search: str | None) -> str:
         argument = f'(query: "{search}")' if search else ""
         return f"{{ {self.root}{argument} {{ edges {{ node {{{self.fields}\n    }} }} }} }}"
 
+    def page_query(self) -> str:
+        """One page of `updated_at`-bounded objects, nested rows inline (an ordinary query needs `first` on
+        every connection, a bulk query none)."""
+        fields = self.fields
+        if self.nested:
+            fields = fields.replace(f"{self.nested} {{", f"{self.nested}(first: {self.nested_size}) {{", 1)
+        sort = ", sortKey: UPDATED_AT" if self.sortable else ""
+        return (f"query page($first: Int!, $after: String, $query: String) {{\n"
+                f"  {self.root}(first: $first, after: $after, query: $query{sort}) {{\n"
+                f"    pageInfo {{ hasNextPage endCursor }}\n    edges {{ node {{{fields}\n    }} }}\n  }}\n}}")
+
+    @property
+    def page_cost(self) -> int:
+        """Shopify's requested cost of one page: each object, and each nested row it may carry."""
+        return self.page_size * (1 + (self.nested_size if self.nested else 0)) + 1
+
+    def split(self, node: Mapping[str, Any]) -> tuple[JSON, list[JSON]]:
+        """A page's object and its nested rows, in the shape a bulk file gives them (`mappings` reads both)."""
+        obj = dict(node)
+        if not self.nested:
+            return obj, []
+        connection = obj.pop(self.nested, None) or {}
+        edges = connection.get("edges") if isinstance(connection, Mapping) else None
+        return obj, [dict(e["node"]) for e in edges or [] if isinstance(e, Mapping) and isinstance(e.get("node"),
+                                                                                                    Mapping)]
+
 
 RESOURCES: dict[str, Resource] = {r.name: r for r in (
-    Resource("customers", "customers", "customers/update", CUSTOMER_FIELDS, None),
-    Resource("products", "products", "products/update", PRODUCT_FIELDS, "Collection"),
-    Resource("orders", "orders", "orders/updated", ORDER_FIELDS, "LineItem"),
-    Resource("checkouts", "abandonedCheckouts", "checkouts/update", CHECKOUT_FIELDS, "AbandonedCheckoutLineItem"),
+    Resource("customers", "customers", "customers/update", CUSTOMER_FIELDS, None, None, 100, 0, True),
+    Resource("products", "products", "products/update", PRODUCT_FIELDS, "Collection", "collections", 50, 10, True),
+    Resource("orders", "orders", "orders/updated", ORDER_FIELDS, "LineItem", "lineItems", 25, 30, True),
+    Resource("checkouts", "abandonedCheckouts", "checkouts/update", CHECKOUT_FIELDS, "AbandonedCheckoutLineItem",
+             "lineItems", 25, 30, False),
 )}
 
 

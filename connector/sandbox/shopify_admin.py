@@ -6,7 +6,10 @@ bucket (2,000 points, 100 restored per second, as on standard plans) and a query
 answered `THROTTLED`. Faults can be injected: the next calls answer a given HTTP status or are throttled.
 
 Operations: `discountCodeBasicCreate` (codes unique per store, required fields checked as Shopify does),
-`codeDiscountNodeByCode`, and bulk queries over a simulated store's data: `bulkOperationRunQuery` (at most five
+`codeDiscountNodeByCode`; pages of `customers`, `orders`, `products` and `abandonedCheckouts` (`first`/`after`,
+`query` with `updated_at`/`created_at` bounds, `sortKey: UPDATED_AT`, nested rows inline; each page costs its
+objects and rows, and is refused `THROTTLED` when the bucket cannot pay the requested cost) and their `*Count`
+queries; and bulk queries over a simulated store's data: `bulkOperationRunQuery` (at most five
 running per shop, as from API 2026-01), `node(id:)` for an operation's status, and the JSONL file at the
 operation's `url`. Bulk faults: the next operation fails (`"fail"`) or the first download of its file breaks
 off mid-line (`"truncate"`). Anything else is answered with a GraphQL error, as Shopify answers an unknown field.
@@ -21,6 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,13 +32,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from connector.sandbox.shopify_bulk import Consents, jsonl, rows
+from connector.sandbox.shopify_bulk import Consents, count, jsonl, page, rows
 
-_OPERATION = re.compile(r"\b(discountCodeBasicCreate|codeDiscountNodeByCode|bulkOperationRunQuery|node)\s*\(")
+_OPERATION = re.compile(r"\b(currentAppInstallation(?=\s*{)|(?:discountCodeBasicCreate|codeDiscountNodeByCode"
+                        r"|bulkOperationRunQuery|node|customersCount|ordersCount|productsCount"
+                        r"|abandonedCheckoutsCount|customers|orders|products|abandonedCheckouts)(?=\s*\())")
+_PAGE_ROOTS = ("customers", "orders", "products", "abandonedCheckouts")
+_NESTED_FIRST = re.compile(r"\b(?:lineItems|collections)\(first:\s*(\d+)\)")
 _FIELD = re.compile(r"{\s*([A-Za-z_][A-Za-z0-9_]*)")
 _BULK_ROOT = re.compile(r"^\s*{\s*(customers|orders|products|abandonedCheckouts)\s*"
                         r"(?:\(\s*query:\s*\"([^\"]*)\"\s*\))?")
-COSTS = {"discountCodeBasicCreate": 10, "codeDiscountNodeByCode": 2, "bulkOperationRunQuery": 10, "node": 1}
+COSTS = {"currentAppInstallation": 1,
+         "discountCodeBasicCreate": 10, "codeDiscountNodeByCode": 2, "bulkOperationRunQuery": 10, "node": 1}
 BULK_CONCURRENCY = 5
 
 
@@ -44,6 +53,7 @@ class BulkOperation:
     root: str
     search: str | None
     ready_at: float  # monotonic: RUNNING until then
+    nested: bool = True  # the query asks for a nested connection: its rows are in the file
     failed: bool = False
     truncated: bool = False
     objects: int | None = None
@@ -64,6 +74,9 @@ class Discount:
 @dataclass
 class ShopifyAdminSandbox:
     tokens: set[str] = field(default_factory=lambda: {"sandbox-admin-token"})
+    # What the merchant granted; without read_all_orders, orders older than 60 days are not shown.
+    scopes: set[str] = field(default_factory=lambda: {"read_customers", "read_orders", "read_all_orders",
+                                                      "read_products", "write_discounts"})
     bucket_size: float = 2000.0
     restore_rate: float = 100.0
     discounts: dict[str, Discount] = field(default_factory=dict)  # by code, upper-cased
@@ -105,20 +118,66 @@ class ShopifyAdminSandbox:
                 return JSONResponse({"errors": [{"message": f"Field '{name}' doesn't exist on type 'QueryRoot'",
                                                  "extensions": {"code": "undefinedField"}}]})
             operation = match.group(1)
-            cost = COSTS[operation]
+            cost = self._requested(operation, query, variables)
             self._restore()
             if fault == "throttle" or self._available < cost:
                 return JSONResponse({"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
                                      "extensions": self._cost(cost, 0)})
-            self._available -= cost
             self.calls.append(operation)
-            if operation == "bulkOperationRunQuery":
+            if operation in _PAGE_ROOTS or operation.endswith("Count"):
+                try:
+                    data, actual = self._read(operation, query, variables)
+                except ValueError as exc:
+                    return JSONResponse({"errors": [{"message": str(exc), "extensions": {"code": "badRequest"}}]})
+                self._available -= actual
+                return JSONResponse({"data": data, "extensions": self._cost(cost, actual)})
+            self._available -= cost
+            if operation == "currentAppInstallation":
+                data = {"currentAppInstallation": {"accessScopes": [{"handle": h} for h in sorted(self.scopes)]}}
+            elif operation == "bulkOperationRunQuery":
                 data = self._run_bulk(variables, str(request.base_url).rstrip("/"))
             elif operation == "node":
                 data = self._node(variables)
             else:
                 data = self._create(variables) if operation == "discountCodeBasicCreate" else self._find(variables)
             return JSONResponse({"data": data, "extensions": self._cost(cost, cost)})
+
+    @staticmethod
+    def _requested(operation: str, query: str, variables: dict[str, Any]) -> int:
+        """Shopify's requested cost: a page costs one point per object it may return and per nested row."""
+        if operation not in _PAGE_ROOTS:
+            return COSTS.get(operation, 1)
+        nested = _NESTED_FIRST.search(query)
+        return int(variables.get("first") or 1) * (1 + (int(nested.group(1)) if nested else 0)) + 1
+
+    def _read(self, operation: str, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        search = variables.get("query")
+        if operation.endswith("Count"):
+            root = operation.removesuffix("Count")
+            return {operation: {"count": count(root, self._objects(root), search), "precision": "EXACT"}}, 1
+        first = int(variables.get("first") or 0)
+        if not 0 < first <= 250:
+            raise ValueError("first must be between 1 and 250")
+        connection, size = page(operation, self._objects(operation), search, self._consent_state(), first=first,
+                                after=variables.get("after"), by_updated="sortKey: UPDATED_AT" in query)
+        return {operation: connection}, size + 1
+
+    def _objects(self, root: str) -> Any:
+        if self.store is None:  # a shop with nothing in it yet
+            return []
+        if root == "orders" and "read_all_orders" not in self.scopes:
+            since = datetime.now(UTC) - timedelta(days=60)
+            return [o for o in self.store.orders
+                    if datetime.fromisoformat(str(o["created_at"]).replace("Z", "+00:00")) >= since]
+        return {"customers": self.store.customers, "orders": self.store.orders, "products": self.store.products,
+                "abandonedCheckouts": self.store.checkouts}[root]
+
+    def _consent_state(self) -> Consents:
+        if self.store is None:
+            return Consents()
+        if self._consents is None:
+            self._consents = Consents.from_deliveries(self.store.deliveries())
+        return self._consents
 
     def _restore(self) -> None:
         now = time.monotonic()
@@ -177,7 +236,9 @@ class ShopifyAdminSandbox:
                  "message": f"A shop can run {BULK_CONCURRENCY} bulk query operations at a time"}]}}
         fault = self.bulk_faults.popleft() if self.bulk_faults else None
         number = next(self._ids)
+        query = str(variables.get("query") or "")
         op = BulkOperation(id=f"gid://shopify/BulkOperation/{number}", root=match.group(1), search=match.group(2),
+                           nested=bool(re.search(r"\b(lineItems|collections)\b", query)),
                            ready_at=now + self.bulk_seconds, failed=fault == "fail", truncated=fault == "truncate")
         self.operations[op.id] = op
         self._bulk_base = base
@@ -202,11 +263,8 @@ class ShopifyAdminSandbox:
                          else None, "partialDataUrl": None}}
 
     def _rows(self, op: BulkOperation) -> Any:
-        if self._consents is None:
-            self._consents = Consents.from_deliveries(self.store.deliveries())
-        objects = {"customers": self.store.customers, "orders": self.store.orders, "products": self.store.products,
-                   "abandonedCheckouts": self.store.checkouts}[op.root]
-        return rows(op.root, objects, op.search, self._consents)
+        found = rows(op.root, self._objects(op.root), op.search, self._consent_state())
+        return found if op.nested else (row for row in found if "__parentId" not in row)
 
     async def _bulk_file(self, request: Request) -> Response:
         op = self.operations.get(f"gid://shopify/BulkOperation/{request.path_params['number']}")

@@ -9,11 +9,12 @@ Shopify's own files.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -233,24 +234,65 @@ def matches(obj: Mapping[str, Any], search: str | None) -> bool:
     return True
 
 
+def _listed(resource: str, obj: Mapping[str, Any], search: str | None) -> bool:
+    # abandonedCheckouts lists the checkouts that were not completed
+    return matches(obj, search) and not (resource == "abandonedCheckouts" and obj.get("completed_at"))
+
+
+def _graphql(resource: str, obj: Mapping[str, Any], consents: Consents) -> tuple[JSON, list[JSON]]:
+    if resource == "customers":
+        return customer_node(obj, consents), []
+    return {"orders": order_rows, "products": product_rows, "abandonedCheckouts": checkout_rows}[resource](obj)
+
+
 def rows(resource: str, objects: Iterable[Mapping[str, Any]], search: str | None, consents: Consents
          ) -> Iterator[JSON]:
     """The bulk file's objects: each parent, then the previous parent's children (never next to their own)."""
     late: list[JSON] = []
     for obj in objects:
-        if not matches(obj, search):
+        if not _listed(resource, obj, search):
             continue
-        if resource == "customers":
-            yield customer_node(obj, consents)
-            continue
-        if resource == "abandonedCheckouts" and obj.get("completed_at"):
-            continue  # abandonedCheckouts lists the checkouts that were not completed
-        node, children = {"orders": order_rows, "products": product_rows, "abandonedCheckouts": checkout_rows}[
-            resource](obj)
+        node, children = _graphql(resource, obj, consents)
         yield node
         yield from late
         late = children
     yield from late
+
+
+NESTED = {"orders": "lineItems", "abandonedCheckouts": "lineItems", "products": "collections"}
+
+
+def _moment(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else datetime.min.replace(tzinfo=UTC)
+
+
+def page(resource: str, objects: Iterable[Mapping[str, Any]], search: str | None, consents: Consents, *,
+         first: int, after: str | None, by_updated: bool) -> tuple[JSON, int]:
+    """One page of an ordinary connection query (`first`/`after`, `sortKey: UPDATED_AT` or by id), nested rows
+    inline as edges; and how many objects and rows it holds (its actual query cost)."""
+    def key(obj: Mapping[str, Any]) -> tuple[datetime, int]:
+        return (_moment(obj.get("updated_at")) if by_updated else datetime.min.replace(tzinfo=UTC), int(obj["id"]))
+
+    found = sorted((o for o in objects if _listed(resource, o, search)), key=key)
+    if after:
+        moment, _, ident = base64.b64decode(after).decode().rpartition("|")
+        start = (datetime.fromisoformat(moment), int(ident))
+        found = [o for o in found if key(o) > start]
+    edges, size = [], 0
+    for obj in found[:first]:
+        node, children = _graphql(resource, obj, consents)
+        if resource in NESTED:
+            node[NESTED[resource]] = {"edges": [{"node": {k: v for k, v in child.items() if k != "__parentId"}}
+                                                for child in children]}
+        moment_, ident_ = key(obj)
+        edges.append({"cursor": base64.b64encode(f"{moment_.isoformat()}|{ident_}".encode()).decode(), "node": node})
+        size += 1 + len(children)
+    info = {"hasNextPage": len(found) > first, "endCursor": edges[-1]["cursor"] if edges else None}
+    return {"pageInfo": info, "edges": edges}, size
+
+
+def count(resource: str, objects: Iterable[Mapping[str, Any]], search: str | None) -> int:
+    return sum(1 for o in objects if _listed(resource, o, search))
 
 
 def jsonl(objects: Iterable[JSON]) -> Iterator[bytes]:

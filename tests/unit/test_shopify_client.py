@@ -104,3 +104,29 @@ def test_the_budget_waits_only_for_what_the_bucket_lacks() -> None:
     assert budget.wait_for(10, now=100.0) == pytest.approx(0.05)
     assert budget.wait_for(10, now=101.0) == 0.0
     assert budget.wait_for(5000, now=100.0) == pytest.approx(19.95)  # never more than the bucket holds
+
+
+@respx.mock
+def test_a_refused_token_is_renewed_once_through_the_refresh_hook_and_the_query_sent_again() -> None:
+    answered = httpx.Response(200, json={"data": {"ok": True}, "extensions": _cost(1990)})
+    route = respx.post(URL).mock(side_effect=[httpx.Response(401, json={"errors": "expired"}), answered])
+    renewed: list[str] = []
+
+    def refresh(refused: str) -> str:
+        renewed.append(refused)
+        return "shpat_fresh"
+
+    client = ShopifyClient("my-store.myshopify.com", "shpat_token", api_version="2026-01", http=httpx.Client(),
+                           sleep=lambda _: None, refresh_token=refresh)
+    assert client.graphql("{ ok }") == {"ok": True}
+    assert renewed == ["shpat_token"]
+    assert [c.request.headers["X-Shopify-Access-Token"] for c in route.calls] == ["shpat_token", "shpat_fresh"]
+
+
+@respx.mock
+def test_a_token_the_refresh_hook_cannot_renew_still_pauses_the_shop() -> None:
+    respx.post(URL).mock(return_value=httpx.Response(401, json={"errors": "revoked"}))
+    client = ShopifyClient("my-store.myshopify.com", "shpat_token", api_version="2026-01", http=httpx.Client(),
+                           sleep=lambda _: None, refresh_token=lambda refused: None)
+    with pytest.raises(ShopifyAuthFailed):
+        client.graphql("{ ok }")
