@@ -250,11 +250,37 @@ class BrevoClient:
         return self._request("PUT", f"contacts/{quote(identifier, safe='')}", json={"unlinkListIds": list(list_ids)},
                              params={"identifierType": by})
 
-    def import_contacts(self, rows: Sequence[Mapping[str, Any]], list_id: int) -> Reply:
-        return self._request("POST", "contacts/import", json={
-            "jsonBody": list(rows), "listIds": [list_id], "updateExistingContacts": True,
-            "emptyContactsAttributes": True, "disableNotification": True,
-        })
+    def import_contacts(self, rows: Sequence[Mapping[str, Any]], list_id: int, *, email_blacklist: bool = False,
+                        sms_blacklist: bool = False) -> Reply:
+        """Rows into the list; the blacklist flags, when set, opt every row of the import out."""
+        body: dict[str, Any] = {"jsonBody": list(rows), "listIds": [list_id], "updateExistingContacts": True,
+                                "emptyContactsAttributes": True, "disableNotification": True}
+        if email_blacklist:
+            body["emailBlacklist"] = True
+        if sms_blacklist:
+            body["smsBlacklist"] = True
+        return self._request("POST", "contacts/import", json=body)
+
+    def list_members(self, list_id: int, *, limit: int = 500, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """One page of a list's contacts (oldest first) and how many the list holds."""
+        reply = self._request("GET", f"contacts/lists/{list_id}/contacts",
+                              params={"limit": str(limit), "offset": str(offset), "sort": "asc"})
+        body = reply.body if isinstance(reply.body, dict) else {}
+        return list(body.get("contacts") or []), int(body.get("count") or 0)
+
+    def order_count(self) -> int:
+        """How many ecommerce orders the account holds."""
+        reply = self._request("GET", "orders", params={"limit": "1", "offset": "0"})
+        return int((reply.body or {}).get("count") or 0) if isinstance(reply.body, dict) else 0
+
+    def import_process(self, process_id: int) -> tuple[str, int]:
+        """An import's status and how many of its rows Brevo skipped (invalid emails, identifiers that belong
+        to another contact)."""
+        reply = self._request("GET", f"processes/{process_id}")
+        body = reply.body if isinstance(reply.body, dict) else {}
+        counts = (body.get("info") or {}).get("import") or {}
+        skipped = sum(int(v or 0) for k, v in counts.items() if k == "invalid_emails" or k.startswith("duplicate_"))
+        return str(body.get("status") or "unknown"), skipped
 
     # --- events ---------------------------------------------------------------------------------
 

@@ -258,6 +258,7 @@ class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
     __table_args__ = (
         sa.Index("ix_contacts_dirty", "shop_id", "dirty"),
+        sa.Index("ix_contacts_import", "shop_id", "import_process"),
         sa.Index("ix_contacts_push", "shop_id", "push_state"),
         sa.Index("ix_contacts_lifecycle", "shop_id", "lifecycle_due_at"),
     )
@@ -270,6 +271,9 @@ class Contact(SQLModel, table=True):
     first_name: str | None = None  # for guests, from their orders' billing address
     last_name: str | None = None
     dirty: bool = True
+    # Only history (a backfill, a poll, a delivery older than the freshness window) made it dirty: the rebuild's
+    # segment moves and ledger corrections are catching up with the past, not news.
+    history: bool = False
     push_state: str = Field(default="idle", max_length=20)  # idle | pending | dead
     pending: dict[str, Any] | None = _json()  # the Brevo contact body waiting to be sent
     pending_hash: str | None = Field(default=None, max_length=64)
@@ -282,6 +286,10 @@ class Contact(SQLModel, table=True):
     pushed_at: datetime | None = _ts()
     # Imports are applied by Brevo asynchronously: events for this buyer wait until then (DESIGN 3.4).
     visible_at: datetime | None = _ts()
+    # The Brevo import that carried the last body, until its process is checked; a contact an import skipped
+    # goes out again one by one, so that Brevo's reason for refusing it is heard.
+    import_process: int | None = None
+    one_by_one: bool = False
     merged_into: str | None = Field(default=None, max_length=300)
     # Figures kept for shop-wide computations (RFM quintiles, median cadence) without reloading orders.
     order_count: int = 0
@@ -425,6 +433,7 @@ class Backfill(SQLModel, table=True):
     queued: int = 0  # objects handed to the applier
     last_queued_line: int = 0
     error: str | None = Field(default=None, sa_type=sa.Text)
+    notice: str | None = Field(default=None, sa_type=sa.Text)  # what the merchant should know (orders: 60 days)
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
 
@@ -439,3 +448,28 @@ class BackfillRow(SQLModel, table=True):
     line: int = Field(primary_key=True)
     parent: str | None = Field(default=None, max_length=200)  # the parent object's GID, for nested rows
     body: str = Field(sa_type=sa.Text)
+
+
+class PollState(SQLModel, table=True):
+    """A shop's reconciliation poll of one resource: what it has read up to and when it runs next.
+
+    A pass reads the objects updated in [bookmark, pass_until] page by page; each page's objects are queued with
+    the page's cursor in the same commit, so a pass cut short resumes at its next page. Only a finished pass
+    moves the bookmark, to the pass's end, which is capped below the time the pass started: the bookmark never
+    moves past an object not yet stored."""
+
+    __tablename__ = "poll_states"
+    __table_args__ = (sa.UniqueConstraint("shop_id", "resource", name="uq_poll_resource"),
+                      sa.Index("ix_poll_states_due", "due_at"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int
+    resource: str = Field(max_length=20)  # customers | orders | products | checkouts
+    bookmark: datetime = _ts(nullable=False)
+    pass_until: datetime | None = _ts()  # the end of the pass under way
+    cursor: str | None = Field(default=None, sa_type=sa.Text)  # where the pass under way goes on
+    due_at: datetime = _ts(nullable=False)
+    last_polled_at: datetime | None = _ts()
+    last_found: int = 0  # objects the last finished pass queued
+    found: int = 0  # objects polls have queued, in all
+    error: str | None = Field(default=None, sa_type=sa.Text)

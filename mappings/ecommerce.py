@@ -19,6 +19,7 @@ from mappings.events import Buyer, product_url
 from mappings.shopify import OrderRecord
 
 BREVO_ORDER = "brevo_order"  # outbox event name of an ecommerce order status (target "order")
+HISTORY_ORDER = "order_history"  # outbox target of an order read as history: sent in `historical` batches
 
 
 def category_id(kind: str, name: str) -> str:

@@ -71,12 +71,15 @@ class ApplyContext:
         if not key:
             return
         contact = self.dirty.get(key) or self.mirror.get(Contact, key)
+        history = not (self.live and self.fresh)
         if contact is None:
             contact = self.mirror.add(Contact(shop_id=self.shop_id, contact_key=key, customer_id=customer_id,
                                               email=email, phone=phone, first_name=first_name,
-                                              last_name=last_name, dirty=True,
+                                              last_name=last_name, dirty=True, history=history,
                                               created_at=self.happened or self.now))
         else:
+            # History alone since the last rebuild: any other cause (news, a rescoring) makes it news again.
+            contact.history = history and (contact.history or not contact.dirty)
             contact.dirty = True
             if contact.merged_into:
                 contact.merged_into = None
@@ -322,31 +325,32 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
               last_name=rec.last_name)
     if previous_key and previous_key != key:
         ctx.touch(previous_key)
-    if ctx.live and key:
-        buyer = _buyer(key, rec.customer_id, rec.email, rec.phone)
-        if buyer is not None:
-            products = _products(ctx, (line.product_id for line in rec.lines))
-            ctx.emit(ev.order_events(rec, buyer, products, ctx.shop_domain))
-            if not rec.test and rec.cancelled_at is None:
-                earlier = _earlier_orders(ctx, key, rec)
-                ctx.emit([ev.purchase_sequence_event(rec, buyer, products, ctx.shop_domain, earlier)])
-            if not rec.test and (buyer.email or buyer.phone or buyer.customer_id):
-                status = ecommerce.order_status(rec)
-                ctx.emit([ev.EventFact(name=ecommerce.BREVO_ORDER, target="order", contact_key=key,
-                                       key=f"{ctx.shop_domain}:{ecommerce.BREVO_ORDER}:{rec.order_id}:{status}",
-                                       occurred_at=rec.updated_at,
-                                       body=ecommerce.order_body(rec, buyer, ctx.shop_domain, status,
-                                                                 rec.updated_at))])
-            for checkout in recovered:
-                ctx.emit([ev.cart_recovered_event(checkout.checkout_id, checkout.cart_token or checkout.token,
-                                                  rec, buyer, ctx.shop_domain)])
-            # Refunds that arrived before their order are announced now that we know the buyer.
-            known = {r.refund_id for r in rec.refunds}
-            summary = ev.OrderSummary(name=rec.name, currency=rec.currency, total=rec.total, test=rec.test,
-                                      lines=rec.lines)
-            for refund_row in ctx.mirror.refunds_of(rec.order_id):
-                if refund_row.refund_id not in known:
-                    ctx.emit(ev.refund_events(_refund_record(refund_row), summary, buyer, products, ctx.shop_domain))
+    buyer = _buyer(key, rec.customer_id, rec.email, rec.phone) if key else None
+    if buyer is not None and not rec.test and (buyer.email or buyer.phone or buyer.customer_id):
+        # Brevo's ecommerce order in its latest state: live, or history that loads without firing automations.
+        status = ecommerce.order_status(rec)
+        live = ctx.live and ctx.fresh  # a delivery older than the freshness window is history too
+        ctx.emit([ev.EventFact(name=ecommerce.BREVO_ORDER, target="order" if live else ecommerce.HISTORY_ORDER,
+                               contact_key=key or "",
+                               key=f"{ctx.shop_domain}:{ecommerce.BREVO_ORDER}:{rec.order_id}:{status}",
+                               occurred_at=rec.updated_at,
+                               body=ecommerce.order_body(rec, buyer, ctx.shop_domain, status, rec.updated_at))])
+    if ctx.live and key and buyer is not None:
+        products = _products(ctx, (line.product_id for line in rec.lines))
+        ctx.emit(ev.order_events(rec, buyer, products, ctx.shop_domain))
+        if not rec.test and rec.cancelled_at is None:
+            earlier = _earlier_orders(ctx, key, rec)
+            ctx.emit([ev.purchase_sequence_event(rec, buyer, products, ctx.shop_domain, earlier)])
+        for checkout in recovered:
+            ctx.emit([ev.cart_recovered_event(checkout.checkout_id, checkout.cart_token or checkout.token,
+                                              rec, buyer, ctx.shop_domain)])
+        # Refunds that arrived before their order are announced now that we know the buyer.
+        known = {r.refund_id for r in rec.refunds}
+        summary = ev.OrderSummary(name=rec.name, currency=rec.currency, total=rec.total, test=rec.test,
+                                  lines=rec.lines)
+        for refund_row in ctx.mirror.refunds_of(rec.order_id):
+            if refund_row.refund_id not in known:
+                ctx.emit(ev.refund_events(_refund_record(refund_row), summary, buyer, products, ctx.shop_domain))
     return "applied"
 
 
@@ -614,8 +618,11 @@ def outbox_rows(shop_id: int, facts: Iterable[ev.EventFact], *, now: datetime, s
         off = enabled is not None and not enabled(fact.name)
         rows.append({"shop_id": shop_id, "idempotency_key": fact.key, "event_name": fact.name,
                      "target": fact.target, "contact_key": fact.contact_key, "body": fact.body,
-                     "status": "disabled" if off else status, "attempts": 0, "created_at": now,
-                     "last_error": "switched off in the shop's configuration" if off else reason})
+                     # History for Brevo ecommerce triggers nothing: it is sent however old the delivery.
+                     "status": "disabled" if off else "pending" if fact.target == ecommerce.HISTORY_ORDER else status,
+                     "attempts": 0, "created_at": now,
+                     "last_error": "switched off in the shop's configuration" if off else
+                     None if fact.target == ecommerce.HISTORY_ORDER else reason})
     return rows
 
 

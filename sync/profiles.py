@@ -130,6 +130,32 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     return len(contacts)
 
 
+def _phone_owners(session: Session, shop_id: int, phones: Mapping[str, str | None]) -> dict[str, str]:
+    """Which contact of the shop owns each phone number: a customer before a guest, then the earliest.
+    Two buyers giving the same number (a guest and a customer, a shared household phone) would otherwise be
+    merged by Brevo into one contact, or refused."""
+    wanted = sorted({p for p in phones.values() if p})
+    if not wanted:
+        return {}
+    holders: dict[str, list[tuple[bool, datetime, str]]] = defaultdict(list)
+    for chunk in chunked(wanted):
+        for key, phone, customer_id, created in session.execute(sa.select(
+                col(Contact.contact_key), col(Contact.phone), col(Contact.customer_id), col(Contact.created_at))
+                .where(col(Contact.shop_id) == shop_id, col(Contact.phone).in_(chunk),
+                       col(Contact.merged_into).is_(None))).tuples():
+            if phone:
+                holders[phone].append((customer_id is None, as_utc(created) or _EPOCH, key))
+        for customer_id, phone in session.execute(sa.select(col(Customer.customer_id), col(Customer.phone)).where(
+                col(Customer.shop_id) == shop_id, col(Customer.phone).in_(chunk),
+                sa.not_(col(Customer.deleted)))).tuples():
+            if phone:
+                holders[phone].append((False, _EPOCH, f"c:{customer_id}"))
+    for key, phone in phones.items():  # the contacts being built hold their own number too
+        if phone and not any(k == key for _, _, k in holders[phone]):
+            holders[phone].append((not key.startswith("c:"), _EPOCH, key))
+    return {phone: min(found)[2] for phone, found in holders.items() if found}
+
+
 def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]) -> list[BuyerView]:
     """Each contact's mirror rows -> profile, RFM score, attributes and lifecycle moments (a few queries)."""
     shop_id = shop.shop_id
@@ -165,17 +191,22 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     life = shop.config.lifecycle
     program = shop.loyalty
     ledgers = stored_entries(session, shop_id, keys) if program.rules.enabled else {}
+    owners = _phone_owners(session, shop_id, {
+        c.contact_key: (customers[c.customer_id].phone if c.customer_id in customers else None) or c.phone
+        for c in contacts})
     views = []
     for contact in contacts:
         customer = customers.get(contact.customer_id) if contact.customer_id else None
         mine = orders.get(contact.contact_key, [])
+        phone = (customer.phone if customer else None) or contact.phone
         facts = tuple(_order_facts(o, lines.get(o.order_id, []), refunded, refunded_units) for o in mine)
         latest = max(mine, key=lambda o: (as_utc(o.created_at_src) or _EPOCH, o.order_id), default=None)
         buyer = BuyerFacts(
             contact_key=contact.contact_key,
             customer_id=contact.customer_id,
             email=(customer.email if customer else None) or contact.email,
-            phone=(customer.phone if customer else None) or contact.phone,
+            # Brevo keeps a phone number on one contact: the number's owner carries it, the others go without.
+            phone=phone if phone is None or owners.get(phone, contact.contact_key) == contact.contact_key else None,
             first_name=(customer.first_name if customer else None) or contact.first_name,
             last_name=(customer.last_name if customer else None) or contact.last_name,
             email_opted_out=_opted_out(customer.email_consent) if customer else None,
@@ -211,7 +242,7 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     return views
 
 
-_SETTLED = ("dirty", "email", "phone", "order_count", "total_spent", "last_order_at", "days_between_orders",
+_SETTLED = ("dirty", "history", "email", "phone", "order_count", "total_spent", "last_order_at", "days_between_orders",
             "created_at", "rfm_score", "rfm_segment", "lifecycle_scanned_at", "lifecycle_due_at", "pending",
             "pending_hash", "push_state", "attempts", "next_attempt_at", "loyalty_tier", "loyalty_rules_at")
 
@@ -221,7 +252,8 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[t
     """Store the figures, queue the Brevo body when it changed; returns the events that fell due and adds
     the buyer's new ledger entries to `ledger`."""
     buyer, profile, rfm = view.buyer, view.profile, view.rfm
-    contact.dirty = False
+    catching_up = contact.history  # only history changed: segment moves and ledger corrections are not news
+    contact.dirty, contact.history = False, False
     contact.email, contact.phone = buyer.email, buyer.phone
     contact.order_count, contact.total_spent = profile.order_count, profile.total_spent
     contact.last_order_at, contact.days_between_orders = profile.last_order_at, profile.days_between_orders
@@ -231,7 +263,8 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[t
     identity = _event_buyer(buyer)
     previous_segment = contact.rfm_segment
     contact.rfm_score, contact.rfm_segment = (rfm.code, rfm.segment) if rfm else (None, None)
-    if identity is not None and rfm is not None and previous_segment and previous_segment != rfm.segment:
+    if (identity is not None and rfm is not None and previous_segment and previous_segment != rfm.segment
+            and not catching_up):
         props = {"from": previous_segment, "to": rfm.segment, "rfm_score": rfm.code}
         day = shop.now.date().isoformat()
         facts.append(ev.lifecycle_event(SEGMENT_CHANGED, f"{shop.domain}:{SEGMENT_CHANGED}:{contact.contact_key}:"
@@ -247,7 +280,8 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[t
     contact.lifecycle_scanned_at = max(after, shop.now)
     contact.lifecycle_due_at = next_due(view.moments, contact.lifecycle_scanned_at)
     if view.loyalty is not None:
-        facts.extend(_settle_loyalty(shop, contact, view.loyalty, identity, buyer.shop_currency, ledger))
+        facts.extend(_settle_loyalty(shop, contact, view.loyalty, identity, buyer.shop_currency, ledger,
+                                     catching_up=catching_up))
     if not (buyer.email or buyer.phone):
         return facts  # Brevo needs an email or a phone number to hold a contact
     memory = dict(contact.sent.get("_consent", {})) if contact.sent else {}
@@ -270,14 +304,16 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[t
 
 
 def _settle_loyalty(shop: ShopContext, contact: Contact, loyalty: LoyaltyView, identity: ev.Buyer | None,
-                    currency: str | None, ledger: list[tuple[str, lp.Entry]]) -> list[ev.EventFact]:
+                    currency: str | None, ledger: list[tuple[str, lp.Entry]], *, catching_up: bool = False
+                    ) -> list[ev.EventFact]:
     """New ledger entries, the tier announced, and the next moment the program needs this buyer again.
 
     A build under rules the contact was not yet computed with (the program just started, or its rules
     changed) is a recompute: the ledger is corrected silently and the tier it lands in is not news.
     """
     program = shop.loyalty
-    recomputing = as_utc(contact.loyalty_rules_at) != program.rules_at
+    # Catching up with history corrects the ledger silently too (an expiry moved by an older order learnt now).
+    recomputing = as_utc(contact.loyalty_rules_at) != program.rules_at or catching_up
     ledger.extend((contact.contact_key, entry) for entry in loyalty.new)
     facts: list[ev.EventFact] = []
     if identity is not None:

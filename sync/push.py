@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
@@ -23,7 +24,7 @@ from connector.brevo import (
 from connector.clock import Clock, as_utc
 from connector.database import chunked, unit_of_work
 from connector.models import Contact, DeadLetter, OutboxEntry, Product, Shop
-from mappings.ecommerce import CatalogProduct, categories_of, category_body, product_body
+from mappings.ecommerce import HISTORY_ORDER, CatalogProduct, categories_of, category_body, product_body
 from mappings.profile import body_hash as catalog_hash
 from sync.profiles import strip_memory
 from sync.queue import Lease, fence
@@ -53,6 +54,7 @@ class PushPolicy:
     batch_max_events: int = 1000
     batch_max_bytes: int = 4_000_000
     other_reserve: int = 10  # calls of the 100/hour bucket kept back for account set-up
+    process_reserve: int = 2  # import checks may use the set-up reserve down to this many calls
     import_settle_seconds: float = 5.0  # Brevo applies imports asynchronously
     max_inline_wait: float = 2.0  # longer waits release the shop instead of blocking the worker
     max_backoff_seconds: float = 300.0
@@ -96,8 +98,14 @@ class Pusher:
         if len(bulk) <= self.policy.single_max or self.list_id is None:
             singles, bulk = singles + bulk, []
         delivered = 0
-        for chunk in self._import_chunks(bulk):
-            delivered += self._import(chunk)
+        groups: dict[tuple[bool, bool], list[Contact]] = {}
+        for contact in bulk:  # an import blacklists all its rows or none: one import per combination
+            body = contact.pending or {}
+            groups.setdefault((body.get("emailBlacklisted") is True, body.get("smsBlacklisted") is True),
+                              []).append(contact)
+        for (email_out, sms_out), group in sorted(groups.items()):
+            for chunk in self._import_chunks(group):
+                delivered += self._import(chunk, email_blacklist=email_out, sms_blacklist=sms_out)
         for contact in singles:
             delivered += self._push_one(contact)
         return delivered
@@ -105,10 +113,12 @@ class Pusher:
     @staticmethod
     def _needs_single_call(contact: Contact) -> bool:
         body = contact.pending or {}
-        # Imports apply one blacklist flag and one list to all rows and cannot change an email or leave a
-        # list: those go one by one.
+        # Imports can blacklist (a flag for all their rows) but not lift a blacklist, change an email, add to a
+        # second list or leave one: those go one by one.
         left_lists = set((contact.sent or {}).get("listIds") or []) - set(body.get("listIds") or [])
-        return ("emailBlacklisted" in body or "smsBlacklisted" in body or "email" not in body or "listIds" in body
+        return (contact.one_by_one or body.get("emailBlacklisted") is False or body.get("smsBlacklisted") is False
+                or "email" not in body
+                or "listIds" in body
                 or bool(left_lists)
                 or (contact.brevo_email is not None and contact.brevo_email != body.get("email")))
 
@@ -128,12 +138,13 @@ class Pusher:
             chunks.append(current)
         return chunks
 
-    def _import(self, chunk: list[Contact]) -> int:
+    def _import(self, chunk: list[Contact], *, email_blacklist: bool = False, sms_blacklist: bool = False) -> int:
         assert self.list_id is not None
         list_id = self.list_id
         rows = [_import_row(c.pending or {}) for c in chunk]
         try:
-            self._send("contacts", lambda: self.client.import_contacts(rows, list_id))
+            reply = self._send("contacts", lambda: self.client.import_contacts(
+                rows, list_id, email_blacklist=email_blacklist, sms_blacklist=sms_blacklist))
         except BrevoAuthFailed as exc:
             self._pause(exc)
         except BrevoRetriable as exc:
@@ -143,8 +154,50 @@ class Pusher:
             # One bad row fails the whole import: find it by sending the rows one by one.
             return sum(self._push_one(c) for c in chunk)
         settle = self.clock.now() + timedelta(seconds=self.policy.import_settle_seconds)
-        self._mark_contacts_sent(chunk, visible_at=settle)
+        process = (reply.body or {}).get("processId") if isinstance(reply.body, dict) else None
+        self._mark_contacts_sent(chunk, visible_at=settle, process=int(process) if process else None)
         return len(chunk)
+
+    def check_imports(self, *, now: datetime | None = None) -> int:
+        """Ask Brevo how the imports settled by `now` went. An import that skipped rows (Brevo says how many,
+        not which) sends its contacts again one by one, where a refusal comes back with its reason and is
+        dead-lettered; the others are done. Returns how many contacts were sent again. The worker passes the
+        `now` its events were judged at: an import that settled after that waits for the next turn, so its
+        check never takes a batch's place in the shared budget."""
+        now = now or self.clock.now()
+        other_left = self.client.pacer.remaining("other")
+        if other_left is not None and other_left <= self.policy.process_reserve:
+            return 0  # Brevo's 100-per-hour budget is spent: the imports are checked when it frees
+        with unit_of_work(self.engine) as session:
+            processes = session.execute(sa.select(sa.distinct(col(Contact.import_process))).where(
+                col(Contact.shop_id) == self.lease.shop_id, col(Contact.import_process).is_not(None),
+                col(Contact.visible_at) <= now).limit(20)).scalars().all()
+        again = 0
+        for process in processes:
+            assert process is not None
+            try:
+                status, skipped = self._send("other", partial(self.client.import_process, process))
+            except BrevoAuthFailed as exc:
+                self._pause(exc)
+            except BrevoRejected:
+                status, skipped = "unknown", 1  # Brevo does not know it: check its contacts one by one
+            except BrevoRetriable:
+                return again
+            where = (col(Contact.shop_id) == self.lease.shop_id, col(Contact.import_process) == process)
+            with unit_of_work(self.engine) as session:
+                if status in ("queued", "in_process", "processing"):
+                    session.execute(sa.update(Contact).where(*where).values(
+                        visible_at=now + timedelta(seconds=self.policy.import_settle_seconds)))
+                elif status == "completed" and skipped == 0:
+                    session.execute(sa.update(Contact).where(*where).values(import_process=None))
+                else:  # rows skipped, or the import failed: what was sent goes again, one by one
+                    # (a contact with a newer body pending sends that one, one by one too)
+                    again += session.execute(sa.update(Contact).where(*where, col(Contact.push_state) == "idle").values(
+                        pending=Contact.sent, pending_hash=Contact.sent_hash, push_state="pending", attempts=0,
+                        next_attempt_at=None, one_by_one=True, import_process=None)).rowcount  # type: ignore[attr-defined]
+                    session.execute(sa.update(Contact).where(*where).values(one_by_one=True, import_process=None))
+                fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
+        return again
 
     def _push_one(self, contact: Contact) -> int:
         body = strip_memory(contact.pending or {})
@@ -190,7 +243,8 @@ class Pusher:
         self._mark_contacts_sent([contact], visible_at=self.clock.now())
         return 1
 
-    def _mark_contacts_sent(self, contacts: Sequence[Contact], *, visible_at: datetime) -> None:
+    def _mark_contacts_sent(self, contacts: Sequence[Contact], *, visible_at: datetime,
+                            process: int | None = None) -> None:
         """What Brevo now holds, in one statement for the chunk; a contact rebuilt meanwhile stays pending."""
         now = self.clock.now()
         table = Contact.__table__  # type: ignore[attr-defined]
@@ -199,7 +253,8 @@ class Pusher:
             table.c.pending_hash == sa.bindparam("b_hash")).values(
             sent=sa.bindparam("b_sent", type_=table.c.sent.type), sent_hash=sa.bindparam("b_hash"), pending=None,
             pending_hash=None, push_state="idle", attempts=0, next_attempt_at=None, last_error=None,
-            pushed_at=now, visible_at=visible_at, brevo_email=sa.bindparam("b_email"))
+            pushed_at=now, visible_at=visible_at, brevo_email=sa.bindparam("b_email"), import_process=process,
+            one_by_one=False)
         rows = [{"b_shop": c.shop_id, "b_key": c.contact_key, "b_hash": c.pending_hash, "b_sent": c.pending or {},
                  "b_email": (c.pending or {}).get("email") or c.brevo_email} for c in contacts]
         with unit_of_work(self.engine) as session:
@@ -235,7 +290,8 @@ class Pusher:
     # --- events -----------------------------------------------------------------------------
 
     def push_events(self, target: str = "event", *, now: datetime | None = None) -> int:
-        """Send due outbox rows (events, or with target "order" ecommerce orders) whose buyer's attributes are
+        """Send due outbox rows (events; with target "order" live ecommerce orders, with "order_history" orders
+        read as history, in `historical` batches of up to 1,000) whose buyer's attributes are
         already in Brevo. Returns how many Brevo accepted. Events and orders of one pass are judged at the
         same `now`, so a buyer's events go before (and batch no worse than) their orders."""
         now = now or self.clock.now()
@@ -253,8 +309,11 @@ class Pusher:
         if not rows:
             return 0
         other_left = self.client.pacer.remaining("other")
-        use_batch = len(rows) > self.policy.single_max and (other_left is None
-                                                            or other_left > self.policy.other_reserve)
+        room = other_left is None or other_left > self.policy.other_reserve
+        if target == HISTORY_ORDER:
+            # History has no single-call way in (the single order endpoint is live): it waits for batch room.
+            return sum(self._send_batch(chunk) for chunk in self._event_chunks(rows)) if room else 0
+        use_batch = len(rows) > self.policy.single_max and room
         if not use_batch:
             return sum(self._send_one(entry) for entry in rows[: self.policy.single_max * 5])
         delivered = 0
@@ -297,9 +356,11 @@ class Pusher:
 
     def _send_batch(self, chunk: list[OutboxEntry]) -> int:
         bodies = [e.body for e in chunk]
+        history = chunk[0].target == HISTORY_ORDER
         try:
-            if chunk[0].target == "order":  # live orders: not historical, so Brevo's automations see them
-                reply = self._send("other", lambda: self.client.create_orders(bodies, historical=False))
+            if chunk[0].target in ("order", HISTORY_ORDER):
+                # Live orders say `historical: false` so that Brevo's automations see them; history does not.
+                reply = self._send("other", lambda: self.client.create_orders(bodies, historical=history))
             else:
                 reply = self._send("other", lambda: self.client.send_events_batch(bodies))
         except BrevoAuthFailed as exc:
@@ -307,7 +368,14 @@ class Pusher:
         except BrevoRetriable as exc:
             self._reschedule_events(chunk, exc)
             return 0
-        except BrevoRejected:
+        except BrevoRejected as exc:
+            if history:
+                # Refused as a whole: halve it until the bad order stands alone (a single call would be live).
+                if len(chunk) == 1:
+                    self._settle_events(delivered=[], dead=[(chunk[0], str(exc))])
+                    return 0
+                half = len(chunk) // 2
+                return self._send_batch(chunk[:half]) + self._send_batch(chunk[half:])
             # The batch was refused as a whole: isolate the bad events with single calls.
             return sum(self._send_one(entry) for entry in chunk)
         failed = _failed_indexes(reply)

@@ -788,12 +788,14 @@ class BrevoSandbox:
             ("/contacts/lists", self._list_lists, "GET"),
             ("/contacts/lists", self._create_list, "POST"),
             ("/contacts/lists/{listId}", self._get_list, "GET"),
+            ("/contacts/lists/{listId}/contacts", self._list_members, "GET"),
             ("/contacts/lists/{listId}/contacts/add", self._add_to_list, "POST"),
             ("/contacts/{identifier}", self._get_contact, "GET"),
             ("/contacts/{identifier}", self._update_contact, "PUT"),
             ("/contacts/{identifier}", self._delete_contact, "DELETE"),
             ("/events", self._create_event, "POST"),
             ("/events/batch", self._create_events_batch, "POST"),
+            ("/orders", self._list_orders, "GET"),
             ("/orders/status", self._create_order, "POST"),
             ("/orders/status/batch", self._create_orders_batch, "POST"),
             ("/products", self._create_product, "POST"),
@@ -1382,6 +1384,26 @@ class BrevoSandbox:
             )
             page = [self._list_view(item) for item in ordered[offset : offset + limit]]
             return _json_ok({"lists": page, "count": len(self.lists)})
+
+    async def _list_members(self, request: Request) -> Response:
+        limit, offset = self._paging(request, default_limit=50, max_limit=500)
+        with self.lock:
+            item = self._existing_list(request)
+            members = sorted((c for c in self.contacts.values() if item["id"] in c["listIds"]),
+                             key=lambda c: c["id"], reverse=self._descending(request))
+            return _json_ok({"contacts": [self._contact_view(c) for c in members[offset : offset + limit]],
+                             "count": len(members)})
+
+    async def _list_orders(self, request: Request) -> Response:
+        """Each order once, in its latest status (a status update replaces the order in Brevo)."""
+        limit, offset = self._paging(request, default_limit=50, max_limit=100)
+        with self.lock:
+            latest = {str(o["id"]): o for o in self.orders}
+            ordered = sorted(latest.values(), key=lambda o: str(o.get("createdAt")),
+                             reverse=self._descending(request))
+            page = [{k: v for k, v in o.items() if k not in ("historical", "batchId")}
+                    for o in ordered[offset : offset + limit]]
+            return _json_ok({"orders": copy.deepcopy(page), "count": len(latest)})
 
     async def _get_list(self, request: Request) -> Response:
         with self.lock:

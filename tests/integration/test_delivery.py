@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+import httpx
 import sqlalchemy as sa
 
 from connector.sandbox.brevo import BrevoLimits
 from sync.push import PushPolicy
-from tests.integration.harness import Connector, iter_connector
-from tests.payloads import order
+from tests.integration.harness import BREVO_KEY, Connector, iter_connector
+from tests.payloads import customer, email_consent, order
 
 
 def _orders(connector: Connector, n: int, start: int = 1) -> None:
@@ -28,6 +29,19 @@ def test_a_backlog_goes_out_in_batches_and_imports(engine: sa.Engine) -> None:
         assert calls["/v3/events/batch"] == 1 and calls["/v3/events"] == 0
         assert calls["/v3/contacts/import"] == 1 and calls["/v3/contacts"] == 0
         assert connector.contact("buyer60@example.com")["attributes"]["ORDER_COUNT"] == 1
+
+
+def test_opted_out_buyers_in_a_backlog_go_out_in_their_own_blacklisting_import(connector: Connector) -> None:
+    _orders(connector, 60)
+    for i in range(1, 11):  # ten of the buyers unsubscribed in Shopify
+        connector.post("customers_email_marketing_consent/update",
+                       email_consent(i, f"buyer{i}@example.com", "unsubscribed", at=5))
+    connector.sync()
+    imports = [c for c in connector.brevo.calls if c.path == "/v3/contacts/import" and c.status < 300]
+    assert len(imports) == 2 and not [c for c in connector.brevo.calls if c.path == "/v3/contacts"]
+    with connector.brevo.lock:
+        out = sorted(c["email"] for c in connector.brevo.contacts.values() if c["emailBlacklisted"])
+    assert out == sorted(f"buyer{i}@example.com" for i in range(1, 11))
 
 
 def test_a_small_backlog_goes_out_as_single_calls(connector: Connector) -> None:
@@ -119,3 +133,36 @@ def test_one_order_rebuilds_one_contact_and_sends_one_update_and_its_events(conn
     with connector.engine.connect() as conn:
         after = dict(conn.execute(sa.text("SELECT contact_key, pushed_at FROM contacts")).all())
     assert [k for k in after if after[k] != pushed.get(k)] == ["c:7"]
+
+
+def test_a_row_an_import_skipped_is_sent_again_alone_and_dead_lettered_with_brevos_reason(
+        connector: Connector) -> None:
+    # The merchant's Brevo already holds this email on one contact and this phone number on another.
+    for body in ({"email": "second@example.com"}, {"email": "someone@example.com",
+                                                   "attributes": {"SMS": "+14155550100"}}):
+        assert httpx.post(f"{connector.brevo_server.url}/v3/contacts", json=body,
+                          headers={"api-key": BREVO_KEY}).status_code == 201
+    # A backlog (one import): 24 new buyers, and one giving that email and that number.
+    connector.post("customers/create", customer(901, "second@example.com", phone="+14155550100"))
+    for i in range(24):
+        connector.post("customers/create", customer(910 + i, f"late{i}@example.com"))
+    connector.sync()
+    paths = [c.path for c in connector.brevo.calls if c.status < 300]
+    assert paths.count("/v3/contacts/import") == 1 and paths.count("/v3/processes/1") == 1
+    assert connector.contact("late23@example.com")["attributes"]["SHOPIFY_CUSTOMER_ID"] == "933"
+    [dead] = connector.rows("SELECT source, reference, reason FROM dead_letters")
+    assert (dead.source, dead.reference) == ("contact", "c:901") and "belong to different contacts" in dead.reason
+    assert connector.rows("SELECT count(*) AS n FROM contacts WHERE import_process IS NOT NULL")[0].n == 0
+
+
+def test_a_phone_number_two_buyers_give_stays_with_one_and_both_reach_brevo(connector: Connector) -> None:
+    connector.post("customers/create", customer(950, "owner@example.com", phone="+14155550111"))
+    connector.post("customers/create", customer(951, "household@example.com", phone="+14155550111"))
+    for i in range(25):  # enough to go through an import
+        connector.post("customers/create", customer(960 + i, f"crowd{i}@example.com"))
+    connector.sync()
+    assert connector.contact("owner@example.com")["sms"] == "+14155550111"
+    assert connector.contact("household@example.com")["sms"] is None  # Brevo keeps a number on one contact
+    assert connector.rows("SELECT count(*) AS n FROM dead_letters")[0].n == 0
+    paths = [c.path for c in connector.brevo.calls]
+    assert paths.count("/v3/contacts/import") == 1 and paths.count("/v3/contacts") == 0  # nothing skipped

@@ -1,13 +1,20 @@
-"""Brevo ecommerce objects: products and categories kept in sync, live orders sent as not historical."""
+"""Brevo ecommerce objects: products and categories kept in sync, live orders sent as not historical, orders read
+as history sent as historical."""
 
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
+
+from connector.database import unit_of_work
+from connector.models import InboxEntry
 from tests.conftest import fixture_payload
-from tests.integration.harness import Connector
+from tests.integration.harness import SHOP, Connector
 from tests.payloads import order, when
 
 
@@ -75,3 +82,38 @@ def test_test_orders_never_reach_brevo_ecommerce(connector: Connector) -> None:
     connector.sync()
     with connector.brevo.lock:
         assert connector.brevo.orders == []
+
+
+def _as_history(connector: Connector, payloads: list[dict[str, Any]]) -> None:
+    """Orders queued the way a backfill or a reconciliation poll queues them: inbox rows that are not webhooks."""
+    with unit_of_work(connector.engine) as session:
+        session.execute(sa.insert(InboxEntry), [
+            {"shop_domain": SHOP, "event_id": f"history:orders:{p['id']}:{p['updated_at']}", "topic": "orders/updated",
+             "source": "backfill", "body": json.dumps(p), "status": "pending", "received_at": datetime.now(UTC)}
+            for p in payloads])
+
+
+def test_orders_read_as_history_go_to_brevo_in_historical_batches_and_fire_nothing(connector: Connector) -> None:
+    _as_history(connector, [order(8400 + i, customer_id=400 + i, email=f"h{i}@example.com") for i in range(5)])
+    connector.sync()
+    calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+    assert calls["/v3/orders/status/batch"] == 1 and calls["/v3/orders/status"] == 0
+    with connector.brevo.lock:
+        assert sorted((o["id"], o["historical"]) for o in connector.brevo.orders) == [
+            (str(8400 + i), True) for i in range(5)]
+    assert connector.events() == []
+    connector.post("orders/updated", order(8400, customer_id=400, email="h0@example.com"))
+    connector.sync()  # the same order in the same state, now as a webhook: Brevo has it already
+    assert len(connector.brevo.orders) == 5
+
+
+def test_a_history_batch_brevo_refuses_is_halved_until_the_bad_order_stands_alone(connector: Connector) -> None:
+    _as_history(connector, [order(8500 + i, customer_id=500 + i, email=f"r{i}@example.com") for i in range(4)])
+    # Refused: the batch of four, then its first half, then that half's first order.
+    connector.brevo.inject_fault(status=400, count=3, path_prefix="/v3/orders/status/batch")
+    connector.sync()
+    with connector.brevo.lock:
+        assert sorted(o["id"] for o in connector.brevo.orders) == ["8501", "8502", "8503"]
+        assert {o["historical"] for o in connector.brevo.orders} == {True}
+    assert [(r.source, r.reference) for r in connector.rows("SELECT source, reference FROM dead_letters")] == [
+        ("event", f"{SHOP}:brevo_order:8500:paid")]

@@ -129,10 +129,12 @@ def test_old_deliveries_update_the_contact_but_fire_no_automation(connector: Con
     assert connector.events("order_completed") == []
     assert connector.contact("ana@example.com")["attributes"]["ORDER_COUNT"] == 1
     assert connector.events() == []
-    rows = connector.rows("SELECT event_name, status FROM outbox ORDER BY event_name")
-    assert [(r.event_name, r.status) for r in rows] == [("brevo_order", "skipped"),
-                                                         ("first_order_completed", "skipped"),
-                                                         ("order_completed", "skipped")]
+    rows = connector.rows("SELECT event_name, target, status FROM outbox ORDER BY event_name")
+    assert [(r.event_name, r.target, r.status) for r in rows] == [
+        ("brevo_order", "order_history", "delivered"),  # Brevo ecommerce has it, as history
+        ("first_order_completed", "event", "skipped"), ("order_completed", "event", "skipped")]
+    with connector.brevo.lock:
+        assert [(o["id"], o["historical"]) for o in connector.brevo.orders] == [("108", True)]
 
 
 def test_an_email_change_updates_the_same_brevo_contact(connector: Connector) -> None:
