@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import sqlalchemy as sa
 import typer
@@ -16,6 +16,9 @@ from sqlalchemy.engine import Engine
 
 from connector.database import make_engine, upgrade
 from connector.settings import MissingSetting, Settings
+
+if TYPE_CHECKING:
+    from connector.models import Shop
 
 app = typer.Typer(help="Shopify -> Brevo connector.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -391,25 +394,17 @@ def backfill(shop: ShopOption,
     from datetime import UTC, datetime
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-    from sqlalchemy.orm import Session
-    from sqlmodel import col
 
-    from connector.models import Shop
-    from connector.shops import ShopError, normalise_domain, shopify_client
+    from connector.shops import shopify_client
     from sync.backfill import BackfillError, run_backfill
     from sync.backfill import Progress as Step
 
-    settings = _settings()
     try:
-        domain = normalise_domain(shop)
         moment = datetime.fromisoformat(since).replace(tzinfo=UTC) if since else None
-    except (ShopError, ValueError) as exc:
+    except ValueError as exc:
         raise _fail(str(exc)) from None
-    engine = _engine(settings)
-    with Session(engine) as session:
-        found = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
-    if found is None:
-        raise _fail(f"no shop {domain}: add it with `connector shops add` first")
+    engine, found, settings = _known_shop(shop)
+    domain = found.domain
     client = shopify_client(found, settings)
     if client is None:
         raise _fail(f"no Shopify access token for {domain}")
@@ -430,10 +425,84 @@ def backfill(shop: ShopOption,
             raise _fail(str(exc)) from None
     for result in results:
         line = f"{result.resource}: {result.status}, {result.queued} objects queued ({result.lines_read} lines read)"
-        console.print(line + (f": {result.error}" if result.error else ""), highlight=False, soft_wrap=True)
+        line += f": {result.error}" if result.error else ""
+        console.print(line + (f"; {result.notice}" if result.notice else ""), highlight=False, soft_wrap=True)
     if any(r.status != "done" for r in results):
         raise _fail("the backfill is not complete; run it again to resume", code=1)
     console.print("queued as history: the worker applies it (no automation fires)")
+
+
+@app.command()
+def reconcile(shop: ShopOption,
+              resources: Annotated[str, typer.Option(help="comma-separated: customers, products, orders, "
+                                                          "checkouts")] = "customers,products,orders,checkouts",
+              ids: Annotated[bool, typer.Option(help="list the ids that differ (reads every id from Shopify with "
+                                                     "bulk queries and Brevo's list page by page)")] = True,
+              ) -> None:
+    """Count each resource in Shopify, in the connector and in Brevo, and list the ids that differ. Exit 1 when
+    they do not agree."""
+    from connector.brevo import BrevoClient, BrevoError
+    from connector.shopify import ShopifyError
+    from connector.shops import credentials, shopify_client
+    from sync.backfill import ORDER
+    from sync.reconcile import SHOWN_IDS, count_report
+
+    wanted = [r.strip() for r in resources.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in ORDER]
+    if unknown:
+        raise _fail(f"unknown resource {unknown[0]!r}: choose from {', '.join(ORDER)}")
+    engine, found, settings = _known_shop(shop)
+    shopify = shopify_client(found, settings)
+    key = credentials(found, settings).brevo_api_key
+    brevo = BrevoClient(key, base_url=settings.brevo_api_url) if key else None
+    try:
+        lines = count_report(engine, found.domain, shopify, brevo, resources=wanted, ids=ids)
+    except (ShopifyError, BrevoError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    table = Table("", "Shopify", "connector", "Brevo", "missing", "extra", title=f"{found.domain}")
+    for line in lines:
+        brevo_cell = "" if line.brevo is None else (
+            f"{line.brevo}" + (f" (sent {line.brevo_expected})" if line.brevo_expected is not None else ""))
+        table.add_row(line.name, "" if line.shopify is None else str(line.shopify), str(line.connector), brevo_cell,
+                      str(len(line.missing)) if ids else "", str(len(line.extra)) if ids else "",
+                      style=None if line.agrees else "red")
+    console.print(table)
+    for line in lines:
+        for label, values, where in (("missing", line.missing, "from the connector" if line.name != "contacts"
+                                      else "from Brevo (connector contact keys)"),
+                                     ("extra", line.extra, "in the connector, gone from Shopify"
+                                      if line.name != "contacts" else "in Brevo's list, unknown to the connector")):
+            if values:
+                shown = ", ".join(values[:SHOWN_IDS]) + (f" and {len(values) - SHOWN_IDS} more"
+                                                          if len(values) > SHOWN_IDS else "")
+                console.print(f"{line.name} {label} {where}: {shown}", highlight=False, soft_wrap=True)
+    if shopify is None:
+        console.print("no Shopify access token: Shopify's side was not read")
+    if not all(line.agrees for line in lines):
+        raise _fail("Shopify, the connector and Brevo do not agree (see above); a backfill or the next "
+                    "reconciliation poll brings what is missing", code=1)
+    console.print("Shopify, the connector and Brevo agree")
+
+
+def _known_shop(shop: str) -> tuple[Engine, Shop, Settings]:
+    """The engine, the shop by its domain, and the settings; a clear error (exit 2) when there is no such shop."""
+    from sqlalchemy.orm import Session
+    from sqlmodel import col
+
+    from connector.models import Shop
+    from connector.shops import ShopError, normalise_domain
+
+    settings = _settings()
+    try:
+        domain = normalise_domain(shop)
+    except ShopError as exc:
+        raise _fail(str(exc)) from None
+    engine = _engine(settings)
+    with Session(engine) as session:
+        found = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+    if found is None:
+        raise _fail(f"no shop {domain}: add it with `connector shops add` first")
+    return engine, found, settings
 
 
 def main() -> None:

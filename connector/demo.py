@@ -82,6 +82,7 @@ def run_demo(*, customers: int = 200, seed: int = 7, database_url: str | None = 
     try:
         store = SimulatedStore(DEMO_SHOP, size=StoreSize(customers=customers, guests=max(customers // 5, 1)),
                                seed=seed)
+        shopify.store = store  # what the reconciliation polls and the backfill read
         deliveries = list(store.deliveries())
         console.print(f"simulated store [bold]{DEMO_SHOP}[/]: {len(store.customers)} customers, "
                       f"{len(store.orders)} orders, {len(store.products)} products, "

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     event_freshness_hours: float = Field(default=24.0, alias="CONNECTOR_EVENT_FRESHNESS_HOURS")
     webhook_max_body_bytes: int = Field(default=2 * 1024 * 1024, alias="CONNECTOR_WEBHOOK_MAX_BODY_BYTES")
     lease_seconds: float = Field(default=30.0, alias="CONNECTOR_LEASE_SECONDS")
+    # Each shop's reconciliation polls (what webhooks missed) run this often; 0 turns them off.
+    reconcile_minutes: float = Field(default=5.0, ge=0, alias="CONNECTOR_RECONCILE_MINUTES")
 
     @field_validator("shopify_shop")
     @classmethod

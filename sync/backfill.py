@@ -38,10 +38,11 @@ from connector.models import Backfill, BackfillRow, InboxEntry, Shop
 from connector.shopify import (
     BulkBusy,
     BulkFileGone,
+    BulkTimedOut,
     ShopifyAuthFailed,
     ShopifyClient,
     ShopifyError,
-    ShopifyRetriable,
+    ShopifyRejected,
 )
 from mappings.shopify_graphql import RESOURCES, Resource, legacy_id, to_payload
 from sync.push import ShopPaused, pause_shop
@@ -49,6 +50,10 @@ from sync.push import ShopPaused, pause_shop
 STAGE_CHUNK = 2000  # lines per commit while staging
 QUEUE_CHUNK = 500  # objects per commit while queuing
 ORDER = ("customers", "products", "orders", "checkouts")  # buyers before their orders, products before lines
+
+
+SIXTY_DAYS = ("only the last 60 days of orders were visible: the app was not granted read_all_orders "
+              "(ask Shopify for it, then run the backfill of orders again with --restart)")
 
 
 class BackfillError(Exception):
@@ -77,6 +82,7 @@ class ResourceResult:
     lines_read: int
     queued: int
     error: str | None
+    notice: str | None = None
 
 
 def _shop(engine: Engine, domain: str) -> Shop:
@@ -121,6 +127,13 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
     shop_id = shop.id or 0
     wanted = [r for r in ORDER if r in resources]
     runs = {r: _prepare(engine, shop_id, r, since=since, restart=restart, now=clock.now()) for r in wanted}
+    if "orders" in runs:
+        try:
+            scopes: set[str] | None = client.granted_scopes()
+        except ShopifyRejected:
+            scopes = None  # unknown: nothing to say
+        runs["orders"] = _save(engine, runs["orders"],
+                               notice=SIXTY_DAYS if scopes is not None and "read_all_orders" not in scopes else None)
     report = progress or (lambda _: None)
     results: dict[str, ResourceResult] = {}
     # Start every operation first (they run side by side in Shopify), then take the files one by one.
@@ -144,7 +157,7 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
                 run = _stage(engine, client, run, report)
             if run.status == "queuing":
                 run = _queue(engine, run, RESOURCES[name], domain, report, now=clock.now())
-            results[name] = ResourceResult(name, run.status, run.staged, run.queued, None)
+            results[name] = ResourceResult(name, run.status, run.staged, run.queued, None, run.notice)
             report(Progress(name, "done", run.queued, run.queued))
         except ShopifyAuthFailed:
             raise
@@ -212,18 +225,12 @@ def _start(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resou
 def _wait(engine: Engine, client: ShopifyClient, run: Backfill, report: ProgressFn, *, poll_seconds: float,
           sleep: Callable[[float], None], timeout_seconds: float, clock: Clock) -> Backfill:
     assert run.operation_id is not None
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        try:
-            status = client.bulk_operation(run.operation_id)
-        except ShopifyRetriable:
-            status = None
-        if status is not None and status.finished:
-            break
-        report(Progress(run.resource, "waiting", status.objects if status else 0, 0))
-        if time.monotonic() > deadline:
-            raise BulkOperationFailed(f"the bulk operation {run.operation_id} did not finish in time")
-        sleep(poll_seconds)
+    try:
+        status = client.wait_bulk(run.operation_id, deadline=time.monotonic() + timeout_seconds,
+                                  poll_seconds=poll_seconds, sleep=sleep, waiting=lambda seen: report(
+                                      Progress(run.resource, "waiting", seen.objects if seen else 0, 0)))
+    except BulkTimedOut as exc:
+        raise BulkOperationFailed(str(exc)) from exc
     if status.status != "COMPLETED":
         raise BulkOperationFailed(f"Shopify's bulk operation {status.id} ended {status.status}"
                             + (f" ({status.error_code})" if status.error_code else "") + ": it runs again next time")
@@ -292,7 +299,8 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
                         col(BackfillRow.parent).in_(list(children))).order_by(col(BackfillRow.line))).scalars():
                     child = json.loads(body)
                     children[str(child["__parentId"])].append(child)
-            rows = list(_inbox_rows(resource, domain, nodes, children, now))
+            rows = list(history_rows(resource, domain, ((node, children.get(str(node["id"]), [])) for node in nodes),
+                                     "backfill", now))
             insert_new(session, InboxEntry, rows, ["shop_domain", "event_id"])  # a replay is a no-op
             last = parents[-1][0]
             queued = run.queued + len(nodes)
@@ -309,11 +317,14 @@ def _left(engine: Engine, run: Backfill) -> int:
             col(BackfillRow.line) > run.last_queued_line)).scalar_one())
 
 
-def _inbox_rows(resource: Resource, domain: str, nodes: Iterable[dict[str, Any]],
-                children: dict[str, list[dict[str, Any]]], now: datetime) -> Iterable[dict[str, object]]:
-    for node in nodes:
-        payload = to_payload(resource.name, node, children.get(str(node["id"]), []))
+def history_rows(resource: Resource, domain: str, objects: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]],
+                 source: str, now: datetime) -> Iterable[dict[str, object]]:
+    """Inbox rows of objects read from Shopify (each with its nested rows), as their webhook topic's payload.
+    The id is the object's version (resource, id, `updatedAt`), whoever read it: a backfill and a poll that
+    see the same version queue it once."""
+    for node, children in objects:
+        payload = to_payload(resource.name, node, children)
         ident = legacy_id(node.get("id"))
-        yield {"shop_domain": domain, "event_id": f"backfill:{resource.name}:{ident}:{node.get('updatedAt') or ''}",
-               "topic": resource.topic, "source": "backfill", "body": json.dumps(payload, separators=(",", ":")),
+        yield {"shop_domain": domain, "event_id": f"history:{resource.name}:{ident}:{node.get('updatedAt') or ''}",
+               "topic": resource.topic, "source": source, "body": json.dumps(payload, separators=(",", ":")),
                "status": "pending", "received_at": now}

@@ -30,6 +30,8 @@ _DUE = """
         (s.brevo_ready_at IS NULL AND (s.setup_due_at IS NULL OR s.setup_due_at <= :now))
         OR EXISTS (SELECT 1 FROM inbox i WHERE i.shop_domain = s.domain AND i.status = 'pending')
         OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.dirty)
+        OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.import_process IS NOT NULL
+                   AND c.visible_at <= :now)
         OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.push_state = 'pending'
                    AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= :now))
         OR EXISTS (SELECT 1 FROM outbox o WHERE o.shop_id = s.id AND o.status = 'pending'
@@ -38,29 +40,41 @@ _DUE = """
         OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.lifecycle_due_at <= :now)
         OR EXISTS (SELECT 1 FROM loyalty_rewards r WHERE r.shop_id = s.id AND r.status = 'requested'
                    AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= :now))
+        {polls}
     )
 """
+# With reconciliation on: a poll is due, or the shop has none yet (its first lease creates them).
+_POLLS = """
+        OR EXISTS (SELECT 1 FROM poll_states p WHERE p.shop_id = s.id AND p.due_at <= :now)
+        OR NOT EXISTS (SELECT 1 FROM poll_states p WHERE p.shop_id = s.id)
+"""
 
-_LEASE_POSTGRES = _timed(sa.text(f"""
+_LEASE_POSTGRES = """
     UPDATE shops SET lease_owner = :owner, lease_token = :token, lease_expires_at = :expires
     WHERE id IN (
-        SELECT s.id FROM shops s WHERE {_DUE}
+        SELECT s.id FROM shops s WHERE {due}
         ORDER BY s.lease_expires_at NULLS FIRST, s.id
         LIMIT :limit FOR UPDATE SKIP LOCKED
     )
     RETURNING id, domain
-"""), "now", "expires")
+"""
 
 # SQLite serialises writers (our transactions begin IMMEDIATE), so the sub-select cannot race.
-_LEASE_SQLITE = _timed(sa.text(f"""
+_LEASE_SQLITE = """
     UPDATE shops SET lease_owner = :owner, lease_token = :token, lease_expires_at = :expires
     WHERE id IN (
-        SELECT s.id FROM shops s WHERE {_DUE}
+        SELECT s.id FROM shops s WHERE {due}
         ORDER BY s.lease_expires_at IS NOT NULL, s.lease_expires_at, s.id
         LIMIT :limit
     )
     RETURNING id, domain
-"""), "now", "expires")
+"""
+
+
+_LEASE = {(dialect, polls): _timed(sa.text(template.format(due=_DUE.format(polls=_POLLS if polls else ""))),
+                                   "now", "expires")
+          for dialect, template in (("sqlite", _LEASE_SQLITE), ("postgresql", _LEASE_POSTGRES))
+          for polls in (False, True)}
 
 _EXTEND = _timed(sa.text("""
     UPDATE shops SET lease_expires_at = :expires
@@ -72,7 +86,7 @@ _RELEASE = sa.text("""
     WHERE id = :shop_id AND lease_token = :token
 """)
 
-_HAS_WORK = _timed(sa.text(f"SELECT count(*) FROM shops s WHERE {_DUE}"), "now")
+_HAS_WORK = _timed(sa.text(f"SELECT count(*) FROM shops s WHERE {_DUE.format(polls='')}"), "now")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,9 +97,11 @@ class Lease:
     owner: str
 
 
-def lease_due_shops(engine: Engine, *, owner: str, now: datetime, seconds: float, limit: int = 4) -> list[Lease]:
+def lease_due_shops(engine: Engine, *, owner: str, now: datetime, seconds: float, limit: int = 4,
+                    polls: bool = False) -> list[Lease]:
+    """Lease up to `limit` shops that have work due; with `polls`, a due reconciliation poll is work too."""
     token = secrets.token_hex(8)
-    statement = _LEASE_SQLITE if engine.dialect.name == "sqlite" else _LEASE_POSTGRES
+    statement = _LEASE["sqlite" if engine.dialect.name == "sqlite" else "postgresql", polls]
     with Session(engine) as session, session.begin():
         rows = session.execute(statement, {"owner": owner, "token": token, "now": now, "limit": limit,
                                            "expires": now + timedelta(seconds=seconds)}).all()

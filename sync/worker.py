@@ -32,8 +32,9 @@ from connector.clock import Clock, SystemClock, as_utc
 from connector.database import unit_of_work
 from connector.models import Contact, DeadLetter, InboxEntry, Product, Shop, UTCDateTime
 from connector.settings import Settings
-from connector.shopify import CostBudget
+from connector.shopify import CostBudget, ShopifyAuthFailed, ShopifyError
 from connector.shops import credentials, shopify_client
+from mappings.ecommerce import HISTORY_ORDER
 from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
@@ -42,6 +43,7 @@ from sync.mirror import BatchMirror
 from sync.profiles import ShopContext, build_dirty_contacts
 from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
 from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
+from sync.reconcile import due_polls, ensure_polls, poll_failed, poll_turn
 from sync.rewards import due_rewards, issue_rewards
 from sync.segments import mark_due_lifecycle, recompute_shop
 
@@ -50,6 +52,7 @@ T = TypeVar("T")
 
 INBOX_BATCH = 200
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
+POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Worker:
         self.policy = policy or PushPolicy(lease_seconds=settings.lease_seconds)
         self.pacers: dict[int, Pacer] = {}  # per shop: Brevo's budgets outlive one lease
         self.shopify_budgets: dict[int, CostBudget] = {}  # per shop: Shopify's query-cost bucket
+        self.polls_ready: set[int] = set()  # shops whose poll rows this worker has seen to
         self.stats = WorkerStats()
         self.wake = threading.Event()
 
@@ -99,7 +103,8 @@ class Worker:
                   (SELECT count(*) FROM inbox i JOIN shops s ON s.domain = i.shop_domain
                      WHERE i.status = 'pending' AND s.status = 'active')
                 + (SELECT count(*) FROM contacts c JOIN shops s ON s.id = c.shop_id
-                     WHERE (c.dirty OR c.push_state = 'pending') AND s.status = 'active')
+                     WHERE (c.dirty OR c.push_state = 'pending' OR c.import_process IS NOT NULL)
+                       AND s.status = 'active')
                 + (SELECT count(*) FROM outbox o JOIN shops s ON s.id = o.shop_id
                      WHERE o.status = 'pending' AND s.status = 'active')
                 + (SELECT count(*) FROM shops s WHERE s.status = 'active' AND s.brevo_ready_at IS NULL)
@@ -115,7 +120,7 @@ class Worker:
     def run_once(self) -> int:
         """One pass over the shops that are due now; returns how many shops were worked."""
         leases = lease_due_shops(self.engine, owner=self.owner, now=self.clock.now(),
-                                 seconds=self.settings.lease_seconds)
+                                 seconds=self.settings.lease_seconds, polls=self.settings.reconcile_minutes > 0)
         for lease in leases:
             try:
                 self.work_shop(lease)
@@ -157,6 +162,8 @@ class Worker:
                 self._setup_failed(lease, "no Brevo API key for this shop", retry_in=300)
             else:
                 shop = self._prepare_brevo(lease, shop, client) or shop
+        if self.settings.reconcile_minutes > 0:
+            self._reconcile(lease, shop)
         started = time.monotonic()
         while time.monotonic() - started < SHOP_TIME_SLICE:
             if not self.apply_inbox(lease, shop):
@@ -187,6 +194,37 @@ class Worker:
         now = self.clock.now()
         self.stats.events_pushed += pusher.push_events(now=now)
         pusher.push_events(target="order", now=now)
+        pusher.push_events(target=HISTORY_ORDER, now=now)
+        # Last: the batches above have first call on the shared budget; what an import skipped goes out again,
+        # one by one, next turn.
+        pusher.check_imports(now=now)
+
+    def _reconcile(self, lease: Lease, shop: Shop) -> None:
+        """Run the shop's due reconciliation polls (what they find is applied in this same turn)."""
+        now = self.clock.now()
+        if lease.shop_id not in self.polls_ready:
+            ensure_polls(self.engine, lease.shop_id, now)
+            self.polls_ready.add(lease.shop_id)
+        states = due_polls(self.engine, lease.shop_id, now)
+        if not states:
+            return
+        every = timedelta(minutes=self.settings.reconcile_minutes)
+        client = shopify_client(shop, self.settings, http=self.http,
+                                budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
+        for state in states:
+            failed = "no Shopify access token for this shop" if client is None else None
+            if client is not None:
+                try:
+                    poll_turn(self.engine, client, lease, state, now=now, every=every,
+                              lease_seconds=self.settings.lease_seconds)
+                except ShopifyAuthFailed as exc:
+                    pause_shop(self.engine, lease.shop_id, exc)
+                except ShopifyError as exc:
+                    failed = f"Shopify: {exc}"
+            if failed:
+                log.warning("shop %s: %s poll failed: %s", lease.domain, state.resource, failed)
+                poll_failed(self.engine, lease, state, failed, now=now, retry_in=min(every, POLL_RETRY),
+                            lease_seconds=self.settings.lease_seconds)
 
     def _issue_rewards(self, lease: Lease, shop: Shop) -> int:
         """Requested reward codes are created in Shopify (outside any transaction), then deducted."""

@@ -82,7 +82,9 @@ class Connector:
 
 
 def start_connector(engine: Engine, *, limits: BrevoLimits | None = None, policy: PushPolicy | None = None,
-                    brevo_keys: set[str] | None = None, brevo_key: str = BREVO_KEY) -> Connector:
+                    brevo_keys: set[str] | None = None, brevo_key: str = BREVO_KEY,
+                    reconcile_minutes: float = 0) -> Connector:
+    """Reconciliation polls are off unless asked for: most tests drive Shopify's side through webhooks only."""
     brevo = BrevoSandbox(api_keys=brevo_keys or {BREVO_KEY}, limits=limits)
     brevo_server = serve_in_thread(brevo.app)
     shopify = ShopifyAdminSandbox(tokens={ADMIN_TOKEN})
@@ -92,6 +94,7 @@ def start_connector(engine: Engine, *, limits: BrevoLimits | None = None, policy
                         SHOPIFY_ACCESS_TOKEN=ADMIN_TOKEN, SHOPIFY_ADMIN_URL=shopify_server.url,
                         BREVO_API_KEY=brevo_key,
                         BREVO_API_URL=f"{brevo_server.url}/v3", CONNECTOR_LEASE_SECONDS=5,
+                        CONNECTOR_RECONCILE_MINUTES=reconcile_minutes,
                         _env_file=None)  # type: ignore[call-arg]
     ensure_single_store_shop(engine, settings)
     web = serve_in_thread(create_app(engine, settings))

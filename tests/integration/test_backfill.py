@@ -4,7 +4,7 @@ store's JSONL over loopback, the worker applies it as history, the simulated Bre
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from connector.shopify import ShopifyClient
 from sync.backfill import BackfillError, run_backfill
 from tests.integration.harness import ADMIN_TOKEN, BREVO_KEY, SECRET, SHOP, Connector
 from tests.integration.test_cli import _connector
+from tests.integration.test_ecommerce import _as_history
+from tests.payloads import order
 
 START = datetime(2026, 8, 1, tzinfo=UTC)
 
@@ -61,6 +63,11 @@ def test_a_backfill_brings_every_buyer_with_correct_totals_and_fires_no_automati
         assert attributes["ORDER_COUNT"] == totals.order_count - refunded[email], email
         assert Decimal(str(attributes["TOTAL_SPENT"])) == totals.total_spent, email
     assert connector.events() == []  # history fires no automation
+    # Brevo's ecommerce orders arrive as history, in batches, each order once in its latest state.
+    sent = connector.brevo.orders
+    assert sent and all(o["historical"] and o["batchId"] for o in sent)
+    assert sorted(int(o["id"]) for o in sent) == sorted(
+        o["id"] for o in store.orders if not o["test"] and (o.get("email") or o.get("phone") or o.get("customer")))
     assert _count(connector, "backfill_rows") == 0  # the staged file is gone once queued
     collections = connector.rows("SELECT collections FROM products WHERE product_type IS NOT NULL")
     assert collections and all(row[0] for row in collections)
@@ -134,3 +141,42 @@ def test_the_backfill_command_reports_each_resource_and_resumes_after_a_failure(
     assert f"customers: done, {len(store.customers)} objects queued" in second.stdout
     unknown = _connector("backfill", "--shop", SHOP, "--resources", "carts", env=env, cwd=tmp_path)
     assert unknown.returncode == 2 and "unknown resource 'carts'" in unknown.stderr
+
+
+def test_without_read_all_orders_the_backfill_says_only_60_days_of_orders_were_visible(
+        connector: Connector, store: SimulatedStore) -> None:
+    connector.shopify.scopes.discard("read_all_orders")
+    [orders] = run_backfill(connector.engine, _client(connector), SHOP, resources=["orders"], poll_seconds=0.02)
+    since = datetime.now(UTC) - timedelta(days=60)
+    recent = [o for o in store.orders if datetime.fromisoformat(o["created_at"].replace("Z", "+00:00")) >= since]
+    assert 0 < len(recent) < len(store.orders)
+    assert (orders.status, orders.queued) == ("done", len(recent))
+    assert orders.notice and "60 days" in orders.notice and "read_all_orders" in orders.notice
+
+    connector.shopify.scopes.add("read_all_orders")  # the merchant granted it
+    [orders] = run_backfill(connector.engine, _client(connector), SHOP, resources=["orders"], poll_seconds=0.02,
+                            restart=True)
+    assert (orders.queued, orders.notice) == (len(store.orders), None)
+
+
+def test_history_learnt_over_several_turns_moves_segments_without_announcing_it(connector: Connector) -> None:
+    day = 24 * 60
+    # Turn 1: twenty buyers, one order each; buyers 0 and 1 the smallest and oldest.
+    _as_history(connector, [order(8600 + i, customer_id=600 + i, email=f"s{i}@example.com", total=f"{10 + 5 * i}.00",
+                                  created=-day * (60 - 2 * i), updated=-day * (60 - 2 * i)) for i in range(20)])
+    connector.sync()
+    before = {r.contact_key: r.rfm_segment for r in connector.rows("SELECT contact_key, rfm_segment FROM contacts")}
+    # Turn 2: both turn out to be the shop's best buyers; buyer 0's orders are history, buyer 1's are webhooks.
+    later = [(n, -day * (20 - n)) for n in range(6)]
+    _as_history(connector, [order(8700 + n, customer_id=600, email="s0@example.com", total="400.00", created=at,
+                                  updated=at) for n, at in later])
+    for n, at in later:
+        connector.post("orders/create", order(8800 + n, customer_id=601, email="s1@example.com", total="400.00",
+                                              created=at, updated=at))
+    connector.sync()
+    after = {r.contact_key: r.rfm_segment for r in connector.rows("SELECT contact_key, rfm_segment FROM contacts")}
+    assert after["c:600"] != before["c:600"] and after["c:601"] != before["c:601"]
+    announced = {(r.event_name, r.contact_key) for r in connector.rows(
+        "SELECT event_name, contact_key FROM outbox WHERE event_name IN ('segment_changed', 'vip_entered')")}
+    assert ("segment_changed", "c:601") in announced  # news
+    assert not [key for _, key in announced if key == "c:600"]  # history catching up

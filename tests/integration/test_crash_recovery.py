@@ -19,7 +19,8 @@ ORDERS = 150
 
 def _worker_process(url: str, brevo_url: str, *, until_idle: bool) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": url, "SHOPIFY_SHOP": SHOP, "SHOPIFY_ACCESS_TOKEN": "test-admin-token",
-           "BREVO_API_KEY": BREVO_KEY, "BREVO_API_URL": brevo_url, "CONNECTOR_LEASE_SECONDS": "2"}
+           "BREVO_API_KEY": BREVO_KEY, "BREVO_API_URL": brevo_url, "CONNECTOR_LEASE_SECONDS": "2",
+           "CONNECTOR_RECONCILE_MINUTES": "0"}  # no Shopify Admin API here: webhooks only
     args = [sys.executable, "-c", "from connector.cli import main; main()", "worker"]
     if until_idle:
         args.append("--until-idle")

@@ -1,0 +1,135 @@
+"""Benchmark: a whole shop's history backfilled from the simulated Shopify into the simulated Brevo.
+
+Run by hand:  .venv/bin/python bench/backfill.py [--customers 100000] [--database sqlite|postgres]
+
+A separate process builds a simulated store (N customers, N/10 guests, 5 orders per customer on average,
+200 products) and serves the simulated Admin API (bulk operations) and the simulated Brevo over loopback, so
+that the connector's own memory is measured alone. The connector then runs what a merchant runs on the day
+they connect: `run_backfill` (bulk queries, JSONL streamed and staged, objects queued), then one worker until
+idle (history applied through the webhook handlers, contacts imported, orders sent as historical batches).
+Brevo's 100-per-hour budget for batch endpoints is lifted here (a real account paces historical orders at
+100 calls an hour; see the README's limits) so that the connector's own speed is what is measured.
+
+Prints the time of each phase, the connector's peak RSS, the Shopify queries and the Brevo calls by endpoint.
+Targets (issue: backfill): 100,000 customers / 500,000 orders in <= 3 min, peak RSS <= 300 MB and flat from
+10,000 to 100,000 customers, <= 1 Brevo contacts call per 5,000 contacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DOMAIN = "bench-backfill.myshopify.com"
+TOKEN = "bench-admin-token"
+BREVO_KEY = "bench-brevo-key"
+
+
+def _serve(customers: int, ready: Any, stop: Any, report: Any) -> None:
+    """The simulated Shopify and Brevo, in their own process."""
+    from connector.sandbox.brevo import BrevoLimits, BrevoSandbox
+    from connector.sandbox.server import serve_in_thread
+    from connector.sandbox.shopify import SimulatedStore, StoreSize
+    from connector.sandbox.shopify_admin import ShopifyAdminSandbox
+
+    started = time.monotonic()
+    store = SimulatedStore(DOMAIN, size=StoreSize(customers=customers, guests=max(customers // 10, 1), products=200,
+                                                  orders_per_customer=5.0),
+                           start=datetime(2024, 11, 1, tzinfo=UTC))
+    shopify = ShopifyAdminSandbox(tokens={TOKEN}, store=store, bulk_seconds=1.0)
+    brevo = BrevoSandbox(api_keys={BREVO_KEY}, limits=BrevoLimits(contacts=(1000, 1.0), other=(100_000, 3600.0)))
+    servers = [serve_in_thread(shopify.app), serve_in_thread(brevo.app)]
+    ready.put({"shopify": servers[0].url, "brevo": f"{servers[1].url}/v3", "customers": len(store.customers),
+               "orders": len(store.orders), "products": len(store.products),
+               "seconds": round(time.monotonic() - started, 1)})
+    stop.wait()
+    report.put({"shopify": Counter(shopify.calls), "brevo": Counter(c.path for c in brevo.calls),
+                "brevo_contacts": len(brevo.contacts), "brevo_orders": len({o["id"] for o in brevo.orders})})
+    for server in servers:
+        server.stop()
+
+
+def run(customers: int, database: str) -> None:
+    from connector.database import make_engine, upgrade
+    from connector.settings import Settings
+    from connector.shopify import ShopifyClient
+    from connector.shops import ensure_single_store_shop
+    from sync.backfill import run_backfill
+    from sync.worker import Worker
+
+    ctx = mp.get_context("spawn")
+    ready, report, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    sandbox = ctx.Process(target=_serve, args=(customers, ready, stop, report), daemon=True)
+    sandbox.start()
+    served = ready.get(timeout=3600)
+    print(f"simulated store: {served['customers']:,} customers, {served['orders']:,} orders, "
+          f"{served['products']} products (built in {served['seconds']} s)")
+    if database == "postgres":
+        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text("DROP DATABASE IF EXISTS bench_backfill"))
+            conn.execute(sa.text("CREATE DATABASE bench_backfill"))
+        admin.dispose()
+        url = PG_URL.rsplit("/", 1)[0] + "/bench_backfill"
+    else:
+        url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-backfill-')) / 'connector.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    settings = Settings(DATABASE_URL=url, SHOPIFY_SHOP=DOMAIN, SHOPIFY_ACCESS_TOKEN=TOKEN,
+                        SHOPIFY_ADMIN_URL=served["shopify"], BREVO_API_KEY=BREVO_KEY, BREVO_API_URL=served["brevo"],
+                        CONNECTOR_RECONCILE_MINUTES=0, _env_file=None)  # type: ignore[call-arg]
+    ensure_single_store_shop(engine, settings)
+    client = ShopifyClient(DOMAIN, TOKEN, api_version=settings.shopify_api_version, admin_url=served["shopify"])
+
+    started = time.monotonic()
+    results = run_backfill(engine, client, DOMAIN, poll_seconds=0.5)
+    queued = time.monotonic()
+    for r in results:
+        print(f"  {r.resource}: {r.status}, {r.queued:,} queued, {r.lines_read:,} lines")
+    worker = Worker(engine, settings)
+    worker.run(until_idle=True, idle_sleep=0.05)
+    applied = time.monotonic()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stop.set()
+    calls = report.get(timeout=60)
+    sandbox.join(timeout=30)
+    with engine.connect() as conn:
+        contacts = conn.execute(sa.text("SELECT count(*) FROM contacts WHERE sent IS NOT NULL "
+                                        "AND push_state <> 'dead'")).scalar_one()
+        dead = dict(conn.execute(sa.text("SELECT source, count(*) FROM dead_letters GROUP BY source")).all())
+        events = dict(conn.execute(sa.text("SELECT event_name, count(*) FROM outbox WHERE target = 'event' "
+                                           "GROUP BY event_name")).all())
+    contact_calls = sum(n for path, n in calls["brevo"].items() if path.startswith("/v3/contacts/import")
+                        or path == "/v3/contacts")
+    print(f"database {database}: backfill (bulk queries, files staged, objects queued) {queued - started:.1f} s; "
+          f"worker until idle {applied - queued:.1f} s; total {applied - started:.1f} s")
+    print(f"peak RSS of the connector: {rss:.0f} MB")
+    print(f"Shopify queries: {dict(calls['shopify'])}")
+    print(f"Brevo calls: {dict(calls['brevo'])}")
+    print(f"contacts delivered {contacts:,} (Brevo holds {calls['brevo_contacts']:,}) in {contact_calls} contact "
+          f"calls: {contacts / max(contact_calls, 1):,.0f} contacts per call; Brevo holds "
+          f"{calls['brevo_orders']:,} ecommerce orders")
+    print(f"dead letters: {dead or 'none'}; events (history must send none): {events or 'none'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    args = parser.parse_args()
+    run(args.customers, args.database)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
