@@ -250,6 +250,17 @@ class BrevoClient:
         return self._request("PUT", f"contacts/{quote(identifier, safe='')}", json={"unlinkListIds": list(list_ids)},
                              params={"identifierType": by})
 
+    def delete_contact(self, identifier: str, *, by: str) -> Reply:
+        return self._request("DELETE", f"contacts/{quote(identifier, safe='')}", params={"identifierType": by})
+
+    def anonymise_contact(self, identifier: str, *, by: str, alias: str, attributes: Sequence[str]) -> Reply:
+        """Keep the contact's figures, drop who they are: a placeholder address in place of the email, the
+        named attributes emptied, both channels blacklisted so that no campaign reaches the placeholder."""
+        body = {"attributes": {"EMAIL": f"{alias}@anonymised.invalid", **{name: "" for name in attributes}},
+                "ext_id": alias, "emailBlacklisted": True, "smsBlacklisted": True}
+        return self._request("PUT", f"contacts/{quote(identifier, safe='')}", json=body,
+                             params={"identifierType": by})
+
     def import_contacts(self, rows: Sequence[Mapping[str, Any]], list_id: int, *, email_blacklist: bool = False,
                         sms_blacklist: bool = False) -> Reply:
         """Rows into the list; the blacklist flags, when set, opt every row of the import out."""

@@ -245,6 +245,40 @@ def shops_list() -> None:
     console.print(table)
 
 
+@shops_app.command("exports")
+def shops_exports(
+    shop: Annotated[str, typer.Option(help="my-store.myshopify.com")],
+    export_id: Annotated[int | None, typer.Option("--id", help="Print this export (JSON) instead of the list.")] = None,
+    out: Annotated[str | None, typer.Option(help="With --id: write the export to this file.")] = None,
+) -> None:
+    """The customers' data exports Shopify asked for (customers/data_request), for the merchant to hand over."""
+    from sqlmodel import col
+
+    from connector.models import DataExport
+
+    engine, found, _ = _known_shop(shop)
+    with engine.connect() as conn:
+        where = [col(DataExport.shop_id) == found.id]
+        if export_id is not None:
+            where.append(col(DataExport.id) == export_id)
+        rows = conn.execute(sa.select(col(DataExport.id), col(DataExport.request_key), col(DataExport.customer_id),
+                                      col(DataExport.created_at), col(DataExport.body)).where(*where)
+                            .order_by(col(DataExport.id))).all()
+    if export_id is None:
+        table = Table("id", "request", "customer", "exported at")
+        for r in rows:
+            table.add_row(str(r.id), r.request_key, str(r.customer_id or "-"), str(r.created_at))
+        console.print(table if rows else f"no data requests for {found.domain}")
+        return
+    if not rows:
+        raise _fail(f"no export {export_id} for {found.domain}: see `connector shops exports --shop {found.domain}`")
+    if out:
+        Path(out).write_text(rows[0].body, encoding="utf-8")
+        console.print(f"export {export_id} written to {out}")
+    else:
+        print(rows[0].body)
+
+
 @dead_app.command("list")
 def dead_letters_list(
     shop: Annotated[str | None, typer.Option(help="Only this shop's domain.")] = None,

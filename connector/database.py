@@ -79,12 +79,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Erased rows (a customer's or a shop's, at Shopify's request) are overwritten, not left in free pages.
+    cur.execute("PRAGMA secure_delete=ON")
     cur.close()
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
     # Writers take the write lock up front: no deadlock-prone read->write upgrades between workers.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def forget_erased(engine: Engine) -> None:
+    """After an erasure: on SQLite, copy the write-ahead log into the database file and empty it, so the erased
+    rows' old pages are nowhere on disk (secure_delete zeroed them in the file). A reader holding an old snapshot
+    can keep the log from emptying; the next erasure or checkpoint finishes it. PostgreSQL reclaims the space of
+    deleted rows through autovacuum."""
+    if not is_sqlite(engine):
+        return
+    raw = engine.raw_connection()
+    try:
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
 
 
 def alembic_config(url: str) -> Config:

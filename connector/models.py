@@ -75,6 +75,13 @@ class Shop(SQLModel, table=True):
     loyalty_rules: dict[str, Any] | None = _json()  # loyalty.rules.LoyaltyRules.to_dict(); None: defaults
     loyalty_started_at: datetime | None = _ts()  # birthdays before this earn nothing
     loyalty_rules_at: datetime | None = _ts()  # the current rules took effect: what was before is history
+    uninstalled_at: datetime | None = _ts()  # app/uninstalled: no work, no tokens; data kept until shop/redact
+
+
+# Shopify's app lifecycle and privacy topics: stored with status `lifecycle` (not `pending`), applied in their
+# turn among the shop's deliveries and whatever the shop's status (a shop is erased 48 hours after it uninstalled
+# the app, when nothing else is done for it).
+LIFECYCLE_TOPICS = ("app/uninstalled", "shop/redact", "customers/redact", "customers/data_request")
 
 
 class InboxEntry(SQLModel, table=True):
@@ -95,7 +102,7 @@ class InboxEntry(SQLModel, table=True):
     api_version: str | None = Field(default=None, max_length=20)
     source: str = Field(default="webhook", max_length=20)  # webhook | poll | backfill
     body: str = Field(sa_type=sa.Text)
-    status: str = Field(default="pending", max_length=20)  # pending | applied | ignored | failed
+    status: str = Field(default="pending", max_length=20)  # pending | lifecycle | applied | ignored | failed
     error: str | None = Field(default=None, sa_type=sa.Text)
     received_at: datetime | None = _ts()
     processed_at: datetime | None = _ts()
@@ -473,3 +480,18 @@ class PollState(SQLModel, table=True):
     last_found: int = 0  # objects the last finished pass queued
     found: int = 0  # objects polls have queued, in all
     error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class DataExport(SQLModel, table=True):
+    """What the connector held on one customer when Shopify asked for it (customers/data_request), kept for
+    the merchant to hand over; erased with the customer (customers/redact) or the shop (shop/redact)."""
+
+    __tablename__ = "data_exports"
+    __table_args__ = (sa.UniqueConstraint("shop_id", "request_key", name="uq_data_export_request"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(index=True)
+    request_key: str = Field(max_length=100)  # Shopify's data_request id, else the delivery's event id
+    customer_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    body: str = Field(sa_type=sa.Text)  # the export, JSON
+    created_at: datetime | None = _ts()

@@ -48,7 +48,10 @@ _RESERVED_BREVO_NAMES = frozenset({"EMAIL"})
 
 _BREVO_ATTRIBUTE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,49}")
 _TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SECTIONS = ("attributes", "events", "lifecycle", "segments")
+_SECTIONS = ("attributes", "events", "lifecycle", "segments", "privacy")
+
+# What a customer's erasure (Shopify's customers/redact) does to their Brevo contact.
+REDACT_IN_BREVO = ("delete", "anonymise")
 
 _V = TypeVar("_V")
 
@@ -92,6 +95,7 @@ class ShopConfig:
     disabled_events: frozenset[str] = frozenset()
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     segment_lists: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # segment -> list id
+    redact_in_brevo: str = "delete"  # privacy.redact_in_brevo: one of REDACT_IN_BREVO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "renamed", _frozen_mapping(self.renamed))
@@ -102,7 +106,7 @@ class ShopConfig:
     def __hash__(self) -> int:
         # Mapping proxies are not hashable; hash the same content the generated __eq__ compares.
         return hash((frozenset(self.renamed.items()), self.disabled_attributes, self.disabled_events,
-                     self.lifecycle, frozenset(self.segment_lists.items())))
+                     self.lifecycle, frozenset(self.segment_lists.items()), self.redact_in_brevo))
 
     @classmethod
     def default(cls) -> ShopConfig:
@@ -133,6 +137,7 @@ class ShopConfig:
             disabled_events=_parse_events(_section(data, "events")),
             lifecycle=_parse_lifecycle(_section(data, "lifecycle")),
             segment_lists=_parse_segments(_section(data, "segments")),
+            redact_in_brevo=_parse_privacy(_section(data, "privacy")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +166,8 @@ class ShopConfig:
         segments = {name: self.segment_lists[name] for name in SEGMENT_NAMES if name in self.segment_lists}
         if segments:
             data["segments"] = segments
+        if self.redact_in_brevo != "delete":
+            data["privacy"] = {"redact_in_brevo": self.redact_in_brevo}
         return data
 
     def brevo_name(self, canonical: str) -> str | None:
@@ -308,6 +315,17 @@ def _parse_lifecycle(section: Mapping[str, Any]) -> LifecycleSettings:
             raise ConfigError(key, f"must be true or false, not {_type_name(value)}")
         values[setting] = value
     return LifecycleSettings(**values)
+
+
+def _parse_privacy(section: Mapping[str, Any]) -> str:
+    mode = "delete"
+    for name, value in section.items():
+        setting = _check_known("privacy", name, ("redact_in_brevo",), "setting")
+        if value not in REDACT_IN_BREVO:
+            raise ConfigError(_key("privacy", setting), f"must be one of {', '.join(map(repr, REDACT_IN_BREVO))}, "
+                              f"not {value!r}")
+        mode = str(value)
+    return mode
 
 
 def _parse_segments(section: Mapping[str, Any]) -> dict[str, int]:

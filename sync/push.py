@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, as_utc
-from connector.database import chunked, unit_of_work
+from connector.database import chunked, forget_erased, unit_of_work
 from connector.models import Contact, DeadLetter, OutboxEntry, Product, Shop
 from mappings.ecommerce import HISTORY_ORDER, CatalogProduct, categories_of, category_body, product_body
 from mappings.profile import body_hash as catalog_hash
+from sync.compliance import ERASE
 from sync.profiles import strip_memory
 from sync.queue import Lease, fence
 
@@ -42,6 +44,10 @@ def pause_shop(engine: Engine, shop_id: int, exc: Exception) -> NoReturn:
     with unit_of_work(engine) as session:
         session.execute(sa.update(Shop).where(col(Shop.id) == shop_id).values(status="paused", paused_reason=reason))
     raise ShopPaused(str(exc)) from None
+
+
+# What an anonymised contact loses in Brevo (besides its email and ext_id): who they are and where they live.
+_PERSONAL_ATTRIBUTES = ("FIRSTNAME", "LASTNAME", "SMS", "CITY", "CUSTOMER_TAGS", "SHOPIFY_CUSTOMER_ID")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,6 +292,75 @@ class Pusher:
                                    reference=contact.contact_key, reason=reason,
                                    payload=json.dumps(strip_memory(contact.pending or {})), created_at=now))
             fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
+
+    # --- erasures (customers/redact) -----------------------------------------------------------
+
+    def push_erasures(self, *, pause: bool = True) -> int:
+        """Delete (or anonymise) the Brevo contacts of erased customers. The row names the contact by its
+        ext_id, then the emails and phones Brevo knew it by; once Brevo answered (a contact it does not hold
+        is erased already) only the ext_id is kept. `pause`: a refused key pauses the shop (not done for a shop
+        that is no longer active: the erasure is dead-lettered for the merchant instead)."""
+        now = self.clock.now()
+        with unit_of_work(self.engine) as session:
+            rows = session.execute(sa.select(OutboxEntry).where(
+                col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.target) == ERASE,
+                col(OutboxEntry.status) == "pending",
+                sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= now))
+                .order_by(col(OutboxEntry.id)).limit(50)).scalars().all()
+        erased = 0
+        for entry in rows:
+            try:
+                found = self._erase(entry.body)
+            except BrevoAuthFailed as exc:
+                self._erasure_settled(entry, found=None, error=str(exc))
+                if pause:
+                    self._pause(exc)
+                continue
+            except BrevoRetriable as exc:
+                self._reschedule_events([entry], exc)
+                break
+            except BrevoRejected as exc:
+                self._erasure_settled(entry, found=None, error=str(exc))
+                continue
+            self._erasure_settled(entry, found=found, error=None)
+            erased += 1
+        if rows:
+            forget_erased(self.engine)  # the identifiers the rows held are gone from the disk too
+        return erased
+
+    def _erase(self, body: dict[str, Any]) -> bool:
+        """True once a contact was deleted (or anonymised); False when Brevo holds none by those identifiers."""
+        candidates = [(body.get("ext_id"), "ext_id")] + [(e, "email_id") for e in body.get("emails") or []] \
+            + [(p, "phone_id") for p in body.get("phones") or []]
+        alias = f"redacted-{hashlib.sha256(json.dumps(candidates).encode()).hexdigest()[:16]}"
+        for identifier, by in candidates:
+            if not identifier:
+                continue
+            if body.get("mode") == "anonymise":
+                call = partial(self.client.anonymise_contact, str(identifier), by=by, alias=alias,
+                               attributes=_PERSONAL_ATTRIBUTES)
+            else:
+                call = partial(self.client.delete_contact, str(identifier), by=by)
+            try:
+                self._send("contacts", call)
+                return True
+            except BrevoRejected as exc:
+                if exc.status != 404:
+                    raise
+        return False
+
+    def _erasure_settled(self, entry: OutboxEntry, *, found: bool | None, error: str | None) -> None:
+        kept = {"ext_id": entry.body.get("ext_id"), "mode": entry.body.get("mode"), "found": found}
+        now = self.clock.now()
+        with unit_of_work(self.engine) as session:
+            session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id) == entry.id).values(
+                status="dead" if error else "delivered", body=kept, last_error=error,
+                delivered_at=None if error else now))
+            if error:
+                session.add(DeadLetter(shop_id=entry.shop_id, shop_domain=self.lease.domain, source="event",
+                                       reference=entry.idempotency_key, topic=entry.event_name,
+                                       reason=f"{error}: erase the contact {kept['ext_id'] or ''} in Brevo by hand",
+                                       payload=json.dumps(kept), created_at=now))
 
     # --- events -----------------------------------------------------------------------------
 

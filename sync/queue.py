@@ -22,11 +22,13 @@ class LeaseLost(Exception):
     """Another worker holds this shop now: our lease lapsed, so our uncommitted work is dropped."""
 
 
-# A shop is due when it is active, not leased by a live worker, and has something to do.
+# A shop is due when it is not leased by a live worker and has something to do: a lifecycle or privacy
+# delivery whatever its status (an uninstalled shop is still erased), anything else only while it is active.
 _DUE = """
-    s.status = 'active'
-    AND (s.lease_expires_at IS NULL OR s.lease_expires_at < :now)
+    (s.lease_expires_at IS NULL OR s.lease_expires_at < :now)
     AND (
+        EXISTS (SELECT 1 FROM inbox i WHERE i.shop_domain = s.domain AND i.status = 'lifecycle')
+        OR s.status = 'active' AND (
         (s.brevo_ready_at IS NULL AND (s.setup_due_at IS NULL OR s.setup_due_at <= :now))
         OR EXISTS (SELECT 1 FROM inbox i WHERE i.shop_domain = s.domain AND i.status = 'pending')
         OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.dirty)
@@ -41,7 +43,7 @@ _DUE = """
         OR EXISTS (SELECT 1 FROM loyalty_rewards r WHERE r.shop_id = s.id AND r.status = 'requested'
                    AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= :now))
         {polls}
-    )
+    ))
 """
 # With reconciliation on: a poll is due, or the shop has none yet (its first lease creates them).
 _POLLS = """

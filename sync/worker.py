@@ -29,7 +29,7 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import unit_of_work
+from connector.database import forget_erased, unit_of_work
 from connector.models import Contact, DeadLetter, InboxEntry, Product, Shop, UTCDateTime
 from connector.settings import Settings
 from connector.shopify import CostBudget, ShopifyAuthFailed, ShopifyError
@@ -39,6 +39,7 @@ from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
 from sync.apply import TOPICS, ApplyContext, Topic, wanted_by, write_events
+from sync.compliance import CustomerRequest, redact_customer, redact_shop, store_export, uninstall
 from sync.mirror import BatchMirror
 from sync.profiles import ShopContext, build_dirty_contacts
 from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
@@ -101,7 +102,7 @@ class Worker:
             row = conn.execute(sa.text("""
                 SELECT
                   (SELECT count(*) FROM inbox i JOIN shops s ON s.domain = i.shop_domain
-                     WHERE i.status = 'pending' AND s.status = 'active')
+                     WHERE i.status = 'pending' AND s.status = 'active' OR i.status = 'lifecycle')
                 + (SELECT count(*) FROM contacts c JOIN shops s ON s.id = c.shop_id
                      WHERE (c.dirty OR c.push_state = 'pending' OR c.import_process IS NOT NULL)
                        AND s.status = 'active')
@@ -135,9 +136,9 @@ class Worker:
     # --- one shop -------------------------------------------------------------------------------
 
     def work_shop(self, lease: Lease) -> None:
-        with unit_of_work(self.engine) as session:
-            shop = session.get(Shop, lease.shop_id)
-            assert shop is not None
+        shop, _ = self._lifecycle(lease)
+        if shop is None:
+            return  # erased (shop/redact)
         creds = credentials(shop, self.settings)
         client = None
         if creds.brevo_api_key:
@@ -146,10 +147,68 @@ class Worker:
             client = BrevoClient(creds.brevo_api_key, base_url=self.settings.brevo_api_url, http=self.http,
                                  pacer=pacer)
         try:
-            self._work_shop(lease, shop, client)
+            if shop.status == "active":
+                self._work_shop(lease, shop, client)
+            elif client is not None:  # uninstalled or paused: only customers' erasures still reach Brevo
+                Pusher(self.engine, client, lease, self.clock, self.policy).push_erasures(pause=False)
         finally:
             if client is not None:
                 self._save_pacing(lease, client.pacer)
+
+    def _lifecycle(self, lease: Lease) -> tuple[Shop | None, int]:
+        """Apply the shop's pending lifecycle and privacy deliveries, each in its own unit of work, in their turn:
+        for an active shop only those before its other pending deliveries (a data request sees what came before
+        it), for a shop no longer active all of them. Returns the shop as they left it (None once erased) and
+        how many were applied."""
+        handled = 0
+        while True:
+            erased = gone = False
+            with unit_of_work(self.engine) as session:
+                shop = session.get(Shop, lease.shop_id)
+                if shop is None:
+                    return None, handled
+                where = [col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "lifecycle"]
+                if shop.status == "active":
+                    where.append(col(InboxEntry.id) < sa.func.coalesce(sa.select(sa.func.min(InboxEntry.id)).where(
+                        col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending")
+                        .scalar_subquery(), 2 ** 62))
+                entry = session.execute(sa.select(InboxEntry).where(*where).order_by(col(InboxEntry.id)).limit(1)
+                                        ).scalar_one_or_none()
+                if entry is None:
+                    return shop, handled
+                handled += 1
+                now = self.clock.now()
+                fence(session, lease, now=now, seconds=self.settings.lease_seconds)
+                try:
+                    payload = json.loads(entry.body)
+                    if not isinstance(payload, dict):
+                        raise PayloadError("the body is not a JSON object")
+                    if entry.topic == "shop/redact":  # its own delivery goes with the rest
+                        rows = sum(redact_shop(session, shop).values())
+                        log.warning("shop %s erased at Shopify's request (%d rows)", lease.domain, rows)
+                        erased = gone = True
+                    elif entry.topic == "app/uninstalled":
+                        uninstall(session, shop, now)
+                        log.warning("shop %s uninstalled the app: its work stops", lease.domain)
+                    else:
+                        request = CustomerRequest.from_payload(payload)
+                        if entry.topic == "customers/redact":
+                            redact_customer(session, shop, request, now=now, keep_inbox=entry.id,
+                                            brevo_mode=ShopConfig.from_dict(shop.config).redact_in_brevo)
+                            erased = True
+                        else:
+                            store_export(session, shop, request, entry.event_id, now=now)
+                        entry.body = request.scrubbed()
+                    if not gone:
+                        entry.processed_at, entry.status = now, "applied"
+                except (ValueError, PayloadError) as exc:
+                    entry.processed_at = now
+                    self._quarantine(session, entry, lease, f"unreadable {entry.topic} payload: {exc}",
+                                     WorkerStats())
+            if erased:
+                forget_erased(self.engine)
+            if gone:
+                return None, handled
 
     def _save_pacing(self, lease: Lease, pacer: Pacer) -> None:
         with unit_of_work(self.engine) as session:
@@ -166,7 +225,13 @@ class Worker:
             self._reconcile(lease, shop)
         started = time.monotonic()
         while time.monotonic() - started < SHOP_TIME_SLICE:
-            if not self.apply_inbox(lease, shop):
+            if self.apply_inbox(lease, shop):
+                continue
+            # Stopped at a lifecycle or privacy delivery (or the end): it is applied in its turn.
+            after, handled = self._lifecycle(lease)
+            if after is None or after.status != "active":
+                return  # erased or uninstalled: nothing more is done for this shop
+            if not handled:
                 break
         now = self.clock.now()
         with unit_of_work(self.engine) as session:
@@ -188,6 +253,7 @@ class Worker:
         # Contacts carrying a category Brevo does not offer yet wait for the options (events wait for them).
         options_ready = self._sync_category_options(lease, shop, client)
         pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
+        pusher.push_erasures()
         pusher.push_catalog(shop.domain)
         if options_ready:
             self.stats.contacts_pushed += pusher.push_contacts()
@@ -362,8 +428,12 @@ class Worker:
         window = timedelta(hours=self.settings.event_freshness_hours)
         config = ShopConfig.from_dict(shop.config)
         tally = WorkerStats()
+        # Up to the first pending lifecycle or privacy delivery: those are applied in their turn (_lifecycle).
+        first_lifecycle = sa.select(sa.func.min(InboxEntry.id)).where(
+            col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "lifecycle").scalar_subquery()
         entries = session.execute(sa.select(InboxEntry).where(
-            col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending")
+            col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending",
+            col(InboxEntry.id) < sa.func.coalesce(first_lifecycle, 2 ** 62))
             .order_by(col(InboxEntry.id)).limit(INBOX_BATCH)).scalars().all()
         parsed: list[tuple[InboxEntry, Topic, Any]] = []
         for entry in entries:

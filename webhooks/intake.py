@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from connector.models import InboxEntry
+from connector.models import LIFECYCLE_TOPICS, InboxEntry
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -111,7 +111,8 @@ class InboxWriter:
     def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         table = InboxEntry.__table__  # type: ignore[attr-defined]
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        values = [{**row, "source": "webhook", "status": "pending"} for row in rows]
+        values = [{**row, "source": "webhook", "status": "lifecycle" if row["topic"] in LIFECYCLE_TOPICS else "pending"}
+                  for row in rows]
         # One statement whatever the batch size (compiled once); the rows that were new come back.
         statement = (insert(table).on_conflict_do_nothing(index_elements=["shop_domain", "event_id"])
                      .returning(table.c.shop_domain, table.c.event_id))

@@ -311,7 +311,7 @@ def test_an_unknown_section_is_refused_with_a_suggestion() -> None:
     error = _refused({"atributes": {}})
     assert error.key == "atributes"
     assert str(error) == ("atributes: unknown section 'atributes'; expected one of attributes, events, lifecycle, "
-                          "segments; did you mean 'attributes'?")
+                          "segments, privacy; did you mean 'attributes'?")
 
 
 def test_an_unknown_section_far_from_any_is_refused_without_a_suggestion() -> None:
@@ -384,3 +384,15 @@ def test_apply_sends_each_enabled_attribute_once_under_its_brevo_name(data: dict
     assert sorted(sent.values()) == sorted(name for name in ATTRIBUTE_NAMES
                                            if name not in config.disabled_attributes)
     assert all(sent[config.brevo_name(value) or ""] == value for value in sent.values())
+
+
+def test_an_erased_buyer_is_deleted_from_brevo_unless_the_shop_chose_anonymising() -> None:
+    assert ShopConfig.default().redact_in_brevo == "delete"
+    chosen = ShopConfig.from_toml('[privacy]\nredact_in_brevo = "anonymise"\n')
+    assert chosen.redact_in_brevo == "anonymise"
+    assert ShopConfig.from_dict(chosen.to_dict()) == chosen
+    assert ShopConfig.default().to_dict() == {}
+    with pytest.raises(ConfigError, match=r"privacy.redact_in_brevo: must be one of 'delete', 'anonymise'"):
+        ShopConfig.from_toml('[privacy]\nredact_in_brevo = "forget"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'keep'"):
+        ShopConfig.from_toml('[privacy]\nkeep = true\n')
