@@ -126,6 +126,32 @@ def worker(until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit w
                   f"events pushed {stats.events_pushed}")
 
 
+def _check_subscriptions_on_start(engine: Engine, settings: Settings) -> None:
+    """Custom-app mode with a public address: the shop's missing webhook subscriptions are created at start
+    (reported, never fatal: Shopify may be unreachable for a moment; `connector shops check` says more)."""
+    from sqlalchemy.orm import Session
+    from sqlmodel import col
+
+    from connector.models import Shop
+    from connector.shopify import ShopifyError
+    from connector.shops import shopify_client
+    from connector.subscriptions import WEBHOOK_PATH, check_subscriptions
+
+    with Session(engine) as session:
+        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == settings.shopify_shop)).scalar_one()
+    client = shopify_client(shop, settings)
+    if client is None:
+        return
+    try:
+        report = check_subscriptions(client, f"{settings.public_url}{WEBHOOK_PATH}")
+    except ShopifyError as exc:
+        err.print(f"webhook subscriptions of {shop.domain} not checked: {exc}", highlight=False)
+        return
+    err.print(f"webhook subscriptions of {shop.domain}: {len(report.present)} in place, "
+              f"{len(report.created)} created" + (f", {len(report.failed)} refused: {report.failed}"
+                                                   if report.failed else ""), highlight=False)
+
+
 @app.command()
 def run() -> None:
     """Web and one worker in one process: the embedded default."""
@@ -139,6 +165,9 @@ def run() -> None:
     _require_runtime(settings, web=True)
     engine = _engine(settings)
     ensure_single_store_shop(engine, settings)
+    if settings.single_store_mode and settings.public_url:
+        threading.Thread(target=_check_subscriptions_on_start, args=(engine, settings), name="subscriptions",
+                         daemon=True).start()
     the_worker = Worker(engine, settings)
     stop = threading.Event()
     thread = threading.Thread(target=the_worker.run, kwargs={"stop": stop}, name="worker", daemon=True)
@@ -243,6 +272,69 @@ def shops_list() -> None:
         table.add_row(str(r.id), r.domain, r.status, f"{r.inbox} in, {r.outbox} out", str(r.last_webhook or "-"),
                       str(r.last_push_at or "-"), r.paused_reason or r.setup_error or "")
     console.print(table)
+
+
+@shops_app.command("check")
+def shops_check(
+    shop: Annotated[str | None, typer.Option(help="Only this shop (default: every active shop with a token).")]
+    = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Where Shopify should deliver (default: "
+                                                         "CONNECTOR_PUBLIC_URL + /webhooks/shopify).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what is missing; create nothing.")] = False,
+) -> None:
+    """Check each shop's webhook subscriptions (a merchant's own custom app) and create the missing ones."""
+    from sqlalchemy.orm import Session
+    from sqlmodel import col
+
+    from connector.models import Shop
+    from connector.shopify import ShopifyError
+    from connector.shops import ShopError, normalise_domain, shopify_client
+    from connector.subscriptions import PRIVACY_TOPICS, WEBHOOK_PATH, check_subscriptions
+
+    settings = _settings()
+    address = webhook_url or (f"{settings.public_url}{WEBHOOK_PATH}" if settings.public_url else None)
+    if not address:
+        raise _fail("CONNECTOR_PUBLIC_URL is not set (or give --webhook-url): Shopify needs the address to deliver to")
+    if not address.startswith("https://"):
+        raise _fail(f"{address}: Shopify delivers webhooks to https addresses only")
+    engine = _engine(settings)
+    from connector.shops import ensure_single_store_shop
+
+    ensure_single_store_shop(engine, settings)
+    with Session(engine) as session:
+        query = sa.select(Shop).where(col(Shop.status) == "active").order_by(col(Shop.id))
+        if shop:
+            try:
+                query = sa.select(Shop).where(col(Shop.domain) == normalise_domain(shop))
+            except ShopError as exc:
+                raise _fail(str(exc)) from None
+        shops = session.execute(query).scalars().all()
+    if shop and not shops:
+        raise _fail(f"no shop {shop}: add it with `connector shops add` first")
+    table = Table("shop", "subscribed", "created", "missing", "note")
+    incomplete = False
+    for found in shops:
+        client = shopify_client(found, settings)
+        if client is None:
+            table.add_row(found.domain, "-", "-", "-", "no Shopify access token")
+            incomplete = True
+            continue
+        try:
+            report = check_subscriptions(client, address, repair=not dry_run)
+        except ShopifyError as exc:
+            table.add_row(found.domain, "-", "-", "-", f"Shopify: {exc}")
+            incomplete = True
+            continue
+        notes = [f"{t}: {reason}" for t, reason in report.failed]
+        notes += [f"{t} also goes to {uri}" for t, uri in report.elsewhere]
+        table.add_row(found.domain, str(len(report.present)), ", ".join(report.created) or "-",
+                      ", ".join(report.missing + [t for t, _ in report.failed]) or "-", "; ".join(notes))
+        incomplete |= not report.complete
+    console.print(table)
+    console.print(f"privacy topics ({', '.join(PRIVACY_TOPICS)}) cannot be subscribed through the API: declare them "
+                  "in the app's configuration (shopify.app.toml, compliance_topics)", highlight=False)
+    if incomplete:
+        raise _fail("some shops are missing webhook subscriptions (see above)", code=1)
 
 
 @shops_app.command("exports")

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     brevo_api_key: str | None = Field(default=None, alias="BREVO_API_KEY")
     brevo_api_url: str = Field(default=DEFAULT_BREVO_API_URL, alias="BREVO_API_URL")
     connector_secret_key: str | None = Field(default=None, alias="CONNECTOR_SECRET_KEY")
+    # The connector's public https address (what Shopify delivers webhooks to): `shops check` subscribes
+    # custom-app shops to {this}/webhooks/shopify.
+    public_url: str | None = Field(default=None, alias="CONNECTOR_PUBLIC_URL")
     host: str = Field(default="127.0.0.1", alias="CONNECTOR_HOST")
     port: int = Field(default=8080, alias="PORT")
     # Live events older than this (judged on X-Shopify-Triggered-At) are history, not triggers (DESIGN 3.5).
@@ -63,7 +66,7 @@ class Settings(BaseSettings):
             v = f"{v}.myshopify.com"
         return v or None
 
-    @field_validator("brevo_api_url", "shopify_admin_url")
+    @field_validator("brevo_api_url", "shopify_admin_url", "public_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value

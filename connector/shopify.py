@@ -91,6 +91,13 @@ class Page:
     has_next: bool
 
 
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    topic: str  # GraphQL name: ORDERS_CREATE
+    uri: str
+
+
 class BulkBusy(ShopifyRetriable):
     """The shop already runs as many bulk queries as Shopify allows: start this one later."""
 
@@ -277,6 +284,35 @@ class ShopifyClient(_BulkQueries):
             return None
         return int(found.get("count") or 0)
 
+    # --- webhook subscriptions (custom-app installs) ----------------------------------------------------
+
+    def webhook_subscriptions(self) -> list[Subscription]:
+        """Every webhook subscription the app holds on the shop, page by page."""
+        found: list[Subscription] = []
+        after: str | None = None
+        while True:
+            data = self.graphql(SUBSCRIPTIONS, {"first": 100, "after": after}, cost=12)
+            connection = data.get("webhookSubscriptions") or {}
+            for edge in connection.get("edges") or []:
+                node = edge.get("node") or {}
+                found.append(Subscription(id=str(node.get("id")), topic=str(node.get("topic")),
+                                          uri=str(node.get("uri") or "")))
+            info = connection.get("pageInfo") or {}
+            if not info.get("hasNextPage") or not info.get("endCursor"):
+                return found
+            after = str(info["endCursor"])
+
+    def create_webhook_subscription(self, topic: str, uri: str) -> str:
+        """Subscribe `uri` to a topic (its GraphQL name, ORDERS_CREATE); returns the subscription's id."""
+        data = self.graphql(SUBSCRIBE, {"topic": topic, "webhookSubscription": {"uri": uri, "format": "JSON"}},
+                            cost=10)
+        payload = data.get("webhookSubscriptionCreate") or {}
+        errors = payload.get("userErrors") or []
+        if errors:
+            raise ShopifyRejected("; ".join(str(e.get("message")) for e in errors))
+        created = payload.get("webhookSubscription") or {}
+        return str(created.get("id"))
+
     # --- discount codes (loyalty rewards) ------------------------------------------------------------
 
     def create_discount_code(self, *, code: str, title: str, amount: Decimal, customer_id: int | None,
@@ -319,6 +355,22 @@ mutation bulkOperationRunQuery($query: String!) {
   }
 }
 """
+
+SUBSCRIPTIONS = """
+query subscriptions($first: Int!, $after: String) {
+  webhookSubscriptions(first: $first, after: $after) {
+    edges { node { id topic uri } }
+    pageInfo { hasNextPage endCursor }
+  }
+}"""
+
+SUBSCRIBE = """
+mutation subscribe($topic: WebhookSubscriptionTopic!, $webhookSubscription: WebhookSubscriptionInput!) {
+  webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) {
+    webhookSubscription { id topic uri }
+    userErrors { field message }
+  }
+}"""
 
 BULK_STATUS = """
 query bulkOperation($id: ID!) {

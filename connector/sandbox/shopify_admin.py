@@ -35,6 +35,7 @@ from starlette.routing import Route
 from connector.sandbox.shopify_bulk import Consents, count, jsonl, page, rows
 
 _OPERATION = re.compile(r"\b(currentAppInstallation(?=\s*{)|(?:discountCodeBasicCreate|codeDiscountNodeByCode"
+                        r"|webhookSubscriptionCreate|webhookSubscriptions"
                         r"|bulkOperationRunQuery|node|customersCount|ordersCount|productsCount"
                         r"|abandonedCheckoutsCount|customers|orders|products|abandonedCheckouts)(?=\s*\())")
 _PAGE_ROOTS = ("customers", "orders", "products", "abandonedCheckouts")
@@ -42,9 +43,16 @@ _NESTED_FIRST = re.compile(r"\b(?:lineItems|collections)\(first:\s*(\d+)\)")
 _FIELD = re.compile(r"{\s*([A-Za-z_][A-Za-z0-9_]*)")
 _BULK_ROOT = re.compile(r"^\s*{\s*(customers|orders|products|abandonedCheckouts)\s*"
                         r"(?:\(\s*query:\s*\"([^\"]*)\"\s*\))?")
-COSTS = {"currentAppInstallation": 1,
+COSTS = {"currentAppInstallation": 1, "webhookSubscriptionCreate": 10,
          "discountCodeBasicCreate": 10, "codeDiscountNodeByCode": 2, "bulkOperationRunQuery": 10, "node": 1}
 BULK_CONCURRENCY = 5
+# Shopify's WebhookSubscriptionTopic values the sandbox accepts (a subset: the topics of shops' data and the app).
+SUBSCRIBABLE = frozenset({
+    "APP_UNINSTALLED", "BULK_OPERATIONS_FINISH", "CARTS_CREATE", "CARTS_UPDATE", "CHECKOUTS_CREATE",
+    "CHECKOUTS_UPDATE", "CHECKOUTS_DELETE", "CUSTOMERS_CREATE", "CUSTOMERS_UPDATE", "CUSTOMERS_DELETE",
+    "CUSTOMERS_EMAIL_MARKETING_CONSENT_UPDATE", "CUSTOMERS_MARKETING_CONSENT_UPDATE", "ORDERS_CREATE",
+    "ORDERS_UPDATED", "ORDERS_PAID", "ORDERS_CANCELLED", "ORDERS_FULFILLED", "ORDERS_PARTIALLY_FULFILLED",
+    "REFUNDS_CREATE", "PRODUCTS_CREATE", "PRODUCTS_UPDATE", "PRODUCTS_DELETE"})
 
 
 @dataclass
@@ -85,6 +93,7 @@ class ShopifyAdminSandbox:
     bulk_seconds: float = 0.3  # how long a bulk query runs
     bulk_faults: deque[str] = field(default_factory=deque)  # next bulk operations: "fail" or "truncate"
     operations: dict[str, BulkOperation] = field(default_factory=dict)
+    subscriptions: dict[str, dict[str, str]] = field(default_factory=dict)  # by id: topic, uri, format
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -138,6 +147,16 @@ class ShopifyAdminSandbox:
                 data = self._run_bulk(variables, str(request.base_url).rstrip("/"))
             elif operation == "node":
                 data = self._node(variables)
+            elif operation == "webhookSubscriptions":
+                data = self._subscriptions(variables)
+            elif operation == "webhookSubscriptionCreate":
+                created = self._subscribe(variables)
+                if created is None:
+                    message = (f"Variable $topic of type WebhookSubscriptionTopic! was provided invalid value "
+                               f"{variables.get('topic')!r}")
+                    return JSONResponse({"errors": [{"message": message,
+                                                     "extensions": {"code": "INVALID_VARIABLE"}}]})
+                data = created
             else:
                 data = self._create(variables) if operation == "discountCodeBasicCreate" else self._find(variables)
             return JSONResponse({"data": data, "extensions": self._cost(cost, cost)})
@@ -219,6 +238,39 @@ class ShopifyAdminSandbox:
     def _find(self, variables: dict[str, Any]) -> dict[str, Any]:
         found = self.discounts.get(str(variables.get("code") or "").upper())
         return {"codeDiscountNodeByCode": {"id": found.id} if found else None}
+
+    # --- webhook subscriptions -----------------------------------------------------------------------
+
+    def _subscriptions(self, variables: dict[str, Any]) -> dict[str, Any]:
+        ordered = sorted(self.subscriptions.items(), key=lambda item: int(item[0].rsplit("/", 1)[-1]))
+        after = str(variables.get("after") or "")
+        start = next((i + 1 for i, (key, _) in enumerate(ordered) if key == after), 0)
+        first = int(variables.get("first") or 50)
+        chunk = ordered[start:start + first]
+        return {"webhookSubscriptions": {
+            "edges": [{"cursor": key, "node": {"id": key, **sub}} for key, sub in chunk],
+            "pageInfo": {"hasNextPage": start + first < len(ordered), "endCursor": chunk[-1][0] if chunk else None}}}
+
+    def _subscribe(self, variables: dict[str, Any]) -> dict[str, Any] | None:
+        """None for a topic outside Shopify's WebhookSubscriptionTopic enum (the compliance topics are not in
+        it: those are declared in the app's configuration)."""
+        topic = str(variables.get("topic") or "")
+        if topic not in SUBSCRIBABLE:
+            return None
+        uri = str((variables.get("webhookSubscription") or {}).get("uri") or "")
+        errors = []
+        if not uri.startswith("https://"):
+            errors.append({"field": ["webhookSubscription", "callbackUrl"],
+                           "message": f"Address protocol {uri.split(':', 1)[0]}:// is not supported"})
+        elif any(s["topic"] == topic and s["uri"] == uri for s in self.subscriptions.values()):
+            errors.append({"field": ["webhookSubscription", "callbackUrl"],
+                           "message": "Address for this topic has already been taken"})
+        if errors:
+            return {"webhookSubscriptionCreate": {"webhookSubscription": None, "userErrors": errors}}
+        key = f"gid://shopify/WebhookSubscription/{next(self._ids)}"
+        self.subscriptions[key] = {"topic": topic, "uri": uri, "format": "JSON"}
+        return {"webhookSubscriptionCreate": {"webhookSubscription": {"id": key, "topic": topic, "uri": uri},
+                                              "userErrors": []}}
 
     # --- bulk operations ------------------------------------------------------------------------------
 

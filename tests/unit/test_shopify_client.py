@@ -130,3 +130,30 @@ def test_a_token_the_refresh_hook_cannot_renew_still_pauses_the_shop() -> None:
                            sleep=lambda _: None, refresh_token=lambda refused: None)
     with pytest.raises(ShopifyAuthFailed):
         client.graphql("{ ok }")
+
+
+@respx.mock
+def test_webhook_subscriptions_are_read_page_by_page_and_a_refused_one_says_why() -> None:
+    pages = [
+        {"edges": [{"node": {"id": "gid://shopify/WebhookSubscription/1", "topic": "ORDERS_CREATE",
+                             "uri": "https://c.example.com/webhooks/shopify"}}],
+         "pageInfo": {"hasNextPage": True, "endCursor": "c1"}},
+        {"edges": [{"node": {"id": "gid://shopify/WebhookSubscription/2", "topic": "APP_UNINSTALLED",
+                             "uri": "https://c.example.com/webhooks/shopify"}}],
+         "pageInfo": {"hasNextPage": False, "endCursor": "c2"}},
+    ]
+    route = respx.post(URL).mock(side_effect=[
+        httpx.Response(200, json={"data": {"webhookSubscriptions": page}, "extensions": _cost(1990)})
+        for page in pages])
+    found = _client().webhook_subscriptions()
+    assert [(s.topic, s.uri) for s in found] == [("ORDERS_CREATE", "https://c.example.com/webhooks/shopify"),
+                                                 ("APP_UNINSTALLED", "https://c.example.com/webhooks/shopify")]
+    assert json.loads(route.calls[1].request.content)["variables"]["after"] == "c1"
+
+    respx.post(URL).mock(return_value=httpx.Response(200, json={"data": {"webhookSubscriptionCreate": {
+        "webhookSubscription": None,
+        "userErrors": [{"field": ["webhookSubscription", "callbackUrl"],
+                        "message": "Address for this topic has already been taken"}]}},
+        "extensions": _cost(1990)}))
+    with pytest.raises(ShopifyRejected, match="already been taken"):
+        _client().create_webhook_subscription("ORDERS_CREATE", "https://c.example.com/webhooks/shopify")
