@@ -30,6 +30,8 @@ loyalty_app = typer.Typer(help="The loyalty program: rules, balances, adjustment
 app.add_typer(db_app, name="db")
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(shops_app, name="shops")
+secrets_app = typer.Typer(help="The encryption of stored tokens and keys.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(dead_app, name="dead-letters")
 app.add_typer(loyalty_app, name="loyalty")
 
@@ -272,6 +274,21 @@ def shops_list() -> None:
         table.add_row(str(r.id), r.domain, r.status, f"{r.inbox} in, {r.outbox} out", str(r.last_webhook or "-"),
                       str(r.last_push_at or "-"), r.paused_reason or r.setup_error or "")
     console.print(table)
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Seal every stored token and key again with CONNECTOR_SECRET_KEY (the old key in
+    CONNECTOR_SECRET_KEY_PREVIOUS); afterwards the previous key can be dropped."""
+    from connector.shops import rotate_secrets
+
+    settings = _settings()
+    settings.require("CONNECTOR_SECRET_KEY")
+    resealed, unreadable = rotate_secrets(_engine(settings), settings)
+    console.print(f"{resealed} stored secrets sealed with the current key")
+    if unreadable:
+        raise _fail(f"secrets of {', '.join(unreadable)} open with neither CONNECTOR_SECRET_KEY nor "
+                    "CONNECTOR_SECRET_KEY_PREVIOUS: left as they are (register those shops again)", code=1)
 
 
 @shops_app.command("check")

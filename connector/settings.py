@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     brevo_api_key: str | None = Field(default=None, alias="BREVO_API_KEY")
     brevo_api_url: str = Field(default=DEFAULT_BREVO_API_URL, alias="BREVO_API_URL")
     connector_secret_key: str | None = Field(default=None, alias="CONNECTOR_SECRET_KEY")
+    # During a key rotation: the key secrets were sealed with before (see `connector secrets rotate`).
+    connector_secret_key_previous: str | None = Field(default=None, alias="CONNECTOR_SECRET_KEY_PREVIOUS")
     # The connector's public https address (what Shopify delivers webhooks to): `shops check` subscribes
     # custom-app shops to {this}/webhooks/shopify.
     public_url: str | None = Field(default=None, alias="CONNECTOR_PUBLIC_URL")

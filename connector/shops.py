@@ -13,7 +13,7 @@ from sqlmodel import col
 from connector.clock import Clock, SystemClock
 from connector.database import unit_of_work
 from connector.models import Shop
-from connector.secrets import SecretBox
+from connector.secrets import SecretBox, SecretBoxError
 from connector.settings import MissingSetting, Settings
 from connector.shopify import ShopifyClient
 
@@ -46,7 +46,7 @@ def add_shop(engine: Engine, settings: Settings, *, domain: str, access_token: s
     if not settings.connector_secret_key:
         raise MissingSetting("CONNECTOR_SECRET_KEY", "is not set (needed to store a shop's tokens encrypted)")
     settings.require("CONNECTOR_SECRET_KEY")
-    box = SecretBox(settings.connector_secret_key)
+    box = secret_box(settings)
     domain = normalise_domain(domain)
     now = (clock or SystemClock()).now()
     with unit_of_work(engine) as session:
@@ -56,11 +56,38 @@ def add_shop(engine: Engine, settings: Settings, *, domain: str, access_token: s
             session.add(shop)
         shop.access_token_enc = box.seal(access_token)
         shop.brevo_api_key_enc = box.seal(brevo_api_key)
-        shop.status, shop.paused_reason = "active", None
+        shop.status, shop.paused_reason, shop.uninstalled_at = "active", None, None  # a reinstall carries on
         shop.brevo_ready_at = None  # the (possibly new) Brevo account needs our attributes and list
         session.flush()
         assert shop.id is not None
         return shop.id
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    if not settings.connector_secret_key:
+        raise MissingSetting("CONNECTOR_SECRET_KEY", "is not set (shops' tokens are stored encrypted)")
+    return SecretBox(settings.connector_secret_key, settings.connector_secret_key_previous)
+
+
+SEALED_COLUMNS = ("access_token_enc", "brevo_api_key_enc")
+
+
+def rotate_secrets(engine: Engine, settings: Settings) -> tuple[int, list[str]]:
+    """Seal every stored secret again with CONNECTOR_SECRET_KEY. Returns how many were resealed and the
+    shops whose secrets open with neither key (left as they are, named for the operator)."""
+    box = secret_box(settings)
+    resealed, unreadable = 0, []
+    with unit_of_work(engine) as session:
+        for shop in session.execute(sa.select(Shop).order_by(col(Shop.id))).scalars():
+            try:
+                values = {name: box.reseal(getattr(shop, name)) for name in SEALED_COLUMNS if getattr(shop, name)}
+            except SecretBoxError:
+                unreadable.append(shop.domain)
+                continue
+            for name, value in values.items():
+                setattr(shop, name, value)
+            resealed += len(values)
+    return resealed, unreadable
 
 
 def ensure_single_store_shop(engine: Engine, settings: Settings, clock: Clock | None = None) -> int | None:
@@ -86,7 +113,7 @@ def credentials(shop: Shop, settings: Settings) -> ShopCredentials:
     if shop.brevo_api_key_enc or shop.access_token_enc:
         if not settings.connector_secret_key:
             raise MissingSetting("CONNECTOR_SECRET_KEY", "is not set (shops' tokens are stored encrypted)")
-        box = SecretBox(settings.connector_secret_key)
+        box = secret_box(settings)
         return ShopCredentials(
             domain=shop.domain,
             shopify_access_token=box.open(shop.access_token_enc) if shop.access_token_enc else None,
