@@ -354,6 +354,19 @@ def shops_check(
         raise _fail("some shops are missing webhook subscriptions (see above)", code=1)
 
 
+@shops_app.command("brevo-webhook")
+def shops_brevo_webhook(shop: Annotated[str, typer.Option(help="my-store.myshopify.com")]) -> None:
+    """The address to give Brevo (Settings, Webhooks: unsubscribed, hard bounce, spam; SMS STOP) so that its
+    opt-outs reach the shop's consent in Shopify (see README, Two-way consent)."""
+    from webhooks.brevo import BREVO_PATH, brevo_webhook_token
+
+    engine, found, settings = _known_shop(shop)
+    settings.require("SHOPIFY_API_SECRET")
+    assert settings.shopify_api_secret is not None and found.id is not None
+    base = settings.public_url or "https://<CONNECTOR_PUBLIC_URL>"
+    print(f"{base}{BREVO_PATH}/{brevo_webhook_token(found.id, settings.shopify_api_secret)}")
+
+
 @shops_app.command("exports")
 def shops_exports(
     shop: Annotated[str, typer.Option(help="my-store.myshopify.com")],

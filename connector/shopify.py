@@ -313,6 +313,20 @@ class ShopifyClient(_BulkQueries):
         created = payload.get("webhookSubscription") or {}
         return str(created.get("id"))
 
+    # --- marketing consent (two-way consent) -------------------------------------------------------------
+
+    def update_marketing_consent(self, customer_id: int, *, channel: str, state: str, at: str) -> None:
+        """Set a customer's email or SMS marketing state (UNSUBSCRIBED) as of `at` (ISO 8601)."""
+        field, mutation = (("emailMarketingConsent", EMAIL_CONSENT) if channel == "email"
+                           else ("smsMarketingConsent", SMS_CONSENT))
+        data = self.graphql(mutation, {"input": {"customerId": customer_gid(customer_id),
+                                                 field: {"marketingState": state, "consentUpdatedAt": at}}})
+        payload = next(iter(data.values()), None) or {}
+        errors = payload.get("userErrors") or []
+        if errors:
+            raise ShopifyRejected("; ".join(str(e.get("message")) for e in errors),
+                                  tuple(str(e.get("code")) for e in errors))
+
     # --- discount codes (loyalty rewards) ------------------------------------------------------------
 
     def create_discount_code(self, *, code: str, title: str, amount: Decimal, customer_id: int | None,
@@ -355,6 +369,22 @@ mutation bulkOperationRunQuery($query: String!) {
   }
 }
 """
+
+EMAIL_CONSENT = """
+mutation emailConsent($input: CustomerEmailMarketingConsentUpdateInput!) {
+  customerEmailMarketingConsentUpdate(input: $input) {
+    customer { id }
+    userErrors { field message code }
+  }
+}"""
+
+SMS_CONSENT = """
+mutation smsConsent($input: CustomerSmsMarketingConsentUpdateInput!) {
+  customerSmsMarketingConsentUpdate(input: $input) {
+    customer { id }
+    userErrors { field message code }
+  }
+}"""
 
 SUBSCRIPTIONS = """
 query subscriptions($first: Int!, $after: String) {

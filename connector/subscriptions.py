@@ -17,7 +17,7 @@ def handled_topics() -> list[str]:
     """The topics the connector applies (its handlers, and the uninstall), as Shopify names them in webhooks."""
     from sync.apply import TOPICS
 
-    return sorted({*TOPICS, "app/uninstalled"})
+    return sorted({*(t for t in TOPICS if not t.startswith("brevo/")), "app/uninstalled"})  # Brevo's come apart
 
 
 def graphql_topic(topic: str) -> str:

@@ -48,7 +48,11 @@ _RESERVED_BREVO_NAMES = frozenset({"EMAIL"})
 
 _BREVO_ATTRIBUTE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,49}")
 _TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SECTIONS = ("attributes", "events", "lifecycle", "segments", "privacy")
+_SECTIONS = ("attributes", "events", "lifecycle", "segments", "privacy", "consent")
+
+# Per channel, where consent is decided: "both" (an opt-out in Brevo is written to Shopify too) or "shopify"
+# (Shopify alone: Brevo's opt-outs stay in Brevo and in the consent history).
+CONSENT_SOURCES = ("both", "shopify")
 
 # What a customer's erasure (Shopify's customers/redact) does to their Brevo contact.
 REDACT_IN_BREVO = ("delete", "anonymise")
@@ -96,17 +100,20 @@ class ShopConfig:
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     segment_lists: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # segment -> list id
     redact_in_brevo: str = "delete"  # privacy.redact_in_brevo: one of REDACT_IN_BREVO
+    consent: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # channel -> CONSENT_SOURCES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "renamed", _frozen_mapping(self.renamed))
         object.__setattr__(self, "segment_lists", _frozen_mapping(self.segment_lists))
+        object.__setattr__(self, "consent", _frozen_mapping(self.consent))
         object.__setattr__(self, "disabled_attributes", frozenset(self.disabled_attributes))
         object.__setattr__(self, "disabled_events", frozenset(self.disabled_events))
 
     def __hash__(self) -> int:
         # Mapping proxies are not hashable; hash the same content the generated __eq__ compares.
         return hash((frozenset(self.renamed.items()), self.disabled_attributes, self.disabled_events,
-                     self.lifecycle, frozenset(self.segment_lists.items()), self.redact_in_brevo))
+                     self.lifecycle, frozenset(self.segment_lists.items()), self.redact_in_brevo,
+                     frozenset(self.consent.items())))
 
     @classmethod
     def default(cls) -> ShopConfig:
@@ -138,6 +145,7 @@ class ShopConfig:
             lifecycle=_parse_lifecycle(_section(data, "lifecycle")),
             segment_lists=_parse_segments(_section(data, "segments")),
             redact_in_brevo=_parse_privacy(_section(data, "privacy")),
+            consent=_parse_consent(_section(data, "consent")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,7 +176,14 @@ class ShopConfig:
             data["segments"] = segments
         if self.redact_in_brevo != "delete":
             data["privacy"] = {"redact_in_brevo": self.redact_in_brevo}
+        consent = {channel: source for channel, source in sorted(self.consent.items()) if source != "both"}
+        if consent:
+            data["consent"] = consent
         return data
+
+    def consent_to_shopify(self) -> frozenset[str]:
+        """The channels whose opt-outs in Brevo are written to Shopify."""
+        return frozenset(c for c in ("email", "sms") if self.consent.get(c, "both") == "both")
 
     def brevo_name(self, canonical: str) -> str | None:
         """The name the attribute has in this shop's Brevo account; None when disabled. Unknown names pass."""
@@ -315,6 +330,17 @@ def _parse_lifecycle(section: Mapping[str, Any]) -> LifecycleSettings:
             raise ConfigError(key, f"must be true or false, not {_type_name(value)}")
         values[setting] = value
     return LifecycleSettings(**values)
+
+
+def _parse_consent(section: Mapping[str, Any]) -> dict[str, str]:
+    sources: dict[str, str] = {}
+    for name, value in section.items():
+        channel = _check_known("consent", name, ("email", "sms"), "channel")
+        if value not in CONSENT_SOURCES:
+            raise ConfigError(_key("consent", channel), f"must be one of {', '.join(map(repr, CONSENT_SOURCES))}, "
+                              f"not {value!r}")
+        sources[channel] = str(value)
+    return sources
 
 
 def _parse_privacy(section: Mapping[str, Any]) -> str:

@@ -33,6 +33,7 @@ from connector.models import (
 )
 from mappings import ecommerce
 from mappings import events as ev
+from mappings.brevo_webhooks import BrevoOptOut
 from mappings.shopify import (
     CartRecord,
     CheckoutRecord,
@@ -40,6 +41,7 @@ from mappings.shopify import (
     CustomerRecord,
     LineRecord,
     OrderRecord,
+    PayloadError,
     ProductRecord,
     RefundRecord,
     as_id,
@@ -64,6 +66,7 @@ class ApplyContext:
     events: list[ev.EventFact] = field(default_factory=list)
     event_enabled: Callable[[str], bool] | None = None
     happened: datetime | None = None  # when Shopify says the change happened: a new contact is armed then
+    consent_to_shopify: frozenset[str] = frozenset({"email", "sms"})  # channels whose Brevo opt-outs go to Shopify
 
     def touch(self, key: str | None, *, customer_id: int | None = None, email: str | None = None,
               phone: str | None = None, first_name: str | None = None, last_name: str | None = None) -> None:
@@ -520,6 +523,49 @@ def _id_of(payload: Mapping[str, Any]) -> int:
     return as_id(payload.get("id"), "id")
 
 
+# --- consent from Brevo (two-way consent) ----------------------------------------------------------------
+
+
+SHOPIFY_CONSENT = "shopify_consent"  # outbox target: a customer's consent written to Shopify
+
+
+def _brevo_opt_out(payload: Mapping[str, Any]) -> BrevoOptOut:
+    parsed = BrevoOptOut.from_payload(payload)
+    if parsed is None:
+        raise PayloadError("not an unsubscribe, hard bounce, spam complaint or STOP")
+    return parsed
+
+
+def apply_brevo_opt_out(ctx: ApplyContext, rec: BrevoOptOut) -> str:
+    """A buyer opted out in Brevo (or their address bounced, or they complained). The consent history records
+    it; the contact remembers that Brevo holds the opt-out, so Shopify's echo of it sends nothing back; and,
+    where the shop lets Brevo's opt-outs count in Shopify, the customer's consent there is updated."""
+    email = rec.address if rec.channel == "email" else None
+    phone = rec.address if rec.channel == "sms" else None
+    customer = ctx.mirror.customer_with(email=email, phone=phone)
+    key = customer.contact_key if customer is not None else f"{'e' if email else 'p'}:{rec.address}"
+    contact = ctx.dirty.get(key) or ctx.mirror.get(Contact, key)
+    if customer is None and contact is None:
+        return "stale"  # nobody this shop knows
+    ctx.session.add(ConsentChange(shop_id=ctx.shop_id, contact_key=key, channel=rec.channel, state="unsubscribed",
+                                  opt_in_level=None, source=f"brevo:{rec.reason}", occurred_at=rec.occurred_at,
+                                  recorded_at=ctx.now))
+    if contact is not None and contact.sent is not None:
+        sent = dict(contact.sent)
+        sent["_consent"] = {**sent.get("_consent", {}), f"told_{rec.channel}": True}
+        contact.sent = sent
+    stored = (customer.email_consent if rec.channel == "email" else customer.sms_consent) if customer else None
+    if customer is not None and rec.channel in ctx.consent_to_shopify and stored not in ("unsubscribed",
+                                                                                        "redacted", "invalid"):
+        at = rec.occurred_at or ctx.now
+        ctx.emit([ev.EventFact(name="shopify_consent_update", target=SHOPIFY_CONSENT, contact_key=key,
+                               key=f"shopify_consent:{rec.channel}:{customer.customer_id}:{at.isoformat()}",
+                               occurred_at=at,
+                               body={"customer_id": customer.customer_id, "channel": rec.channel,
+                                     "state": "UNSUBSCRIBED", "at": at.isoformat(), "reason": rec.reason})])
+    return "applied"
+
+
 _ORDER = Topic(OrderRecord.from_payload, apply_order)
 _CUSTOMER = Topic(CustomerRecord.from_payload, apply_customer)
 _PRODUCT = Topic(ProductRecord.from_payload, apply_product)
@@ -546,6 +592,7 @@ TOPICS: dict[str, Topic] = {
     "checkouts/update": _CHECKOUT,
     "carts/create": _CART,
     "carts/update": _CART,
+    "brevo/opt_out": Topic(_brevo_opt_out, apply_brevo_opt_out),
 }
 
 
@@ -588,6 +635,9 @@ def wanted_by(records: Iterable[Any]) -> Wanted:
             wanted.orders_by_checkout["checkout_token"].add(rec.token)
             wanted.orders_by_checkout["cart_token"].add(rec.cart_token)
             wanted.add(Product, *_line_products(rec.lines))
+        elif isinstance(rec, BrevoOptOut):
+            email = rec.address if rec.channel == "email" else None
+            wanted.buyer(f"{'e' if email else 'p'}:{rec.address}", email, None if email else rec.address)
         elif isinstance(rec, CartRecord):
             wanted.add(Cart, rec.token)
             wanted.checkouts_by["cart_token"].add(rec.token)
@@ -605,6 +655,9 @@ def write_events(ctx: ApplyContext) -> int:
     return len(rows)
 
 
+_ANY_AGE = (ecommerce.HISTORY_ORDER, SHOPIFY_CONSENT)
+
+
 def outbox_rows(shop_id: int, facts: Iterable[ev.EventFact], *, now: datetime, status: str = "pending",
                 reason: str | None = None, enabled: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """Outbox rows for these facts, one per idempotency key. An event the shop switched off is recorded as
@@ -618,11 +671,12 @@ def outbox_rows(shop_id: int, facts: Iterable[ev.EventFact], *, now: datetime, s
         off = enabled is not None and not enabled(fact.name)
         rows.append({"shop_id": shop_id, "idempotency_key": fact.key, "event_name": fact.name,
                      "target": fact.target, "contact_key": fact.contact_key, "body": fact.body,
-                     # History for Brevo ecommerce triggers nothing: it is sent however old the delivery.
-                     "status": "disabled" if off else "pending" if fact.target == ecommerce.HISTORY_ORDER else status,
+                     # History for Brevo ecommerce triggers nothing, and consent is no trigger: both are sent
+                     # however old the delivery.
+                     "status": "disabled" if off else "pending" if fact.target in _ANY_AGE else status,
                      "attempts": 0, "created_at": now,
                      "last_error": "switched off in the shop's configuration" if off else
-                     None if fact.target == ecommerce.HISTORY_ORDER else reason})
+                     None if fact.target in _ANY_AGE else reason})
     return rows
 
 

@@ -40,6 +40,7 @@ from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
 from sync.apply import TOPICS, ApplyContext, Topic, wanted_by, write_events
 from sync.compliance import CustomerRequest, redact_customer, redact_shop, store_export, uninstall
+from sync.consent import due_consent_updates, postpone_consent, write_consent
 from sync.mirror import BatchMirror
 from sync.profiles import ShopContext, build_dirty_contacts
 from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
@@ -248,6 +249,7 @@ class Worker:
             shop = self._build_profiles(lease, shop, now)
         if self._issue_rewards(lease, shop):
             shop = self._build_profiles(lease, shop, self.clock.now())  # balances and codes go out now
+        self._write_consent(lease, shop)
         if client is None or shop.brevo_ready_at is None:
             return  # nothing can be delivered before the account is set up; the rows wait
         # Contacts carrying a category Brevo does not offer yet wait for the options (events wait for them).
@@ -302,6 +304,18 @@ class Worker:
             log.warning("shop %s: reward codes wait, no Shopify access token", lease.domain)
             return 0
         return issue_rewards(self.engine, lease, client, self.clock, lease_seconds=self.settings.lease_seconds)
+
+    def _write_consent(self, lease: Lease, shop: Shop) -> int:
+        """Opt-outs heard from Brevo are written to the customers' consent in Shopify (outside any transaction)."""
+        if not due_consent_updates(self.engine, lease.shop_id, self.clock):
+            return 0
+        client = shopify_client(shop, self.settings, http=self.http,
+                                budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
+        if client is None:
+            log.warning("shop %s: consent updates wait, no Shopify access token", lease.domain)
+            postpone_consent(self.engine, lease.shop_id, self.clock, "no Shopify access token for this shop")
+            return 0
+        return write_consent(self.engine, lease, client, self.clock)
 
     def _prepare_brevo(self, lease: Lease, shop: Shop, client: BrevoClient) -> Shop | None:
         """Create our contact attributes and the shop's list in the Brevo account, once and idempotently."""
@@ -460,6 +474,7 @@ class Worker:
             ctx = ApplyContext(session=session, mirror=BatchMirror(session, lease.shop_id) if one_by_one else batch,
                                shop_id=lease.shop_id, shop_domain=lease.domain,
                                shop_currency=shop.currency, now=now, live=entry.source == "webhook",
+                               consent_to_shopify=config.consent_to_shopify(),
                                fresh=fresh, dirty=dirty, event_enabled=config.event_enabled,
                                happened=happened if entry.source == "webhook" and fresh else now,
                                stale_reason=None if fresh else

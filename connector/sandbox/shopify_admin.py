@@ -36,6 +36,7 @@ from connector.sandbox.shopify_bulk import Consents, count, jsonl, page, rows
 
 _OPERATION = re.compile(r"\b(currentAppInstallation(?=\s*{)|(?:discountCodeBasicCreate|codeDiscountNodeByCode"
                         r"|webhookSubscriptionCreate|webhookSubscriptions"
+                        r"|customerEmailMarketingConsentUpdate|customerSmsMarketingConsentUpdate"
                         r"|bulkOperationRunQuery|node|customersCount|ordersCount|productsCount"
                         r"|abandonedCheckoutsCount|customers|orders|products|abandonedCheckouts)(?=\s*\())")
 _PAGE_ROOTS = ("customers", "orders", "products", "abandonedCheckouts")
@@ -43,7 +44,8 @@ _NESTED_FIRST = re.compile(r"\b(?:lineItems|collections)\(first:\s*(\d+)\)")
 _FIELD = re.compile(r"{\s*([A-Za-z_][A-Za-z0-9_]*)")
 _BULK_ROOT = re.compile(r"^\s*{\s*(customers|orders|products|abandonedCheckouts)\s*"
                         r"(?:\(\s*query:\s*\"([^\"]*)\"\s*\))?")
-COSTS = {"currentAppInstallation": 1, "webhookSubscriptionCreate": 10,
+COSTS = {"currentAppInstallation": 1, "webhookSubscriptionCreate": 10, "customerEmailMarketingConsentUpdate": 10,
+         "customerSmsMarketingConsentUpdate": 10,
          "discountCodeBasicCreate": 10, "codeDiscountNodeByCode": 2, "bulkOperationRunQuery": 10, "node": 1}
 BULK_CONCURRENCY = 5
 # Shopify's WebhookSubscriptionTopic values the sandbox accepts (a subset: the topics of shops' data and the app).
@@ -94,6 +96,7 @@ class ShopifyAdminSandbox:
     bulk_faults: deque[str] = field(default_factory=deque)  # next bulk operations: "fail" or "truncate"
     operations: dict[str, BulkOperation] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, str]] = field(default_factory=dict)  # by id: topic, uri, format
+    consent_updates: list[dict[str, Any]] = field(default_factory=list)  # customerId, channel, state, at
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -147,6 +150,8 @@ class ShopifyAdminSandbox:
                 data = self._run_bulk(variables, str(request.base_url).rstrip("/"))
             elif operation == "node":
                 data = self._node(variables)
+            elif operation.endswith("MarketingConsentUpdate"):
+                data = self._consent(operation, variables)
             elif operation == "webhookSubscriptions":
                 data = self._subscriptions(variables)
             elif operation == "webhookSubscriptionCreate":
@@ -238,6 +243,20 @@ class ShopifyAdminSandbox:
     def _find(self, variables: dict[str, Any]) -> dict[str, Any]:
         found = self.discounts.get(str(variables.get("code") or "").upper())
         return {"codeDiscountNodeByCode": {"id": found.id} if found else None}
+
+    # --- marketing consent -------------------------------------------------------------------------------
+
+    def _consent(self, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
+        data = variables.get("input") or {}
+        channel = "email" if operation.startswith("customerEmail") else "sms"
+        consent = data.get("emailMarketingConsent" if channel == "email" else "smsMarketingConsent") or {}
+        state = consent.get("marketingState")
+        if state not in ("SUBSCRIBED", "UNSUBSCRIBED", "NOT_SUBSCRIBED", "PENDING"):
+            return {operation: {"customer": None, "userErrors": [
+                {"field": ["input", "marketingState"], "code": "INVALID", "message": f"Invalid state {state!r}"}]}}
+        self.consent_updates.append({"customerId": data.get("customerId"), "channel": channel, "state": state,
+                                     "at": consent.get("consentUpdatedAt")})
+        return {operation: {"customer": {"id": data.get("customerId")}, "userErrors": []}}
 
     # --- webhook subscriptions -----------------------------------------------------------------------
 

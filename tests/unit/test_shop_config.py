@@ -311,7 +311,7 @@ def test_an_unknown_section_is_refused_with_a_suggestion() -> None:
     error = _refused({"atributes": {}})
     assert error.key == "atributes"
     assert str(error) == ("atributes: unknown section 'atributes'; expected one of attributes, events, lifecycle, "
-                          "segments, privacy; did you mean 'attributes'?")
+                          "segments, privacy, consent; did you mean 'attributes'?")
 
 
 def test_an_unknown_section_far_from_any_is_refused_without_a_suggestion() -> None:
@@ -396,3 +396,15 @@ def test_an_erased_buyer_is_deleted_from_brevo_unless_the_shop_chose_anonymising
         ShopConfig.from_toml('[privacy]\nredact_in_brevo = "forget"\n')
     with pytest.raises(ConfigError, match="unknown setting 'keep'"):
         ShopConfig.from_toml('[privacy]\nkeep = true\n')
+
+
+def test_brevo_opt_outs_go_to_shopify_unless_a_channel_keeps_consent_in_shopify_alone() -> None:
+    assert ShopConfig.default().consent_to_shopify() == {"email", "sms"}
+    chosen = ShopConfig.from_toml('[consent]\nemail = "shopify"\n')
+    assert chosen.consent_to_shopify() == {"sms"}
+    assert chosen.to_dict() == {"consent": {"email": "shopify"}}
+    assert ShopConfig.from_dict(chosen.to_dict()) == chosen
+    with pytest.raises(ConfigError, match=r"consent.email: must be one of 'both', 'shopify', not 'brevo'"):
+        ShopConfig.from_toml('[consent]\nemail = "brevo"\n')
+    with pytest.raises(ConfigError, match="unknown channel 'whatsapp'"):
+        ShopConfig.from_toml('[consent]\nwhatsapp = "both"\n')
