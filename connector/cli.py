@@ -141,7 +141,7 @@ def _check_subscriptions_on_start(engine: Engine, settings: Settings) -> None:
 
     with Session(engine) as session:
         shop = session.execute(sa.select(Shop).where(col(Shop.domain) == settings.shopify_shop)).scalar_one()
-    client = shopify_client(shop, settings)
+    client = shopify_client(shop, settings, engine=engine)
     if client is None:
         return
     try:
@@ -331,7 +331,7 @@ def shops_check(
     table = Table("shop", "subscribed", "created", "missing", "note")
     incomplete = False
     for found in shops:
-        client = shopify_client(found, settings)
+        client = shopify_client(found, settings, engine=engine)
         if client is None:
             table.add_row(found.domain, "-", "-", "-", "no Shopify access token")
             incomplete = True
@@ -561,7 +561,7 @@ def backfill(shop: ShopOption,
         raise _fail(str(exc)) from None
     engine, found, settings = _known_shop(shop)
     domain = found.domain
-    client = shopify_client(found, settings)
+    client = shopify_client(found, settings, engine=engine)
     if client is None:
         raise _fail(f"no Shopify access token for {domain}")
     with Progress(TextColumn("{task.description:<10}"), TextColumn("{task.fields[step]:<8}"), BarColumn(),
@@ -608,7 +608,7 @@ def reconcile(shop: ShopOption,
     if unknown:
         raise _fail(f"unknown resource {unknown[0]!r}: choose from {', '.join(ORDER)}")
     engine, found, settings = _known_shop(shop)
-    shopify = shopify_client(found, settings)
+    shopify = shopify_client(found, settings, engine=engine)
     key = credentials(found, settings).brevo_api_key
     brevo = BrevoClient(key, base_url=settings.brevo_api_url) if key else None
     try:

@@ -54,6 +54,11 @@ class Shop(SQLModel, table=True):
     status: str = Field(default="active", max_length=20)  # active | paused | uninstalled
     paused_reason: str | None = None
     access_token_enc: str | None = None
+    # Expiring offline tokens (token exchange): the access token's end, and the refresh token that renews it.
+    access_token_expires_at: datetime | None = _ts()
+    refresh_token_enc: str | None = None
+    refresh_token_expires_at: datetime | None = _ts()
+    installed_scopes: str | None = None  # what the merchant granted, as Shopify said at install
     brevo_api_key_enc: str | None = None
     currency: str | None = Field(default=None, max_length=3)
     brevo_list_id: int | None = None

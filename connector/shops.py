@@ -69,7 +69,7 @@ def secret_box(settings: Settings) -> SecretBox:
     return SecretBox(settings.connector_secret_key, settings.connector_secret_key_previous)
 
 
-SEALED_COLUMNS = ("access_token_enc", "brevo_api_key_enc")
+SEALED_COLUMNS = ("access_token_enc", "refresh_token_enc", "brevo_api_key_enc")
 
 
 def rotate_secrets(engine: Engine, settings: Settings) -> tuple[int, list[str]]:
@@ -148,8 +148,22 @@ def configure_shop(engine: Engine, domain: str, text: str) -> dict:
     return config.to_dict()
 
 
-def shopify_client(shop: Shop, settings: Settings, **kwargs: Any) -> ShopifyClient | None:
-    """The shop's Admin API client (pinned version, the sandbox's address when set), or None without a token."""
+def shopify_client(shop: Shop, settings: Settings, *, engine: Engine | None = None,
+                   **kwargs: Any) -> ShopifyClient | None:
+    """The shop's Admin API client (pinned version, the sandbox's address when set), or None without a token.
+    With `engine`, an expiring token (a public app's) is renewed before it runs out, and once more when Shopify
+    refuses it."""
+    if engine is not None and shop.refresh_token_enc and shop.id is not None:
+        from connector.install import current_token
+
+        shop_id = shop.id
+        token = current_token(engine, settings, shop_id)
+        if not token:
+            return None
+        return ShopifyClient(shop.domain, token, api_version=settings.shopify_api_version,
+                             admin_url=settings.shopify_admin_url,
+                             refresh_token=lambda refused: current_token(engine, settings, shop_id, refused=refused),
+                             **kwargs)
     token = credentials(shop, settings).shopify_access_token
     if not token:
         return None

@@ -85,7 +85,8 @@ def uninstall(session: Session, shop: Shop, now: datetime) -> None:
     shop.status = "uninstalled"
     shop.uninstalled_at = now
     shop.paused_reason = "the app was uninstalled from the store"
-    shop.access_token_enc = None
+    shop.access_token_enc = shop.refresh_token_enc = None
+    shop.access_token_expires_at = shop.refresh_token_expires_at = None
 
 
 # --- shop/redact -------------------------------------------------------------------------------------------

@@ -277,7 +277,7 @@ class Worker:
         if not states:
             return
         every = timedelta(minutes=self.settings.reconcile_minutes)
-        client = shopify_client(shop, self.settings, http=self.http,
+        client = shopify_client(shop, self.settings, engine=self.engine, http=self.http,
                                 budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
         for state in states:
             failed = "no Shopify access token for this shop" if client is None else None
@@ -298,7 +298,7 @@ class Worker:
         """Requested reward codes are created in Shopify (outside any transaction), then deducted."""
         if not due_rewards(self.engine, lease.shop_id, self.clock):
             return 0
-        client = shopify_client(shop, self.settings, http=self.http,
+        client = shopify_client(shop, self.settings, engine=self.engine, http=self.http,
                                 budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
         if client is None:
             log.warning("shop %s: reward codes wait, no Shopify access token", lease.domain)
@@ -309,7 +309,7 @@ class Worker:
         """Opt-outs heard from Brevo are written to the customers' consent in Shopify (outside any transaction)."""
         if not due_consent_updates(self.engine, lease.shop_id, self.clock):
             return 0
-        client = shopify_client(shop, self.settings, http=self.http,
+        client = shopify_client(shop, self.settings, engine=self.engine, http=self.http,
                                 budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
         if client is None:
             log.warning("shop %s: consent updates wait, no Shopify access token", lease.domain)

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from connector.clock import Clock
 from connector.settings import Settings
+from webhooks.app_home import app_home_routes
 from webhooks.brevo import brevo_routes
 from webhooks.intake import Intake
 from webhooks.proxy import proxy_routes
@@ -106,4 +107,5 @@ def create_app(engine: Engine, settings: Settings, *,
         Route("/metrics", metrics, methods=["GET"]),
         *proxy_routes(engine, settings, clock),
         *brevo_routes(engine, settings),
+        *app_home_routes(engine, settings),
     ]))

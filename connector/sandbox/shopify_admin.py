@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -97,6 +98,12 @@ class ShopifyAdminSandbox:
     operations: dict[str, BulkOperation] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, str]] = field(default_factory=dict)  # by id: topic, uri, format
     consent_updates: list[dict[str, Any]] = field(default_factory=list)  # customerId, channel, state, at
+    # The public app's credentials, for /admin/oauth/access_token (token exchange and refresh); None: no app.
+    client_id: str | None = None
+    client_secret: str | None = None
+    token_seconds: int = 3600  # how long an expiring access token lasts
+    refresh_tokens: dict[str, str] = field(default_factory=dict)  # unused refresh token -> its access token
+    refreshes: int = 0
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -106,6 +113,7 @@ class ShopifyAdminSandbox:
         self._consents: Consents | None = None
         self._bulk_base = ""  # this server's own address, for the files' URLs (known from the first request)
         self.app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"]),
+                                     Route("/admin/oauth/access_token", self._access_token, methods=["POST"]),
                                      Route("/bulk/{number}.jsonl", self._bulk_file, methods=["GET"])])
 
     # --- HTTP -------------------------------------------------------------------------------------
@@ -243,6 +251,47 @@ class ShopifyAdminSandbox:
     def _find(self, variables: dict[str, Any]) -> dict[str, Any]:
         found = self.discounts.get(str(variables.get("code") or "").upper())
         return {"codeDiscountNodeByCode": {"id": found.id} if found else None}
+
+    # --- OAuth: token exchange and refresh ------------------------------------------------------------------
+
+    async def _access_token(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        if not self.client_id or body.get("client_id") != self.client_id \
+                or body.get("client_secret") != self.client_secret:
+            return JSONResponse({"error": "invalid_client", "error_description": "Client authentication failed"},
+                                status_code=401)
+        grant = body.get("grant_type")
+        with self.lock:
+            if grant == "urn:ietf:params:oauth:grant-type:token-exchange":
+                try:
+                    jwt.decode(str(body.get("subject_token")), str(self.client_secret), algorithms=["HS256"],
+                               audience=self.client_id)
+                except jwt.PyJWTError as exc:
+                    return JSONResponse({"error": "invalid_subject_token", "error_description": str(exc)},
+                                        status_code=400)
+                return JSONResponse(self._issue(expiring=bool(body.get("expiring"))))
+            if grant == "refresh_token":
+                if str(body.get("refresh_token")) not in self.refresh_tokens:
+                    return JSONResponse({"error": "invalid_grant",
+                                         "error_description": "refresh token is invalid or was used"}, status_code=400)
+                del self.refresh_tokens[str(body["refresh_token"])]
+                self.refreshes += 1
+                return JSONResponse(self._issue(expiring=True))
+        return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+
+    def _issue(self, *, expiring: bool) -> dict[str, Any]:
+        number = next(self._ids)
+        token = f"shpat_sandbox_{number}"
+        self.tokens.add(token)
+        issued: dict[str, Any] = {"access_token": token, "scope": ",".join(sorted(self.scopes))}
+        if expiring:
+            refresh = f"shprt_sandbox_{number}"
+            self.refresh_tokens[refresh] = token
+            issued.update(expires_in=self.token_seconds, refresh_token=refresh, refresh_token_expires_in=7_776_000)
+        return issued
 
     # --- marketing consent -------------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ SHOP = "test-store.myshopify.com"
 SECRET = "test-webhook-secret"
 BREVO_KEY = "sandbox-brevo-key"
 ADMIN_TOKEN = "test-admin-token"
+CLIENT_ID = "test-client-id"  # the public app's client id (its secret is SECRET)
+SECRET_KEY = "test-secret-key"  # CONNECTOR_SECRET_KEY: stored tokens and keys are sealed with it
 
 
 @dataclass
@@ -87,10 +89,11 @@ def start_connector(engine: Engine, *, limits: BrevoLimits | None = None, policy
     """Reconciliation polls are off unless asked for: most tests drive Shopify's side through webhooks only."""
     brevo = BrevoSandbox(api_keys=brevo_keys or {BREVO_KEY}, limits=limits)
     brevo_server = serve_in_thread(brevo.app)
-    shopify = ShopifyAdminSandbox(tokens={ADMIN_TOKEN})
+    shopify = ShopifyAdminSandbox(tokens={ADMIN_TOKEN}, client_id=CLIENT_ID, client_secret=SECRET)
     shopify_server = serve_in_thread(shopify.app)
     url = engine.url.render_as_string(hide_password=False)
-    settings = Settings(DATABASE_URL=url, SHOPIFY_API_SECRET=SECRET, SHOPIFY_SHOP=SHOP,
+    settings = Settings(DATABASE_URL=url, SHOPIFY_API_KEY=CLIENT_ID, SHOPIFY_API_SECRET=SECRET, SHOPIFY_SHOP=SHOP,
+                        CONNECTOR_SECRET_KEY=SECRET_KEY,
                         SHOPIFY_ACCESS_TOKEN=ADMIN_TOKEN, SHOPIFY_ADMIN_URL=shopify_server.url,
                         BREVO_API_KEY=brevo_key,
                         BREVO_API_URL=f"{brevo_server.url}/v3", CONNECTOR_LEASE_SECONDS=5,

@@ -1,0 +1,140 @@
+"""Installs and tokens of the public app.
+
+Shopify installs an embedded app itself (managed installation); the first time the app's page opens in the
+Shopify admin, its session token (an ID token signed with the app's secret) is exchanged for an **expiring
+offline access token** and a refresh token (`shopifyapp.token_exchange`). Both are stored encrypted. The access
+token lasts about an hour: the shop's Shopify client renews it shortly before it expires, and once more when
+Shopify refuses it, through `refresh_access_token`. A refresh is single-flight per shop: the shop's row is
+locked while it runs, and a worker that waited for the lock takes the token the other one stored instead of
+refreshing again (a refresh token is good for one use).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import sqlalchemy as sa
+from shopify_app import AppConfig, refresh_access_token, token_exchange
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from connector.clock import Clock, SystemClock, as_utc
+from connector.database import unit_of_work
+from connector.models import Shop
+from connector.settings import MissingSetting, Settings
+from connector.shops import normalise_domain, secret_box
+
+log = logging.getLogger("connector.install")
+
+RENEW_BEFORE = timedelta(minutes=5)  # an access token this close to its end is renewed before use
+
+
+class InstallError(Exception):
+    """Shopify did not give the app a token; the message says why."""
+
+
+def app_config(settings: Settings) -> AppConfig:
+    if not settings.shopify_api_key or not settings.shopify_api_secret:
+        raise MissingSetting("SHOPIFY_API_KEY" if not settings.shopify_api_key else "SHOPIFY_API_SECRET",
+                             "is not set (the public app needs its client id and secret)")
+    return {"client_id": settings.shopify_api_key, "client_secret": settings.shopify_api_secret,
+            "old_client_secret": settings.shopify_api_secret_previous}
+
+
+class _ToAdmin(httpx.BaseTransport):
+    """Sends `https://{shop}/...` to SHOPIFY_ADMIN_URL (the simulated Shopify): shopifyapp builds shop URLs itself."""
+
+    def __init__(self, base: str) -> None:
+        self.base = httpx.URL(base)
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(scheme=self.base.scheme, host=self.base.host, port=self.base.port)
+        request.headers["host"] = self.base.netloc.decode()
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def shopify_http(settings: Settings) -> httpx.Client:
+    """The HTTP client for Shopify's OAuth endpoints (pointed at the simulated Shopify when configured)."""
+    if settings.shopify_admin_url:
+        return httpx.Client(transport=_ToAdmin(settings.shopify_admin_url), timeout=20.0)
+    return httpx.Client(timeout=20.0)
+
+
+def _moment(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def _store(shop: Shop, settings: Settings, token: Any) -> None:
+    box = secret_box(settings)
+    shop.access_token_enc = box.seal(str(token.token))
+    shop.access_token_expires_at = _moment(token.expires)
+    shop.refresh_token_enc = box.seal(str(token.refresh_token)) if token.refresh_token else None
+    shop.refresh_token_expires_at = _moment(token.refresh_token_expires)
+    if token.scope:
+        shop.installed_scopes = str(token.scope)
+
+
+def install_with_id_token(engine: Engine, settings: Settings, id_token: Any, *, http: httpx.Client | None = None,
+                          clock: Clock | None = None) -> int:
+    """Exchange a verified session token for the shop's expiring offline token; register (or revive) the shop.
+    Returns the shop's id."""
+    claims = getattr(id_token, "claims", None) or {}
+    domain = normalise_domain(urlsplit(str(claims.get("dest", ""))).hostname or "")
+    client = http or shopify_http(settings)
+    result = token_exchange("offline", app_config(settings), id_token=id_token, expiring=True, http_client=client)
+    if not result.ok or result.access_token is None:
+        raise InstallError(f"Shopify gave no access token for {domain}: {result.log.detail}")
+    now = (clock or SystemClock()).now()
+    with unit_of_work(engine) as session:
+        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+        if shop is None:
+            shop = Shop(domain=domain, created_at=now, loyalty_started_at=now, loyalty_rules_at=now)
+            session.add(shop)
+        _store(shop, settings, result.access_token)
+        if shop.status == "uninstalled" or (shop.paused_reason or "").startswith("Shopify refused"):
+            shop.status, shop.paused_reason, shop.uninstalled_at = "active", None, None
+        session.flush()
+        assert shop.id is not None
+        log.info("shop %s installed (scopes %s)", domain, shop.installed_scopes)
+        return shop.id
+
+
+def current_token(engine: Engine, settings: Settings, shop_id: int, *, refused: str | None = None,
+                  http: httpx.Client | None = None, clock: Clock | None = None) -> str | None:
+    """The shop's access token, renewed first when it is about to expire or Shopify just `refused` it. None when
+    there is none, or it cannot be renewed (no refresh token, or Shopify refused the refresh token too)."""
+    now = (clock or SystemClock()).now()
+    box = secret_box(settings)
+    with unit_of_work(engine) as session:
+        # The row lock makes a refresh single-flight (SQLite's writers are serialised by BEGIN IMMEDIATE).
+        shop = session.execute(sa.select(Shop).where(col(Shop.id) == shop_id).with_for_update()).scalar_one_or_none()
+        if shop is None or not shop.access_token_enc:
+            return None
+        token = box.open(shop.access_token_enc)
+        expires = as_utc(shop.access_token_expires_at)
+        if refused is not None and token != refused:
+            return token  # renewed meanwhile by another worker
+        if refused is None and (expires is None or expires > now + RENEW_BEFORE):
+            return token
+        if not shop.refresh_token_enc:
+            return None if refused is not None else token
+        refresh_expires = as_utc(shop.refresh_token_expires_at)
+        result = refresh_access_token({
+            "shop": shop.domain.removesuffix(".myshopify.com"), "access_mode": "offline",
+            "refresh_token": box.open(shop.refresh_token_enc), "expires": "",  # renew now, whatever its end
+            "refresh_token_expires": refresh_expires.astimezone(UTC).isoformat() if refresh_expires else ""},
+            app_config(settings), http_client=http or shopify_http(settings))
+        if not result.ok or result.access_token is None or not result.access_token.token:
+            log.warning("shop %s: the access token could not be renewed: %s", shop.domain, result.log.detail)
+            return None
+        _store(shop, settings, result.access_token)
+        log.info("shop %s: access token renewed", shop.domain)
+        return str(result.access_token.token)
