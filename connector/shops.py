@@ -157,7 +157,8 @@ def shopify_client(shop: Shop, settings: Settings, *, engine: Engine | None = No
         from connector.install import current_token
 
         shop_id = shop.id
-        token = current_token(engine, settings, shop_id)
+        # When it could not be renewed, the stored token is tried: Shopify's refusal then pauses the shop.
+        token = current_token(engine, settings, shop_id) or credentials(shop, settings).shopify_access_token
         if not token:
             return None
         return ShopifyClient(shop.domain, token, api_version=settings.shopify_api_version,
