@@ -14,6 +14,13 @@ $(BIN)/connector: pyproject.toml
 
 install: $(BIN)/connector
 
+# The app page's browser test drives Debian's Chromium (headless) through its ChromeDriver.
+BROWSER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(BROWSER):
+	$(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null \
+	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null)
+
 demo: install
 	$(BIN)/connector demo
 
@@ -21,10 +28,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy connector sync mappings loyalty webhooks
 
-test-sqlite: install
+test-sqlite: install $(BROWSER)
 	TEST_DATABASE_URL= $(BIN)/pytest
 
-test-postgres: install
+test-postgres: install $(BROWSER)
 	@$(BIN)/python -m connector.pgcheck "$(PG_TEST_URL)"
 	TEST_DATABASE_URL="$(PG_TEST_URL)" $(BIN)/pytest
 
