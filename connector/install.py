@@ -11,10 +11,15 @@ refreshing again (a refresh token is good for one use).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import sqlalchemy as sa
@@ -24,9 +29,9 @@ from sqlmodel import col
 
 from connector.clock import Clock, SystemClock, as_utc
 from connector.database import unit_of_work
-from connector.models import Shop
+from connector.models import OAuthState, Shop
 from connector.settings import MissingSetting, Settings
-from connector.shops import normalise_domain, secret_box
+from connector.shops import ShopError, normalise_domain, secret_box
 
 log = logging.getLogger("connector.install")
 
@@ -34,7 +39,11 @@ RENEW_BEFORE = timedelta(minutes=5)  # an access token this close to its end is 
 
 
 class InstallError(Exception):
-    """Shopify did not give the app a token; the message says why."""
+    """Shopify did not give the app a token, or the install request was not Shopify's; the message says why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def app_config(settings: Settings) -> AppConfig:
@@ -138,3 +147,87 @@ def current_token(engine: Engine, settings: Settings, shop_id: int, *, refused: 
         _store(shop, settings, result.access_token)
         log.info("shop %s: access token renewed", shop.domain)
         return str(result.access_token.token)
+
+
+# --- the authorization-code install (a non-embedded install, or an app not using managed installation) ---------
+
+# The scopes the app asks for; shopify.app.toml declares the same (a test keeps them equal).
+SCOPES = "read_customers,write_customers,read_orders,read_all_orders,read_products,write_discounts"
+STATE_SECONDS = 600
+CALLBACK_PATH = "/auth/callback"
+
+
+def begin_install(engine: Engine, settings: Settings, shop: str, *, clock: Clock | None = None) -> str:
+    """Where to send the merchant: Shopify's consent screen for `shop`, with a one-time state bound to it."""
+    config = app_config(settings)
+    if not settings.public_url:
+        raise MissingSetting("CONNECTOR_PUBLIC_URL", "is not set (Shopify sends the merchant back to it)")
+    domain = normalise_domain(shop)
+    state = secrets.token_urlsafe(24)
+    with unit_of_work(engine) as session:
+        session.add(OAuthState(state=state, shop_domain=domain, created_at=(clock or SystemClock()).now()))
+    query = urlencode({"client_id": config["client_id"], "scope": SCOPES, "state": state,
+                       "redirect_uri": f"{settings.public_url}{CALLBACK_PATH}"})
+    return f"https://{domain}/admin/oauth/authorize?{query}"
+
+
+def query_signed(params: Mapping[str, str], settings: Settings) -> bool:
+    """Shopify's signature of an OAuth redirect: hex HMAC-SHA256 of the other parameters, sorted, as a query
+    string, with the app's secret (or the previous one); compared in constant time."""
+    given = params.get("hmac", "")
+    message = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in ("hmac", "signature"))
+    ok = False
+    for secret in settings.webhook_secrets:
+        expected = hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+        ok |= hmac.compare_digest(expected, given)
+    return ok and bool(given)
+
+
+def finish_install(engine: Engine, settings: Settings, params: Mapping[str, str], *, http: httpx.Client | None = None,
+                   clock: Clock | None = None) -> str:
+    """Check Shopify's redirect (signature, shop, one-time state), exchange its code for the shop's offline
+    token and register the shop. Returns its domain; raises InstallError saying what was wrong."""
+    now = (clock or SystemClock()).now()
+    if not query_signed(params, settings):
+        raise InstallError("the request is not signed by Shopify (hmac)", status=401)
+    try:
+        domain = normalise_domain(params.get("shop", ""))
+    except ShopError as exc:
+        raise InstallError(str(exc)) from None
+    with unit_of_work(engine) as session:  # taken whatever happens next: a state is good for one try
+        issued = session.get(OAuthState, params.get("state", ""))
+        if issued is not None:
+            session.delete(issued)
+    if issued is None or issued.shop_domain != domain:
+        raise InstallError("unknown or already used state: start the install again")
+    created = as_utc(issued.created_at)
+    if created is None or now - created > timedelta(seconds=STATE_SECONDS):
+        raise InstallError("the install took too long (state expired): start it again")
+    config = app_config(settings)
+    client = http or shopify_http(settings)
+    try:
+        response = client.post(f"https://{domain}/admin/oauth/access_token", json={
+            "client_id": config["client_id"], "client_secret": config["client_secret"],
+            "code": params.get("code", ""), "expiring": 1})
+    except httpx.HTTPError as exc:
+        raise InstallError(f"Shopify could not be reached ({type(exc).__name__}): start the install again",
+                           status=502) from None
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code != 200 or not body.get("access_token"):
+        raise InstallError(f"Shopify refused the code (HTTP {response.status_code}: "
+                           f"{body.get('error_description') or body.get('error') or 'no token'})")
+    token = SimpleNamespace(
+        token=body["access_token"], scope=body.get("scope"), refresh_token=body.get("refresh_token"),
+        expires=(now + timedelta(seconds=int(body["expires_in"]))).isoformat() if body.get("expires_in") else None,
+        refresh_token_expires=(now + timedelta(seconds=int(body["refresh_token_expires_in"]))).isoformat()
+        if body.get("refresh_token_expires_in") else None)
+    with unit_of_work(engine) as session:
+        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+        if shop is None:
+            shop = Shop(domain=domain, created_at=now, loyalty_started_at=now, loyalty_rules_at=now)
+            session.add(shop)
+        _store(shop, settings, token)
+        if shop.status != "active":
+            shop.status, shop.paused_reason, shop.uninstalled_at = "active", None, None
+    log.info("shop %s installed through the authorization code", domain)
+    return domain

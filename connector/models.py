@@ -500,3 +500,14 @@ class DataExport(SQLModel, table=True):
     customer_id: int | None = Field(default=None, sa_type=sa.BigInteger)
     body: str = Field(sa_type=sa.Text)  # the export, JSON
     created_at: datetime | None = _ts()
+
+
+class OAuthState(SQLModel, table=True):
+    """A one-time `state` of the authorization-code install: issued by /auth/install for one shop, taken (deleted)
+    by its /auth/callback; older than ten minutes it is refused."""
+
+    __tablename__ = "oauth_states"
+
+    state: str = Field(primary_key=True, max_length=64)
+    shop_domain: str = Field(max_length=255)
+    created_at: datetime | None = _ts()

@@ -3,6 +3,8 @@ the sync is doing. Server-rendered; every request is verified with `verify_app_h
 Shopify's App Bridge puts in the URL or the Authorization header, signed with the app's secret) and answered
 with the headers Shopify requires of a page it frames (`Content-Security-Policy: frame-ancestors`).
 
+    GET  /auth/install?shop=    the authorization-code install: to Shopify's consent screen (one-time state)
+    GET  /auth/callback         Shopify's redirect: signature, shop and state checked, the code exchanged
     GET  /app                   the page; the first visit of a shop installs it (token exchange)
     GET  /app/patch-id-token    the bounce page that fetches a fresh session token (App Bridge)
     POST /app/brevo             save a Brevo API key, once Brevo's /account accepts it
@@ -15,6 +17,7 @@ import html
 import json
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -25,15 +28,22 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from connector.brevo import BrevoAuthFailed, BrevoClient, BrevoError
 from connector.database import unit_of_work
-from connector.install import InstallError, app_config, install_with_id_token
+from connector.install import (
+    CALLBACK_PATH,
+    InstallError,
+    app_config,
+    begin_install,
+    finish_install,
+    install_with_id_token,
+)
 from connector.models import DataExport, Shop
 from connector.settings import MissingSetting, Settings
-from connector.shops import configure_shop, secret_box
+from connector.shops import ShopError, configure_shop, secret_box
 from mappings.shop_config import CONSENT_SOURCES, ShopConfig
 from webhooks.brevo import BREVO_PATH, brevo_webhook_token
 
@@ -237,7 +247,29 @@ def app_home_routes(engine: Engine, settings: Settings, *, http: httpx.Client | 
                         f"<code>connector shops exports --shop … --id {row.id}</code></li>" for row in exports)
         return f"<section><h2>Customer data requests</h2><ul>{items}</ul></section>"
 
-    return [Route("/app", home, methods=["GET"]), Route(PATCH_PATH, patch, methods=["GET"]),
+    async def install(request: Request) -> Response:
+        """The authorization-code install: to Shopify's consent screen, with a one-time state."""
+        try:
+            location = await run_in_threadpool(begin_install, engine, settings, request.query_params.get("shop", ""))
+        except MissingSetting as exc:
+            return JSONResponse({"error": f"the app is not configured: {exc}"}, status_code=503)
+        except ShopError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return RedirectResponse(location, status_code=302)
+
+    async def callback(request: Request) -> Response:
+        params = {k: v for k, v in request.query_params.items()}
+        try:
+            domain = await run_in_threadpool(partial(finish_install, engine, settings, params, http=http))
+        except MissingSetting as exc:
+            return JSONResponse({"error": f"the app is not configured: {exc}"}, status_code=503)
+        except InstallError as exc:
+            log.warning("install refused: %s", exc)
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return RedirectResponse(f"https://{domain}/admin/apps/{settings.shopify_api_key}", status_code=302)
+
+    return [Route("/auth/install", install, methods=["GET"]), Route(CALLBACK_PATH, callback, methods=["GET"]),
+            Route("/app", home, methods=["GET"]), Route(PATCH_PATH, patch, methods=["GET"]),
             Route("/app/brevo", save_brevo, methods=["POST"]), Route("/app/consent", save_consent, methods=["POST"])]
 
 

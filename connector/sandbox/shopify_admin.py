@@ -17,6 +17,8 @@ off mid-line (`"truncate"`). Anything else is answered with a GraphQL error, as 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -26,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
 from starlette.applications import Starlette
@@ -104,6 +107,7 @@ class ShopifyAdminSandbox:
     token_seconds: int = 3600  # how long an expiring access token lasts
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # unused refresh token -> its access token
     refreshes: int = 0
+    codes: dict[str, str] = field(default_factory=dict)  # unused authorization codes -> their shop
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -114,6 +118,7 @@ class ShopifyAdminSandbox:
         self._bulk_base = ""  # this server's own address, for the files' URLs (known from the first request)
         self.app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"]),
                                      Route("/admin/oauth/access_token", self._access_token, methods=["POST"]),
+                                     Route("/admin/oauth/authorize", self._authorize, methods=["GET"]),
                                      Route("/bulk/{number}.jsonl", self._bulk_file, methods=["GET"])])
 
     # --- HTTP -------------------------------------------------------------------------------------
@@ -265,6 +270,11 @@ class ShopifyAdminSandbox:
                                 status_code=401)
         grant = body.get("grant_type")
         with self.lock:
+            if grant is None and "code" in body:  # the authorization-code grant
+                if self.codes.pop(str(body["code"]), None) is None:
+                    used = "The authorization code was not found or was already used"
+                    return JSONResponse({"error": "invalid_request", "error_description": used}, status_code=400)
+                return JSONResponse(self._issue(expiring=bool(body.get("expiring"))))
             if grant == "urn:ietf:params:oauth:grant-type:token-exchange":
                 try:
                     jwt.decode(str(body.get("subject_token")), str(self.client_secret), algorithms=["HS256"],
@@ -281,6 +291,22 @@ class ShopifyAdminSandbox:
                 self.refreshes += 1
                 return JSONResponse(self._issue(expiring=True))
         return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+
+    async def _authorize(self, request: Request) -> Response:
+        """The merchant approves the app at once: back to the app's redirect_uri with a code, signed as Shopify
+        signs it (hex HMAC-SHA256 of the sorted query with the app's secret). The shop is the Host asked for."""
+        query = request.query_params
+        if not self.client_id or query.get("client_id") != self.client_id or not query.get("redirect_uri"):
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        shop = request.headers.get("host", "").split(":")[0]
+        code = f"code_{next(self._ids)}"
+        with self.lock:
+            self.codes[code] = shop
+        params = {"code": code, "host": "c2FuZGJveA", "shop": shop, "state": query.get("state", ""),
+                  "timestamp": str(int(time.time()))}
+        message = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+        params["hmac"] = hmac.new(str(self.client_secret).encode(), message.encode(), hashlib.sha256).hexdigest()
+        return Response(status_code=302, headers={"location": f"{query['redirect_uri']}?{urlencode(params)}"})
 
     def _issue(self, *, expiring: bool) -> dict[str, Any]:
         number = next(self._ids)

@@ -27,6 +27,7 @@ SECRET = "test-webhook-secret"
 BREVO_KEY = "sandbox-brevo-key"
 ADMIN_TOKEN = "test-admin-token"
 CLIENT_ID = "test-client-id"  # the public app's client id (its secret is SECRET)
+PUBLIC_URL = "https://connector.example.com"  # where Shopify would reach the connector
 SECRET_KEY = "test-secret-key"  # CONNECTOR_SECRET_KEY: stored tokens and keys are sealed with it
 
 
@@ -93,7 +94,7 @@ def start_connector(engine: Engine, *, limits: BrevoLimits | None = None, policy
     shopify_server = serve_in_thread(shopify.app)
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(DATABASE_URL=url, SHOPIFY_API_KEY=CLIENT_ID, SHOPIFY_API_SECRET=SECRET, SHOPIFY_SHOP=SHOP,
-                        CONNECTOR_SECRET_KEY=SECRET_KEY,
+                        CONNECTOR_SECRET_KEY=SECRET_KEY, CONNECTOR_PUBLIC_URL=PUBLIC_URL,
                         SHOPIFY_ACCESS_TOKEN=ADMIN_TOKEN, SHOPIFY_ADMIN_URL=shopify_server.url,
                         BREVO_API_KEY=brevo_key,
                         BREVO_API_URL=f"{brevo_server.url}/v3", CONNECTOR_LEASE_SECONDS=5,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from connector.install import SCOPES
 from connector.settings import DEFAULT_SHOPIFY_API_VERSION
 from connector.subscriptions import PRIVACY_TOPICS, WEBHOOK_PATH, graphql_topic, handled_topics
 
@@ -26,3 +27,7 @@ def test_topics_are_named_as_shopify_enumerates_them_for_subscriptions() -> None
     assert graphql_topic("orders/partially_fulfilled") == "ORDERS_PARTIALLY_FULFILLED"
     assert graphql_topic("customers_email_marketing_consent/update") == "CUSTOMERS_EMAIL_MARKETING_CONSENT_UPDATE"
     assert graphql_topic("app/uninstalled") == "APP_UNINSTALLED"
+
+
+def test_the_install_asks_for_the_scopes_the_app_declares() -> None:
+    assert CONFIG["access_scopes"]["scopes"] == SCOPES
