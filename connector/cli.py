@@ -201,23 +201,37 @@ def demo(
 @shops_app.command("add")
 def shops_add(
     domain: Annotated[str, typer.Option(help="my-store.myshopify.com")],
-    access_token: Annotated[str, typer.Option(envvar="SHOPIFY_ACCESS_TOKEN", help="Admin API access token.")],
     brevo_api_key: Annotated[str, typer.Option(envvar="BREVO_API_KEY", help="The shop's Brevo API key.")],
+    access_token: Annotated[str | None, typer.Option(envvar="SHOPIFY_ACCESS_TOKEN",
+                                                     help="The custom app's Admin API access token.")] = None,
+    client_id: Annotated[str | None, typer.Option(help="Or the custom app's client id (with --client-secret): "
+                                                       "tokens are exchanged and renewed by the connector.")] = None,
+    client_secret: Annotated[str | None, typer.Option(help="The custom app's client secret.")] = None,
 ) -> None:
     """Register a shop (a merchant's own custom app) with its tokens encrypted at rest."""
+    from connector.install import InstallError, add_by_client_credentials
     from connector.settings import is_placeholder
     from connector.shops import ShopError, add_shop
 
     settings = _settings()
-    for name, value in (("--access-token", access_token), ("--brevo-api-key", brevo_api_key)):
-        if is_placeholder(value):
-            raise _fail(f"{name} is not set or still holds a placeholder value")
+    if is_placeholder(brevo_api_key):
+        raise _fail("--brevo-api-key is not set or still holds a placeholder value")
+    by_credentials = client_id is not None or client_secret is not None
+    if by_credentials and (is_placeholder(client_id) or is_placeholder(client_secret)):
+        raise _fail("--client-id and --client-secret go together, and neither may be a placeholder")
+    if not by_credentials and is_placeholder(access_token):
+        raise _fail("--access-token (or --client-id with --client-secret) is not set or still holds a placeholder "
+                    "value")
     try:
-        shop_id = add_shop(_engine(settings), settings, domain=domain, access_token=access_token,
-                           brevo_api_key=brevo_api_key)
-    except MissingSetting as exc:
-        raise _fail(str(exc)) from None
-    except ShopError as exc:
+        if by_credentials:
+            assert client_id is not None and client_secret is not None
+            shop_id = add_by_client_credentials(_engine(settings), settings, domain=domain, client_id=client_id,
+                                                client_secret=client_secret, brevo_api_key=brevo_api_key)
+        else:
+            assert access_token is not None
+            shop_id = add_shop(_engine(settings), settings, domain=domain, access_token=access_token,
+                               brevo_api_key=brevo_api_key)
+    except (MissingSetting, ShopError, InstallError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"shop {domain} registered (id {shop_id})")
 

@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import sqlalchemy as sa
-from shopify_app import AppConfig, refresh_access_token, token_exchange
+from shopify_app import AppConfig, exchange_using_client_credentials, refresh_access_token, token_exchange
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
@@ -133,6 +133,12 @@ def current_token(engine: Engine, settings: Settings, shop_id: int, *, refused: 
             return token  # renewed meanwhile by another worker
         if refused is None and (expires is None or expires > now + RENEW_BEFORE):
             return token
+        if shop.client_secret_enc and shop.client_id:  # a merchant's own app: exchange its credentials again
+            fresh = _client_credentials(shop.domain, shop.client_id, box.open(shop.client_secret_enc),
+                                        http or shopify_http(settings))
+            _store(shop, settings, fresh)
+            log.info("shop %s: access token exchanged again (client credentials)", shop.domain)
+            return str(fresh.token)
         if not shop.refresh_token_enc:
             return None if refused is not None else token
         refresh_expires = as_utc(shop.refresh_token_expires_at)
@@ -231,3 +237,33 @@ def finish_install(engine: Engine, settings: Settings, params: Mapping[str, str]
             shop.status, shop.paused_reason, shop.uninstalled_at = "active", None, None
     log.info("shop %s installed through the authorization code", domain)
     return domain
+
+
+# --- a merchant's own app, by its client credentials ------------------------------------------------------------
+
+
+def _client_credentials(domain: str, client_id: str, client_secret: str, http: httpx.Client) -> Any:
+    config: AppConfig = {"client_id": client_id, "client_secret": client_secret, "old_client_secret": None}
+    result = exchange_using_client_credentials(domain.removesuffix(".myshopify.com"), config, http_client=http)
+    if not result.ok or result.access_token is None:
+        raise InstallError(f"Shopify refused the client credentials of {domain}: {result.log.detail}")
+    token = result.access_token
+    return SimpleNamespace(token=token.token, expires=token.expires, scope=token.scope, refresh_token=None,
+                           refresh_token_expires=None)
+
+
+def add_by_client_credentials(engine: Engine, settings: Settings, *, domain: str, client_id: str, client_secret: str,
+                              brevo_api_key: str, http: httpx.Client | None = None) -> int:
+    """Register a shop by its custom app's client id and secret (kept encrypted): a first token is exchanged at
+    once, so wrong credentials are refused here, with Shopify's reason."""
+    from connector.shops import add_shop
+
+    domain = normalise_domain(domain)
+    token = _client_credentials(domain, client_id, client_secret, http or shopify_http(settings))
+    shop_id = add_shop(engine, settings, domain=domain, access_token=str(token.token), brevo_api_key=brevo_api_key)
+    with unit_of_work(engine) as session:
+        shop = session.get(Shop, shop_id)
+        assert shop is not None
+        _store(shop, settings, token)
+        shop.client_id, shop.client_secret_enc = client_id, secret_box(settings).seal(client_secret)
+    return shop_id

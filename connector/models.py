@@ -59,6 +59,9 @@ class Shop(SQLModel, table=True):
     refresh_token_enc: str | None = None
     refresh_token_expires_at: datetime | None = _ts()
     installed_scopes: str | None = None  # what the merchant granted, as Shopify said at install
+    # A merchant's own app registered by its client credentials: each token (a day long) is exchanged anew.
+    client_id: str | None = Field(default=None, max_length=100)
+    client_secret_enc: str | None = None
     brevo_api_key_enc: str | None = None
     currency: str | None = Field(default=None, max_length=3)
     brevo_list_id: int | None = None

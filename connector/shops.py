@@ -69,7 +69,7 @@ def secret_box(settings: Settings) -> SecretBox:
     return SecretBox(settings.connector_secret_key, settings.connector_secret_key_previous)
 
 
-SEALED_COLUMNS = ("access_token_enc", "refresh_token_enc", "brevo_api_key_enc")
+SEALED_COLUMNS = ("access_token_enc", "refresh_token_enc", "client_secret_enc", "brevo_api_key_enc")
 
 
 def rotate_secrets(engine: Engine, settings: Settings) -> tuple[int, list[str]]:
@@ -153,7 +153,7 @@ def shopify_client(shop: Shop, settings: Settings, *, engine: Engine | None = No
     """The shop's Admin API client (pinned version, the sandbox's address when set), or None without a token.
     With `engine`, an expiring token (a public app's) is renewed before it runs out, and once more when Shopify
     refuses it."""
-    if engine is not None and shop.refresh_token_enc and shop.id is not None:
+    if engine is not None and (shop.refresh_token_enc or shop.client_secret_enc) and shop.id is not None:
         from connector.install import current_token
 
         shop_id = shop.id

@@ -107,6 +107,7 @@ class ShopifyAdminSandbox:
     token_seconds: int = 3600  # how long an expiring access token lasts
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # unused refresh token -> its access token
     refreshes: int = 0
+    client_grants: int = 0
     codes: dict[str, str] = field(default_factory=dict)  # unused authorization codes -> their shop
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -283,6 +284,9 @@ class ShopifyAdminSandbox:
                     return JSONResponse({"error": "invalid_subject_token", "error_description": str(exc)},
                                         status_code=400)
                 return JSONResponse(self._issue(expiring=bool(body.get("expiring"))))
+            if grant == "client_credentials":
+                self.client_grants += 1
+                return JSONResponse({**self._issue(expiring=False), "expires_in": 86399})
             if grant == "refresh_token":
                 if str(body.get("refresh_token")) not in self.refresh_tokens:
                     return JSONResponse({"error": "invalid_grant",

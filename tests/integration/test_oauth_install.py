@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
@@ -15,9 +16,10 @@ from connector.clock import SystemClock
 from connector.database import unit_of_work
 from connector.install import SCOPES
 from connector.models import OAuthState
-from connector.shops import credentials
-from tests.integration.harness import CLIENT_ID, PUBLIC_URL, SECRET, Connector
+from connector.shops import credentials, shopify_client
+from tests.integration.harness import BREVO_KEY, CLIENT_ID, PUBLIC_URL, SECRET, SECRET_KEY, Connector
 from tests.integration.test_app_home import NEW, _shop
+from tests.integration.test_cli import _connector
 
 
 def _install(connector: Connector, shop: str = NEW) -> httpx.Response:
@@ -82,3 +84,24 @@ def test_forged_late_or_misdirected_callbacks_are_refused_and_change_nothing(con
     assert late.status_code == 400 and "too long" in late.json()["error"]
     assert connector.rows("SELECT count(*) FROM shops WHERE domain IN (:a, :b)", a=NEW,
                           b="other-store.myshopify.com")[0][0] == 0
+
+
+def test_a_custom_app_registered_by_its_client_credentials_gets_its_tokens_exchanged_and_renewed(
+        connector: Connector, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": connector.engine.url.render_as_string(hide_password=False),
+           "CONNECTOR_SECRET_KEY": SECRET_KEY, "SHOPIFY_ADMIN_URL": connector.shopify_server.url}
+    wrong = _connector("shops", "add", "--domain", NEW, "--client-id", CLIENT_ID, "--client-secret", "not-it",
+                       "--brevo-api-key", BREVO_KEY, env=env, cwd=tmp_path)
+    assert wrong.returncode == 2 and "refused the client credentials" in wrong.stderr
+    added = _connector("shops", "add", "--domain", NEW, "--client-id", CLIENT_ID, "--client-secret", SECRET,
+                       "--brevo-api-key", BREVO_KEY, env=env, cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    shop = _shop(connector)
+    assert shop.client_id == CLIENT_ID and shop.client_secret_enc and SECRET not in shop.client_secret_enc
+    first = credentials(shop, connector.settings).shopify_access_token
+    assert first in connector.shopify.tokens and connector.shopify.client_grants == 1
+
+    connector.shopify.tokens.discard(first)  # a day later: Shopify no longer takes it
+    client = shopify_client(shop, connector.settings, engine=connector.engine)
+    assert client is not None and "read_orders" in client.granted_scopes()
+    assert connector.shopify.client_grants == 2
