@@ -31,7 +31,7 @@ from connector.clock import Clock, SystemClock, as_utc
 from connector.database import unit_of_work
 from connector.models import OAuthState, Shop
 from connector.settings import MissingSetting, Settings
-from connector.shops import ShopError, normalise_domain, secret_box
+from connector.shops import ShopError, normalise_domain, secret_box, shop_row
 
 log = logging.getLogger("connector.install")
 
@@ -103,10 +103,7 @@ def install_with_id_token(engine: Engine, settings: Settings, id_token: Any, *, 
         raise InstallError(f"Shopify gave no access token for {domain}: {result.log.detail}")
     now = (clock or SystemClock()).now()
     with unit_of_work(engine) as session:
-        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
-        if shop is None:
-            shop = Shop(domain=domain, created_at=now, loyalty_started_at=now, loyalty_rules_at=now)
-            session.add(shop)
+        shop = shop_row(session, domain, now)
         _store(shop, settings, result.access_token)
         if shop.status == "uninstalled" or (shop.paused_reason or "").startswith("Shopify refused"):
             shop.status, shop.paused_reason, shop.uninstalled_at = "active", None, None
@@ -228,10 +225,7 @@ def finish_install(engine: Engine, settings: Settings, params: Mapping[str, str]
         refresh_token_expires=(now + timedelta(seconds=int(body["refresh_token_expires_in"]))).isoformat()
         if body.get("refresh_token_expires_in") else None)
     with unit_of_work(engine) as session:
-        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
-        if shop is None:
-            shop = Shop(domain=domain, created_at=now, loyalty_started_at=now, loyalty_rules_at=now)
-            session.add(shop)
+        shop = shop_row(session, domain, now)
         _store(shop, settings, token)
         if shop.status != "active":
             shop.status, shop.paused_reason, shop.uninstalled_at = "active", None, None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import Clock, SystemClock
@@ -50,10 +52,7 @@ def add_shop(engine: Engine, settings: Settings, *, domain: str, access_token: s
     domain = normalise_domain(domain)
     now = (clock or SystemClock()).now()
     with unit_of_work(engine) as session:
-        shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
-        if shop is None:
-            shop = Shop(domain=domain, created_at=now, loyalty_started_at=now, loyalty_rules_at=now)
-            session.add(shop)
+        shop = shop_row(session, domain, now)
         shop.access_token_enc = box.seal(access_token)
         shop.brevo_api_key_enc = box.seal(brevo_api_key)
         shop.status, shop.paused_reason, shop.uninstalled_at = "active", None, None  # a reinstall carries on
@@ -61,6 +60,16 @@ def add_shop(engine: Engine, settings: Settings, *, domain: str, access_token: s
         session.flush()
         assert shop.id is not None
         return shop.id
+
+
+def shop_row(session: Session, domain: str, now: datetime) -> Shop:
+    """The shop with this domain, created (its loyalty program starting now) when there is none."""
+    shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
+    if shop is None:
+        shop = Shop(domain=domain, created_at=now, loyalty_started_at=now, loyalty_rules_at=now)
+        session.add(shop)
+        session.flush()
+    return shop
 
 
 def secret_box(settings: Settings) -> SecretBox:

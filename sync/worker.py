@@ -32,7 +32,7 @@ from connector.clock import Clock, SystemClock, as_utc
 from connector.database import forget_erased, unit_of_work
 from connector.models import Contact, DeadLetter, InboxEntry, Product, Shop, UTCDateTime
 from connector.settings import Settings
-from connector.shopify import CostBudget, ShopifyAuthFailed, ShopifyError
+from connector.shopify import CostBudget, ShopifyAuthFailed, ShopifyClient, ShopifyError
 from connector.shops import credentials, shopify_client
 from mappings.ecommerce import HISTORY_ORDER
 from mappings.profile import BREVO_ATTRIBUTES
@@ -277,8 +277,7 @@ class Worker:
         if not states:
             return
         every = timedelta(minutes=self.settings.reconcile_minutes)
-        client = shopify_client(shop, self.settings, engine=self.engine, http=self.http,
-                                budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
+        client = self._shopify(lease, shop)
         for state in states:
             failed = "no Shopify access token for this shop" if client is None else None
             if client is not None:
@@ -294,12 +293,16 @@ class Worker:
                 poll_failed(self.engine, lease, state, failed, now=now, retry_in=min(every, POLL_RETRY),
                             lease_seconds=self.settings.lease_seconds)
 
+    def _shopify(self, lease: Lease, shop: Shop) -> ShopifyClient | None:
+        """The shop's Admin API client, its cost bucket kept across leases (None without a token)."""
+        return shopify_client(shop, self.settings, engine=self.engine, http=self.http,
+                              budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
+
     def _issue_rewards(self, lease: Lease, shop: Shop) -> int:
         """Requested reward codes are created in Shopify (outside any transaction), then deducted."""
         if not due_rewards(self.engine, lease.shop_id, self.clock):
             return 0
-        client = shopify_client(shop, self.settings, engine=self.engine, http=self.http,
-                                budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
+        client = self._shopify(lease, shop)
         if client is None:
             log.warning("shop %s: reward codes wait, no Shopify access token", lease.domain)
             return 0
@@ -309,8 +312,7 @@ class Worker:
         """Opt-outs heard from Brevo are written to the customers' consent in Shopify (outside any transaction)."""
         if not due_consent_updates(self.engine, lease.shop_id, self.clock):
             return 0
-        client = shopify_client(shop, self.settings, engine=self.engine, http=self.http,
-                                budget=self.shopify_budgets.setdefault(lease.shop_id, CostBudget()))
+        client = self._shopify(lease, shop)
         if client is None:
             log.warning("shop %s: consent updates wait, no Shopify access token", lease.domain)
             postpone_consent(self.engine, lease.shop_id, self.clock, "no Shopify access token for this shop")
