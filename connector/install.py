@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import unit_of_work
+from connector.database import is_sqlite, unit_of_work
 from connector.models import OAuthState, Shop
 from connector.settings import MissingSetting, Settings
 from connector.shops import ShopError, normalise_domain, secret_box, shop_row
@@ -113,14 +114,27 @@ def install_with_id_token(engine: Engine, settings: Settings, id_token: Any, *, 
         return shop.id
 
 
+_RENEWING: dict[int, threading.Lock] = {}
+_RENEWING_GUARD = threading.Lock()
+
+
+def _renewal_lock(shop_id: int) -> threading.Lock:
+    with _RENEWING_GUARD:
+        return _RENEWING.setdefault(shop_id, threading.Lock())
+
+
 def current_token(engine: Engine, settings: Settings, shop_id: int, *, refused: str | None = None,
                   http: httpx.Client | None = None, clock: Clock | None = None) -> str | None:
     """The shop's access token, renewed first when it is about to expire or Shopify just `refused` it. None when
-    there is none, or it cannot be renewed (no refresh token, or Shopify refused the refresh token too)."""
+    there is none, or it cannot be renewed (no refresh token, or Shopify refused the refresh token or the app's
+    credentials too).
+
+    Single-flight per shop: this process's threads take turns on a lock, and on PostgreSQL the shop's row stays
+    locked (FOR UPDATE) through the renewal, so another process waits and then finds the new token. On SQLite
+    (one process) the write lock is not held while Shopify answers."""
     now = (clock or SystemClock()).now()
     box = secret_box(settings)
-    with unit_of_work(engine) as session:
-        # The row lock makes a refresh single-flight (SQLite's writers are serialised by BEGIN IMMEDIATE).
+    with _renewal_lock(shop_id), unit_of_work(engine) as session:
         shop = session.execute(sa.select(Shop).where(col(Shop.id) == shop_id).with_for_update()).scalar_one_or_none()
         if shop is None or not shop.access_token_enc:
             return None
@@ -130,26 +144,33 @@ def current_token(engine: Engine, settings: Settings, shop_id: int, *, refused: 
             return token  # renewed meanwhile by another worker
         if refused is None and (expires is None or expires > now + RENEW_BEFORE):
             return token
-        if shop.client_secret_enc and shop.client_id:  # a merchant's own app: exchange its credentials again
-            fresh = _client_credentials(shop.domain, shop.client_id, box.open(shop.client_secret_enc),
-                                        http or shopify_http(settings))
-            _store(shop, settings, fresh)
-            log.info("shop %s: access token exchanged again (client credentials)", shop.domain)
-            return str(fresh.token)
-        if not shop.refresh_token_enc:
+        if not (shop.client_secret_enc and shop.client_id) and not shop.refresh_token_enc:
             return None if refused is not None else token
-        refresh_expires = as_utc(shop.refresh_token_expires_at)
-        result = refresh_access_token({
-            "shop": shop.domain.removesuffix(".myshopify.com"), "access_mode": "offline",
-            "refresh_token": box.open(shop.refresh_token_enc), "expires": "",  # renew now, whatever its end
-            "refresh_token_expires": refresh_expires.astimezone(UTC).isoformat() if refresh_expires else ""},
-            app_config(settings), http_client=http or shopify_http(settings))
-        if not result.ok or result.access_token is None or not result.access_token.token:
-            log.warning("shop %s: the access token could not be renewed: %s", shop.domain, result.log.detail)
-            return None
-        _store(shop, settings, result.access_token)
+        if is_sqlite(engine):
+            session.commit()  # SQLite's write lock is everyone's: not held across the call to Shopify
+        client = http or shopify_http(settings)
+        if shop.client_secret_enc and shop.client_id:  # a merchant's own app: exchange its credentials again
+            try:
+                fresh: Any = _client_credentials(shop.domain, shop.client_id, box.open(shop.client_secret_enc),
+                                                 client)
+            except InstallError as exc:
+                log.warning("shop %s: %s", shop.domain, exc)
+                return None
+        else:
+            assert shop.refresh_token_enc is not None
+            refresh_expires = as_utc(shop.refresh_token_expires_at)
+            result = refresh_access_token({
+                "shop": shop.domain.removesuffix(".myshopify.com"), "access_mode": "offline",
+                "refresh_token": box.open(shop.refresh_token_enc), "expires": "",  # renew now, whatever its end
+                "refresh_token_expires": refresh_expires.astimezone(UTC).isoformat() if refresh_expires else ""},
+                app_config(settings), http_client=client)
+            if not result.ok or result.access_token is None or not result.access_token.token:
+                log.warning("shop %s: the access token could not be renewed: %s", shop.domain, result.log.detail)
+                return None
+            fresh = result.access_token
+        _store(shop, settings, fresh)
         log.info("shop %s: access token renewed", shop.domain)
-        return str(result.access_token.token)
+        return str(fresh.token)
 
 
 # --- the authorization-code install (a non-embedded install, or an app not using managed installation) ---------
@@ -182,7 +203,7 @@ def query_signed(params: Mapping[str, str], settings: Settings) -> bool:
     ok = False
     for secret in settings.webhook_secrets:
         expected = hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
-        ok |= hmac.compare_digest(expected, given)
+        ok |= hmac.compare_digest(expected.encode(), given.encode())  # bytes: any text compares, none raises
     return ok and bool(given)
 
 
@@ -215,15 +236,22 @@ def finish_install(engine: Engine, settings: Settings, params: Mapping[str, str]
     except httpx.HTTPError as exc:
         raise InstallError(f"Shopify could not be reached ({type(exc).__name__}): start the install again",
                            status=502) from None
-    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-    if response.status_code != 200 or not body.get("access_token"):
-        raise InstallError(f"Shopify refused the code (HTTP {response.status_code}: "
-                           f"{body.get('error_description') or body.get('error') or 'no token'})")
-    token = SimpleNamespace(
-        token=body["access_token"], scope=body.get("scope"), refresh_token=body.get("refresh_token"),
-        expires=(now + timedelta(seconds=int(body["expires_in"]))).isoformat() if body.get("expires_in") else None,
-        refresh_token_expires=(now + timedelta(seconds=int(body["refresh_token_expires_in"]))).isoformat()
-        if body.get("refresh_token_expires_in") else None)
+    try:
+        body = response.json()
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+        if response.status_code != 200 or not body.get("access_token"):
+            raise InstallError(f"Shopify refused the code (HTTP {response.status_code}: "
+                               f"{body.get('error_description') or body.get('error') or 'no token'})")
+        token = SimpleNamespace(
+            token=str(body["access_token"]), scope=body.get("scope"), refresh_token=body.get("refresh_token"),
+            expires=(now + timedelta(seconds=int(body["expires_in"]))).isoformat() if body.get("expires_in")
+            else None,
+            refresh_token_expires=(now + timedelta(seconds=int(body["refresh_token_expires_in"]))).isoformat()
+            if body.get("refresh_token_expires_in") else None)
+    except (ValueError, TypeError) as exc:
+        raise InstallError(f"Shopify's answer to the code could not be read (HTTP {response.status_code}: {exc})",
+                           status=502) from None
     with unit_of_work(engine) as session:
         shop = shop_row(session, domain, now)
         _store(shop, settings, token)

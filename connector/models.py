@@ -99,6 +99,9 @@ class InboxEntry(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("shop_domain", "event_id", name="uq_inbox_event"),
         sa.Index("ix_inbox_pending", "shop_domain", "status", "id"),
+        # Privacy requests of shops not held here are looked for without reading the whole inbox.
+        sa.Index("ix_inbox_lifecycle", "status", sqlite_where=sa.text("status = 'lifecycle'"),
+                 postgresql_where=sa.text("status = 'lifecycle'")),
     )
 
     id: int | None = Field(default=None, primary_key=True)

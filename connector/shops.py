@@ -87,7 +87,8 @@ def rotate_secrets(engine: Engine, settings: Settings) -> tuple[int, list[str]]:
     box = secret_box(settings)
     resealed, unreadable = 0, []
     with unit_of_work(engine) as session:
-        for shop in session.execute(sa.select(Shop).order_by(col(Shop.id))).scalars():
+        # Locked: a renewal must not store a fresh token that this loop then overwrites with the old one.
+        for shop in session.execute(sa.select(Shop).order_by(col(Shop.id)).with_for_update()).scalars():
             try:
                 values = {name: box.reseal(getattr(shop, name)) for name in SEALED_COLUMNS if getattr(shop, name)}
             except SecretBoxError:

@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col
 
 from connector.models import (
+    Backfill,
+    BackfillRow,
     Cart,
     Checkout,
     ConsentChange,
@@ -94,13 +96,12 @@ def uninstall(session: Session, shop: Shop, now: datetime) -> None:
 
 def redact_shop(session: Session, shop: Shop) -> dict[str, int]:
     """Erase everything of the shop from every table, the shop's own row last. Returns rows deleted per table."""
-    deleted: dict[str, int] = {}
+    # Staged bulk lines first: they are found through the shop's backfills, deleted in the loop.
+    deleted: dict[str, int] = {"backfill_rows": session.execute(sa.text(
+        "DELETE FROM backfill_rows WHERE backfill_id IN (SELECT id FROM backfills WHERE shop_id = :shop)"),
+        {"shop": shop.id}).rowcount}  # type: ignore[attr-defined]
     for table in reversed(SQLModel.metadata.sorted_tables):
-        if table.name == "backfill_rows":
-            gone = session.execute(sa.text(
-                "DELETE FROM backfill_rows WHERE backfill_id IN (SELECT id FROM backfills WHERE shop_id = :shop)"),
-                {"shop": shop.id}).rowcount  # type: ignore[attr-defined]
-        elif "shop_id" in table.c and table.name != "shops":
+        if "shop_id" in table.c and table.name != "shops":
             gone = session.execute(table.delete().where(table.c.shop_id == shop.id)).rowcount  # type: ignore[attr-defined]
         else:
             continue
@@ -145,6 +146,14 @@ def holdings(session: Session, shop_id: int, request: CustomerRequest) -> Holdin
         keys.add(contact.contact_key)
         emails |= {e for e in (contact.email, contact.brevo_email) if e}
         phones |= {p for p in (contact.phone,) if p}
+    # The orders Shopify names are theirs: so are the guests who placed them (not another customer).
+    for key, email, phone in session.execute(sa.select(col(Order.contact_key), col(Order.email), col(Order.phone))
+                                             .where(col(Order.shop_id) == shop_id,
+                                                    col(Order.order_id).in_(request.orders or [0]))).tuples():
+        if key and not key.startswith("c:"):
+            keys.add(key)
+            emails |= {e for e in (normalise_email(email),) if e}
+            phones |= {p for p in (phone,) if p}
     by_buyer = sa.or_(col(Order.contact_key).in_(keys), col(Order.order_id).in_(request.orders or [0]),
                       col(Order.customer_id) == request.customer_id if request.customer_id else sa.false())
     orders = set(session.execute(sa.select(col(Order.order_id)).where(col(Order.shop_id) == shop_id, by_buyer))
@@ -162,7 +171,7 @@ def holdings(session: Session, shop_id: int, request: CustomerRequest) -> Holdin
 
 def _mentions(column: Any, found: Holdings, customer_id: int | None) -> Any:
     """A text column that names the customer: one of their emails or phones, or their id as Shopify writes it."""
-    needles = [*found.emails, *found.phones]
+    needles = [*found.emails, *found.phones, *(p.lstrip("+") for p in found.phones if p.startswith("+"))]
     if customer_id:
         needles += [f'"id":{customer_id},', f'"id": {customer_id},', f"Customer/{customer_id}\""]
     return sa.or_(*(sa.func.lower(column).contains(n.lower(), autoescape=True) for n in needles)) if needles \
@@ -194,25 +203,32 @@ def redact_customer(session: Session, shop: Shop, request: CustomerRequest, *, b
     for keyed in (Contact, ConsentChange, OutboxEntry):
         session.execute(sa.delete(keyed).where(col(keyed.shop_id) == shop_id, col(keyed.contact_key).in_(keys)))
     session.execute(sa.delete(DataExport).where(col(DataExport.shop_id) == shop_id, sa.or_(
-        col(DataExport.customer_id) == request.customer_id, _mentions(DataExport.body, found, request.customer_id))))
-    holder = f"redacted:{secrets.token_hex(8)}"
-    session.execute(sa.update(LoyaltyEntry).where(col(LoyaltyEntry.shop_id) == shop_id,
-                                                  col(LoyaltyEntry.contact_key).in_(keys)).values(contact_key=holder))
+        col(DataExport.customer_id) == request.customer_id if request.customer_id else sa.false(),
+        _mentions(DataExport.body, found, request.customer_id))))
+    # One anonymous holder per key: a merged guest's entries may repeat the customer's (they were left behind
+    # so as not to count twice), and a ledger's entries are unique per holder.
+    anonymous = secrets.token_hex(8)
+    holders = {key: f"redacted:{anonymous}:{n}" for n, key in enumerate(sorted(keys))}
+    for key, holder in holders.items():
+        session.execute(sa.update(LoyaltyEntry).where(col(LoyaltyEntry.shop_id) == shop_id,
+                                                      col(LoyaltyEntry.contact_key) == key).values(contact_key=holder))
     for reward in session.execute(sa.select(LoyaltyReward).where(col(LoyaltyReward.shop_id) == shop_id,
                                                                  col(LoyaltyReward.contact_key).in_(keys))).scalars():
-        reward.contact_key = holder
-        reward.request_key = f"{reward.request_key.split(':', 1)[0]}:{holder}:{reward.id}"
+        reward.contact_key = holders[reward.contact_key]
+        reward.request_key = f"{reward.request_key.split(':', 1)[0]}:{reward.contact_key}:{reward.id}"
+    holder = f"redacted:{anonymous}"
     session.execute(sa.delete(DeadLetter).where(
         sa.or_(col(DeadLetter.shop_id) == shop_id, col(DeadLetter.shop_domain) == shop.domain),
         sa.or_(col(DeadLetter.reference).in_(keys), _mentions(DeadLetter.payload, found, request.customer_id),
                _mentions(DeadLetter.reason, found, request.customer_id))))
+    # The deliveries before the request (those of an active shop are applied by now: the request waited for
+    # them); later ones are news, and other privacy requests wait for their own turn.
     session.execute(sa.delete(InboxEntry).where(
-        col(InboxEntry.shop_domain) == shop.domain, col(InboxEntry.id) != (keep_inbox or 0),
-        _mentions(InboxEntry.body, found, request.customer_id)))
-    session.execute(sa.text(
-        "DELETE FROM backfill_rows WHERE backfill_id IN (SELECT id FROM backfills WHERE shop_id = :shop) "
-        "AND (" + " OR ".join(f"lower(body) LIKE :n{i}" for i in range(len(found.emails | found.phones)) or ["0=1"])
-        + ")"), {"shop": shop_id, **{f"n{i}": f"%{n.lower()}%" for i, n in enumerate(found.emails | found.phones)}})
+        col(InboxEntry.shop_domain) == shop.domain, col(InboxEntry.id) < (keep_inbox or 2 ** 62),
+        col(InboxEntry.status) != "lifecycle", _mentions(InboxEntry.body, found, request.customer_id)))
+    session.execute(sa.delete(BackfillRow).where(
+        col(BackfillRow.backfill_id).in_(sa.select(col(Backfill.id)).where(col(Backfill.shop_id) == shop_id)),
+        _mentions(BackfillRow.body, found, request.customer_id)))
     if sent:
         identifiers = {"ext_id": customer_gid(request.customer_id) if request.customer_id else None,
                        "emails": sorted({e for _, e, _ in sent if e} | {str(b.get("email")) for _, _, b in sent
@@ -278,3 +294,39 @@ def store_export(session: Session, shop: Shop, request: CustomerRequest, event_i
     if exists is None:
         session.add(DataExport(shop_id=shop.id or 0, request_key=key[:100], customer_id=request.customer_id,
                                body=json.dumps(data, indent=2, default=str), created_at=now))
+
+
+# --- deliveries for a shop the connector does not hold -----------------------------------------------------
+
+
+def settle_unknown_shops(session: Session, now: datetime, *, limit: int = 50) -> int:
+    """Lifecycle and privacy deliveries for a domain with no shop here (never installed, or erased already): all
+    that is held of it is its raw deliveries. A shop erasure deletes them; a customer erasure deletes those that
+    name the customer; a data request has nothing to export. Each request is kept without email or phone."""
+    entries = session.execute(sa.select(InboxEntry).where(
+        col(InboxEntry.status) == "lifecycle",
+        ~sa.exists().where(col(Shop.domain) == col(InboxEntry.shop_domain))).order_by(col(InboxEntry.id))
+        .limit(limit)).scalars().all()
+    for entry in entries:
+        entry.status, entry.processed_at = "applied", now
+        if entry.topic == "shop/redact":
+            session.execute(sa.delete(InboxEntry).where(col(InboxEntry.shop_domain) == entry.shop_domain,
+                                                        col(InboxEntry.status) != "lifecycle"))
+            session.execute(sa.delete(DeadLetter).where(col(DeadLetter.shop_domain) == entry.shop_domain))
+            continue
+        if entry.topic not in ("customers/redact", "customers/data_request"):
+            continue
+        try:
+            payload = json.loads(entry.body)
+            request = CustomerRequest.from_payload(payload if isinstance(payload, dict) else {})
+        except (ValueError, PayloadError) as exc:
+            entry.status, entry.error = "failed", f"unreadable {entry.topic} payload: {exc}"
+            continue
+        if entry.topic == "customers/redact":
+            found = Holdings(keys=set(), emails={e for e in (normalise_email(request.email),) if e},
+                             phones={p for p in (request.phone,) if p}, orders=set(), checkouts=set(), carts=set())
+            session.execute(sa.delete(InboxEntry).where(
+                col(InboxEntry.shop_domain) == entry.shop_domain, col(InboxEntry.id) < entry.id,
+                col(InboxEntry.status) != "lifecycle", _mentions(InboxEntry.body, found, request.customer_id)))
+        entry.body = request.scrubbed()
+    return len(entries)

@@ -312,7 +312,9 @@ class Pusher:
             try:
                 found = self._erase(entry.body)
             except BrevoAuthFailed as exc:
-                self._erasure_settled(entry, found=None, error=str(exc))
+                # The erasure waits, identifiers kept, for a key Brevo takes: an active shop is paused (the
+                # merchant sees why), another one tries again in an hour.
+                self._reschedule_events([entry], BrevoRetriable(str(exc), retry_after=3600.0))
                 if pause:
                     self._pause(exc)
                 continue
@@ -329,25 +331,27 @@ class Pusher:
         return erased
 
     def _erase(self, body: dict[str, Any]) -> bool:
-        """True once a contact was deleted (or anonymised); False when Brevo holds none by those identifiers."""
+        """Delete (or anonymise) every Brevo contact the identifiers name (a guest the customer once was may have
+        a contact of its own); True when there was at least one."""
         candidates = [(body.get("ext_id"), "ext_id")] + [(e, "email_id") for e in body.get("emails") or []] \
             + [(p, "phone_id") for p in body.get("phones") or []]
-        alias = f"redacted-{hashlib.sha256(json.dumps(candidates).encode()).hexdigest()[:16]}"
-        for identifier, by in candidates:
+        found = False
+        for n, (identifier, by) in enumerate(candidates):
             if not identifier:
                 continue
             if body.get("mode") == "anonymise":
-                call = partial(self.client.anonymise_contact, str(identifier), by=by, alias=alias,
+                digest = hashlib.sha256(f"{json.dumps(candidates)}:{n}".encode()).hexdigest()[:16]
+                call = partial(self.client.anonymise_contact, str(identifier), by=by, alias=f"redacted-{digest}",
                                attributes=_PERSONAL_ATTRIBUTES)
             else:
                 call = partial(self.client.delete_contact, str(identifier), by=by)
             try:
                 self._send("contacts", call)
-                return True
+                found = True
             except BrevoRejected as exc:
-                if exc.status != 404:
+                if exc.status != 404:  # 404: none by that identifier (or erased by an earlier one)
                     raise
-        return False
+        return found
 
     def _erasure_settled(self, entry: OutboxEntry, *, found: bool | None, error: str | None) -> None:
         kept = {"ext_id": entry.body.get("ext_id"), "mode": entry.body.get("mode"), "found": found}

@@ -28,6 +28,8 @@ _DUE = """
     (s.lease_expires_at IS NULL OR s.lease_expires_at < :now)
     AND (
         EXISTS (SELECT 1 FROM inbox i WHERE i.shop_domain = s.domain AND i.status = 'lifecycle')
+        OR EXISTS (SELECT 1 FROM outbox o WHERE o.shop_id = s.id AND o.target = 'erase' AND o.status = 'pending'
+                   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now))
         OR s.status = 'active' AND (
         (s.brevo_ready_at IS NULL AND (s.setup_due_at IS NULL OR s.setup_due_at <= :now))
         OR EXISTS (SELECT 1 FROM inbox i WHERE i.shop_domain = s.domain AND i.status = 'pending')

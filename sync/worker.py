@@ -39,7 +39,14 @@ from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
 from sync.apply import TOPICS, ApplyContext, Topic, wanted_by, write_events
-from sync.compliance import CustomerRequest, redact_customer, redact_shop, store_export, uninstall
+from sync.compliance import (
+    CustomerRequest,
+    redact_customer,
+    redact_shop,
+    settle_unknown_shops,
+    store_export,
+    uninstall,
+)
 from sync.consent import due_consent_updates, postpone_consent, write_consent
 from sync.mirror import BatchMirror
 from sync.profiles import ShopContext, build_dirty_contacts
@@ -54,6 +61,7 @@ T = TypeVar("T")
 
 INBOX_BATCH = 200
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
+UNKNOWN_SHOPS_EVERY = 300.0  # seconds between two looks for privacy deliveries of shops not held here
 POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
 
 
@@ -78,6 +86,7 @@ class Worker:
         self.pacers: dict[int, Pacer] = {}  # per shop: Brevo's budgets outlive one lease
         self.shopify_budgets: dict[int, CostBudget] = {}  # per shop: Shopify's query-cost bucket
         self.polls_ready: set[int] = set()  # shops whose poll rows this worker has seen to
+        self.unknown_due = 0.0  # monotonic: when to settle deliveries for shops not held here
         self.stats = WorkerStats()
         self.wake = threading.Event()
 
@@ -108,7 +117,8 @@ class Worker:
                      WHERE (c.dirty OR c.push_state = 'pending' OR c.import_process IS NOT NULL)
                        AND s.status = 'active')
                 + (SELECT count(*) FROM outbox o JOIN shops s ON s.id = o.shop_id
-                     WHERE o.status = 'pending' AND s.status = 'active')
+                     WHERE o.status = 'pending' AND (s.status = 'active' OR o.target = 'erase'
+                       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now)))
                 + (SELECT count(*) FROM shops s WHERE s.status = 'active' AND s.brevo_ready_at IS NULL)
                 + (SELECT count(*) FROM shops s WHERE s.status = 'active'
                      AND (s.rfm_due_at IS NULL OR s.rfm_due_at <= :now))
@@ -121,6 +131,13 @@ class Worker:
 
     def run_once(self) -> int:
         """One pass over the shops that are due now; returns how many shops were worked."""
+        if time.monotonic() >= self.unknown_due:  # housekeeping, every few minutes
+            self.unknown_due = time.monotonic() + UNKNOWN_SHOPS_EVERY
+            with unit_of_work(self.engine) as session:
+                settled = settle_unknown_shops(session, self.clock.now())
+            if settled:
+                forget_erased(self.engine)
+                log.info("%d privacy or lifecycle deliveries for shops not held here settled", settled)
         leases = lease_due_shops(self.engine, owner=self.owner, now=self.clock.now(),
                                  seconds=self.settings.lease_seconds, polls=self.settings.reconcile_minutes > 0)
         for lease in leases:
@@ -130,8 +147,12 @@ class Worker:
                 log.warning("%s", exc)
             except ShopPaused as exc:
                 log.error("shop %s paused: %s", lease.domain, exc)
-            finally:
-                release(self.engine, lease)
+            except Exception:
+                # A bug must not stop the other shops: this one is left leased, so it is tried again when the
+                # lease lapses (a pause of CONNECTOR_LEASE_SECONDS, not a busy loop), with the error in the log.
+                log.exception("shop %s: unexpected error; tried again when its lease lapses", lease.domain)
+                continue
+            release(self.engine, lease)
         return len(leases)
 
     # --- one shop -------------------------------------------------------------------------------
@@ -206,6 +227,18 @@ class Worker:
                     entry.processed_at = now
                     self._quarantine(session, entry, lease, f"unreadable {entry.topic} payload: {exc}",
                                      WorkerStats())
+                except LeaseLost:
+                    raise
+                except Exception as exc:  # a bug: nothing of it is kept (rolled back); the delivery is set aside
+                    failed = (entry.id, f"internal error applying {entry.topic}: {type(exc).__name__}: {exc}")
+                    log.exception("applying inbox %s failed", entry.id)
+                    session.rollback()
+                    with unit_of_work(self.engine) as retry:
+                        row = retry.get(InboxEntry, failed[0])
+                        if row is not None:
+                            row.processed_at = now
+                            self._quarantine(retry, row, lease, failed[1], WorkerStats())
+                    continue
             if erased:
                 forget_erased(self.engine)
             if gone:

@@ -90,7 +90,8 @@ def app_home_routes(engine: Engine, settings: Settings, *, http: httpx.Client | 
         """The shop's id; installed (token exchange) when it has no token, or uninstalled the app before."""
         with unit_of_work(engine) as session:
             shop = session.execute(sa.select(Shop).where(col(Shop.domain) == domain)).scalar_one_or_none()
-            if shop is not None and shop.access_token_enc and shop.status != "uninstalled":
+            refused = shop is not None and (shop.paused_reason or "").startswith("Shopify refused")
+            if shop is not None and shop.access_token_enc and shop.status != "uninstalled" and not refused:
                 assert shop.id is not None
                 return shop.id
         return install_with_id_token(engine, settings, id_token, http=http)
@@ -176,7 +177,10 @@ def app_home_routes(engine: Engine, settings: Settings, *, http: httpx.Client | 
             config["consent"] = {**config.get("consent", {}), **wanted}
             return configure_shop(engine, domain, _toml(config))
 
-        stored = await run_in_threadpool(store)
+        try:
+            stored = await run_in_threadpool(store)
+        except ShopError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
         return JSONResponse({"ok": True, "consent": stored.get("consent", {})},
                             headers=dict(result.response.headers or {}))
 

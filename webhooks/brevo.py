@@ -43,11 +43,11 @@ def brevo_webhook_token(shop_id: int, secret: str) -> str:
 
 def _shop_of(token: str, secrets: Sequence[str]) -> int | None:
     shop, _, _ = token.partition(".")
-    if not shop.isdigit() or len(shop) > 12:
+    if not (shop.isascii() and shop.isdigit()) or len(shop) > 12:
         return None
     ok = False
     for secret in secrets:  # constant time, whichever secret matches
-        ok |= hmac.compare_digest(brevo_webhook_token(int(shop), secret).encode(), token.encode())
+        ok |= hmac.compare_digest(brevo_webhook_token(int(shop), secret).encode(), token.encode("utf-8", "replace"))
     return int(shop) if ok else None
 
 

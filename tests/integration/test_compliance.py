@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
+from connector.database import unit_of_work
+from connector.models import Backfill, BackfillRow
 from connector.shops import add_shop, configure_shop
 from tests import payloads as p
 from tests.conftest import fixture_payload
@@ -212,3 +214,43 @@ def test_the_merchant_lists_and_saves_data_exports_from_the_command_line(connect
     assert json.loads((tmp_path / "rosa.json").read_text())["customer"][0]["customer_id"] == 501
     missing = _connector("shops", "exports", "--shop", SHOP, "--id", "999", env=env, cwd=tmp_path)
     assert missing.returncode == 2 and "no export 999" in missing.stderr
+
+
+def test_a_customer_who_was_a_guest_first_is_erased_with_their_guest_self(connector: Connector) -> None:
+    guest = p.order(9101, customer_id=None, email=EMAIL, total="40.00", number=1101)
+    assert connector.post("orders/create", guest).status_code == 200
+    connector.sync()  # a guest contact in Brevo, points on the guest's ledger
+    _buyers(connector)  # then they register: the guest merges into the customer
+    connector.sync()
+    connector.post("customers/redact", _privacy("customers/redact", orders_to_redact=[9001, 9002, 9101]))
+    connector.sync()
+    text = _table_text(connector.engine)
+    assert EMAIL not in text and PHONE not in text
+    assert connector.brevo.find_contact(email=EMAIL) is None
+    assert connector.rows("SELECT count(*) FROM dead_letters")[0][0] == 0
+
+
+def test_staged_backfill_lines_go_with_the_shop(connector: Connector) -> None:
+    _buyers(connector)
+    connector.sync()
+    shop_id = connector.rows("SELECT id FROM shops WHERE domain = :d", d=SHOP)[0][0]
+    with unit_of_work(connector.engine) as session:
+        run = Backfill(shop_id=shop_id, resource="customers", status="staging")
+        session.add(run)
+        session.flush()
+        session.add(BackfillRow(backfill_id=run.id or 0, line=1, body=json.dumps({"email": EMAIL})))
+    connector.post("shop/redact", {"shop_id": 954889, "shop_domain": SHOP})
+    connector.sync()
+    assert connector.rows("SELECT count(*) FROM backfill_rows")[0][0] == 0
+    assert EMAIL not in _table_text(connector.engine)
+
+
+def test_a_privacy_request_for_a_shop_not_held_here_leaves_nothing_of_the_customer(connector: Connector) -> None:
+    unknown = {"X-Shopify-Shop-Domain": "never-installed.myshopify.com"}
+    connector.post("orders/create", {**p.order(9201, customer_id=501, email=EMAIL), "phone": PHONE}, headers=unknown)
+    connector.post("customers/redact", _privacy("customers/redact"), headers=unknown)
+    connector.sync()
+    text = _table_text(connector.engine)
+    assert EMAIL not in text and PHONE not in text
+    [(status, body)] = connector.rows("SELECT status, body FROM inbox WHERE topic = 'customers/redact'")
+    assert status == "applied" and json.loads(body)["customer"] == {"id": 501}

@@ -72,6 +72,7 @@ def test_forged_late_or_misdirected_callbacks_are_refused_and_change_nothing(con
     assert _install(connector, "evil.example.com").status_code == 400
     back = _approve(connector, _install(connector).headers["location"])
 
+    assert _callback(connector, {**back, "hmac": "é"}).status_code == 401  # not even hex: refused, not a crash
     forged = _callback(connector, {**back, "shop": "other-store.myshopify.com"})  # the signature no longer holds
     assert forged.status_code == 401 and "hmac" in forged.json()["error"]
     misdirected = _callback(connector, _signed({**back, "shop": "other-store.myshopify.com"}))

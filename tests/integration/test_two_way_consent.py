@@ -94,7 +94,7 @@ def test_brevo_webhooks_need_the_shop_token_and_only_opt_outs_are_kept(connector
     _buyer(connector)
     shop_id = connector.rows("SELECT id FROM shops WHERE domain = :d", d=SHOP)[0][0]
     forged = [brevo_webhook_token(shop_id, "not-the-secret"), brevo_webhook_token(shop_id + 1, SECRET)[:-1] + "0",
-              "nothing", f"{shop_id}"]
+              "nothing", f"{shop_id}", "².abc", f"{shop_id}.é"]
     for token in forged:
         assert _brevo(connector, _unsubscribe(), token=token).status_code == 401, token
     assert _brevo(connector, _unsubscribe(), token=brevo_webhook_token(shop_id + 1, SECRET)).status_code == 401
