@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from connector.database import make_engine
+from connector.database import make_engine, upgrade
 from webhooks.intake import Intake, sign
 
 SECRET = "s3cret"
@@ -49,3 +51,31 @@ def test_a_bad_signature_never_reaches_the_writer(engine: sa.Engine) -> None:
     headers = {**_headers("ev-1", body), "x-shopify-hmac-sha256": sign(body, "wrong")}
     assert asyncio.run(intake.accept_async(body, headers.get)).status == 401
     assert intake._writer is None
+
+
+def test_on_sqlite_stored_deliveries_are_copied_out_of_the_write_ahead_log_in_the_background(tmp_path: Path) -> None:
+    # SQLite's own automatic checkpoint waits for 1,000 pages of log and then makes one commit (and every
+    # delivery behind it) wait while it copies them; the intake's checkpointer copies them as they come instead.
+    path = tmp_path / "intake.db"
+    upgrade(f"sqlite:///{path}")
+    engine = make_engine(f"sqlite:///{path}")
+    intake = Intake(engine, [SECRET], max_body_bytes=100_000)
+    bodies = [json.dumps({"id": i, "note": "x" * 500}).encode() for i in range(40)]
+
+    async def deliver_all() -> None:
+        await asyncio.gather(*(intake.accept_async(b, _headers(f"ev-{i}", b).get) for i, b in enumerate(bodies)))
+
+    asyncio.run(deliver_all())
+
+    def rows_in_database_file() -> int:  # the file as it is on disk, without what the log still holds
+        db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return int(db.execute("SELECT count(*) FROM inbox").fetchone()[0])
+        finally:
+            db.close()
+
+    deadline = time.monotonic() + 5
+    while rows_in_database_file() < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rows_in_database_file() == 40
+    engine.dispose()
