@@ -101,11 +101,13 @@ class BuyerView:
     loyalty: LoyaltyView | None = None
 
 
-def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 500) -> int:
-    """Recompute up to `limit` dirty contacts of one shop; returns how many were looked at."""
-    contacts: Sequence[Contact] = session.execute(
-        sa.select(Contact).where(col(Contact.shop_id) == shop.shop_id, col(Contact.dirty).is_(True))
-        .limit(limit)).scalars().all()
+def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 500, live_only: bool = False) -> int:
+    """Recompute up to `limit` dirty contacts of one shop (with `live_only`, not those only history made dirty);
+    returns how many were looked at."""
+    where = [col(Contact.shop_id) == shop.shop_id, col(Contact.dirty).is_(True)]
+    if live_only:
+        where.append(col(Contact.history).is_(False))
+    contacts: Sequence[Contact] = session.execute(sa.select(Contact).where(*where).limit(limit)).scalars().all()
     merged = [c for c in contacts if c.merged_into]
     for contact in merged:  # a guest merged into a customer is nobody of their own any more
         contact.dirty, contact.lifecycle_due_at = False, None

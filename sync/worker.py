@@ -63,6 +63,7 @@ INBOX_BATCH = 200
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
 UNKNOWN_SHOPS_EVERY = 300.0  # seconds between two looks for privacy deliveries of shops not held here
 POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
+HISTORY_SOURCES = ("backfill", "poll")  # inbox sources read from Shopify's past, not announced by a webhook
 
 
 @dataclass
@@ -271,9 +272,12 @@ class Worker:
         with unit_of_work(self.engine) as session:
             mark_due_lifecycle(session, lease.shop_id, now)
             fence(session, lease, now=now, seconds=self.settings.lease_seconds)
-        shop = self._build_profiles(lease, shop, now)
-        if (shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now  # type: ignore[operator]
-                or (shop.rfm_thresholds is None and self._has_buyers(lease.shop_id))):
+        # While history (a backfill, a poll) is still queued, buyers only it changed wait: each is then built once,
+        # with all of it, and goes to Brevo in full-size imports, instead of once per slice of their history.
+        history_left = self._history_queued(lease)
+        shop = self._build_profiles(lease, shop, now, live_only=history_left)
+        if not history_left and (shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now  # type: ignore[operator]
+                                 or (shop.rfm_thresholds is None and self._has_buyers(lease.shop_id))):
             # Daily, and on a shop's first day as soon as it has buyers; contacts whose score moved
             # are rebuilt at once (their segment_changed events come from the builder).
             with unit_of_work(self.engine) as session:
@@ -281,7 +285,8 @@ class Worker:
                 fence(session, lease, now=now, seconds=self.settings.lease_seconds)
             shop = self._build_profiles(lease, shop, now)
         if self._issue_rewards(lease, shop):
-            shop = self._build_profiles(lease, shop, self.clock.now())  # balances and codes go out now
+            # balances and codes go out now
+            shop = self._build_profiles(lease, shop, self.clock.now(), live_only=history_left)
         self._write_consent(lease, shop)
         if client is None or shop.brevo_ready_at is None:
             return  # nothing can be delivered before the account is set up; the rows wait
@@ -391,13 +396,20 @@ class Worker:
             fence(session, lease, now=now, seconds=self.settings.lease_seconds)
         return row
 
-    def _build_profiles(self, lease: Lease, shop: Shop, now: datetime) -> Shop:
+    def _history_queued(self, lease: Lease) -> bool:
+        """Deliveries read as history (backfill, polls) still wait in the shop's inbox."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(col(InboxEntry.id)).where(
+                col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending",
+                col(InboxEntry.source).in_(HISTORY_SOURCES)).limit(1)).first() is not None
+
+    def _build_profiles(self, lease: Lease, shop: Shop, now: datetime, *, live_only: bool = False) -> Shop:
         with unit_of_work(self.engine) as session:
             shop = session.get(Shop, lease.shop_id) or shop
         context = ShopContext.of(shop, now, freshness_hours=self.settings.event_freshness_hours)
         while True:
             with unit_of_work(self.engine) as session:
-                built = build_dirty_contacts(session, context)
+                built = build_dirty_contacts(session, context, live_only=live_only)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             if not built:
                 return shop

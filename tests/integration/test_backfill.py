@@ -180,3 +180,20 @@ def test_history_learnt_over_several_turns_moves_segments_without_announcing_it(
         "SELECT event_name, contact_key FROM outbox WHERE event_name IN ('segment_changed', 'vip_entered')")}
     assert ("segment_changed", "c:601") in announced  # news
     assert not [key for _, key in announced if key == "c:600"]  # history catching up
+
+
+def test_backfilled_buyers_are_built_once_with_all_their_history_and_imported_together(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sync.worker.SHOP_TIME_SLICE", 0.001)  # one batch of deliveries per turn,
+    monkeypatch.setattr("sync.worker.INBOX_BATCH", 25)  # a small one: the history takes many turns
+    _backfill(connector)
+    connector.sync()
+    imports = [c for c in connector.brevo.calls if c.path == "/v3/contacts/import"]
+    singles = [c for c in connector.brevo.calls if c.path.startswith("/v3/contacts") and c.method in ("POST", "PUT")
+               and c.path not in ("/v3/contacts/import", "/v3/contacts/lists", "/v3/contacts/folders")
+               and not c.path.startswith("/v3/contacts/attributes")]
+    # One import per blacklist combination (Brevo's import flags apply to all its rows): here the buyers who are
+    # subscribed or never asked, and those who opted out of email.
+    assert (len(imports), len(singles)) == (2, 0)
+    for email, totals in store.expected().buyers.items():  # and nothing was lost by waiting
+        assert connector.contact(email)["attributes"]["ORDER_COUNT"] >= 1 or totals.order_count == 0, email
