@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -29,16 +30,16 @@ class SecretBox:
         return self._fernet.encrypt(plain.encode()).decode()
 
     def open(self, sealed: str) -> str:
-        try:
-            return self._fernet.decrypt(sealed.encode()).decode()
-        except InvalidToken:
-            raise SecretBoxError("a stored secret does not decrypt with CONNECTOR_SECRET_KEY "
-                                 "(or CONNECTOR_SECRET_KEY_PREVIOUS)") from None
+        return self._unseal(self._fernet.decrypt, sealed)
 
     def reseal(self, sealed: str) -> str:
         """The same secret sealed with the current key (opened with either)."""
+        return self._unseal(self._fernet.rotate, sealed)
+
+    @staticmethod
+    def _unseal(step: Callable[[bytes], bytes], sealed: str) -> str:
         try:
-            return self._fernet.rotate(sealed.encode()).decode()
+            return step(sealed.encode()).decode()
         except InvalidToken:
             raise SecretBoxError("a stored secret does not decrypt with CONNECTOR_SECRET_KEY "
                                  "(or CONNECTOR_SECRET_KEY_PREVIOUS)") from None
