@@ -121,6 +121,7 @@ class InboxEntry(SQLModel, table=True):
 
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
+    __table_args__ = (sa.Index("ix_customers_phone", "shop_id", "phone"),)
 
     shop_id: int = Field(primary_key=True)
     customer_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
@@ -147,7 +148,12 @@ class Customer(SQLModel, table=True):
 
 class Order(SQLModel, table=True):
     __tablename__ = "orders"
-    __table_args__ = (sa.Index("ix_orders_contact", "shop_id", "contact_key"),)
+    __table_args__ = (
+        sa.Index("ix_orders_contact", "shop_id", "contact_key"),
+        sa.Index("ix_orders_checkout", "shop_id", "checkout_id"),
+        sa.Index("ix_orders_checkout_token", "shop_id", "checkout_token"),
+        sa.Index("ix_orders_cart_token", "shop_id", "cart_token"),
+    )
 
     shop_id: int = Field(primary_key=True)
     order_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
@@ -279,6 +285,7 @@ class Contact(SQLModel, table=True):
         sa.Index("ix_contacts_import", "shop_id", "import_process"),
         sa.Index("ix_contacts_push", "shop_id", "push_state"),
         sa.Index("ix_contacts_lifecycle", "shop_id", "lifecycle_due_at"),
+        sa.Index("ix_contacts_phone", "shop_id", "phone"),
     )
 
     shop_id: int = Field(primary_key=True)

@@ -1,0 +1,32 @@
+"""indexes for the applier's and builder's set lookups: orders by checkout and cart, buyers by phone
+
+Revision ID: 0013
+Revises: 0012
+Each inbox batch looks up the orders that complete its checkouts (by checkout id, checkout token or cart
+token) and the customers a guest may be (by phone); each builder chunk looks up who owns each phone number.
+Without these indexes every such lookup read the whole shop, so a store's backfill slowed as it grew.
+"""
+from alembic import op
+
+revision = '0013'
+down_revision = '0012'
+branch_labels = None
+depends_on = None
+
+INDEXES = (
+    ('ix_orders_checkout', 'orders', ['shop_id', 'checkout_id']),
+    ('ix_orders_checkout_token', 'orders', ['shop_id', 'checkout_token']),
+    ('ix_orders_cart_token', 'orders', ['shop_id', 'cart_token']),
+    ('ix_customers_phone', 'customers', ['shop_id', 'phone']),
+    ('ix_contacts_phone', 'contacts', ['shop_id', 'phone']),
+)
+
+
+def upgrade() -> None:
+    for name, table, columns in INDEXES:
+        op.create_index(name, table, columns, unique=False)
+
+
+def downgrade() -> None:
+    for name, table, _ in INDEXES:
+        op.drop_index(name, table_name=table)
