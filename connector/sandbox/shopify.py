@@ -33,6 +33,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import httpx
+import orjson
 
 __all__ = [
     "API_VERSION",
@@ -118,10 +119,13 @@ class WebhookDelivery:
         return replace(self, webhook_id=webhook_id)
 
 
+_CONSENT_TOPICS = frozenset({"customers_email_marketing_consent/update", "customers_marketing_consent/update"})
+
+
 def _dumps(payload: JSON) -> bytes:
     # Compact UTF-8 like Shopify's bodies. A Decimal left in a payload fails loudly here; floats are
     # never made (amounts are Decimal, rendered by _s).
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return orjson.dumps(payload)
 
 
 def _uuid(rng: random.Random) -> str:
@@ -1609,8 +1613,10 @@ class _BuyerPlan:
 class _StoreHistory:
     """Plays the store forward in time; every state change emits the webhooks Shopify would send."""
 
-    def __init__(self, *, shop: _Shop, size: StoreSize, rng: random.Random, start_ms: int) -> None:
+    def __init__(self, *, shop: _Shop, size: StoreSize, rng: random.Random, start_ms: int,
+                 keep_deliveries: bool = True) -> None:
         self.shop, self.size, self.rng, self.start_ms = shop, size, rng, start_ms
+        self.keep_deliveries = keep_deliveries
         self.ids = _Ids(rng)
         self.events: list[tuple[int, int, str, bytes]] = []
         self.products: list[_Product] = []
@@ -1631,7 +1637,8 @@ class _StoreHistory:
         heapq.heappush(self._queue, (when_ms, next(self._seq), action))
 
     def _emit(self, now_ms: int, topic: str, payload: JSON) -> None:
-        self.events.append((now_ms, next(self._seq), topic, _dumps(payload)))
+        if self.keep_deliveries or topic in _CONSENT_TOPICS:
+            self.events.append((now_ms, next(self._seq), topic, _dumps(payload)))
 
     def _after(self, now_ms: int, low_s: int, high_s: int) -> int:
         """A moment low..high seconds later, never in the same second, so updated_at always moves on."""
@@ -2227,7 +2234,11 @@ class SimulatedStore:
         size: StoreSize | None = None,
         seed: int = 7,
         start: datetime | None = None,
+        keep_deliveries: bool = True,
     ) -> None:
+        """`keep_deliveries=False`: a store that only serves the Admin API (a backfill benchmark at 100,000+
+        customers), keeping its objects and consent changes but not every webhook of its history, which
+        would take tens of gigabytes."""
         self.shop_domain = shop_domain
         self.currency = SHOP_CURRENCY
         self.size = size or StoreSize()
@@ -2239,7 +2250,8 @@ class SimulatedStore:
             shop_id=rng.randint(55_000_000_000, 69_999_999_999),
             location_id=rng.randint(60_000_000_000, 79_999_999_999),
         )
-        history = _StoreHistory(shop=shop, size=self.size, rng=rng, start_ms=_epoch_ms(self.start))
+        history = _StoreHistory(shop=shop, size=self.size, rng=rng, start_ms=_epoch_ms(self.start),
+                                keep_deliveries=keep_deliveries)
         history.run()
         self._history = history
         self.customers: list[JSON] = history.customers

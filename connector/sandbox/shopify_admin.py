@@ -22,21 +22,24 @@ import hmac
 import itertools
 import json
 import re
+import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import jwt
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from connector.sandbox.shopify_bulk import Consents, count, jsonl, page, rows
+from connector.sandbox.shopify_bulk import Consents, count, page, rows
 
 _OPERATION = re.compile(r"\b(currentAppInstallation(?=\s*{)|(?:discountCodeBasicCreate|codeDiscountNodeByCode"
                         r"|webhookSubscriptionCreate|webhookSubscriptions"
@@ -72,6 +75,7 @@ class BulkOperation:
     truncated: bool = False
     objects: int | None = None
     roots: int | None = None
+    path: str | None = None  # the file, once written (Shopify writes it while the operation runs)
 
 
 @dataclass
@@ -117,6 +121,7 @@ class ShopifyAdminSandbox:
         self._ids = itertools.count(1_000_001)
         self._consents: Consents | None = None
         self._bulk_base = ""  # this server's own address, for the files' URLs (known from the first request)
+        self._files = tempfile.TemporaryDirectory(prefix="shopify-bulk-")  # removed with this object
         self.app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"]),
                                      Route("/admin/oauth/access_token", self._access_token, methods=["POST"]),
                                      Route("/admin/oauth/authorize", self._authorize, methods=["GET"]),
@@ -393,46 +398,55 @@ class ShopifyAdminSandbox:
         self.operations[op.id] = op
         self._bulk_base = base
         self.calls.append(f"bulk:{op.root}")
+        if not op.failed:  # the file is written in the background, as Shopify's servers do; RUNNING until then
+            threading.Thread(target=self._write_file, args=(op, self._consent_state()), daemon=True).start()
         return {"bulkOperationRunQuery": {"bulkOperation": {"id": op.id, "status": "CREATED"}, "userErrors": []}}
 
     def _node(self, variables: dict[str, Any]) -> dict[str, Any]:
         op = self.operations.get(str(variables.get("id")))
         if op is None:
             return {"node": None}
-        done = time.monotonic() >= op.ready_at
+        done = time.monotonic() >= op.ready_at and (op.failed or op.path is not None)
         status = "RUNNING" if not done else ("FAILED" if op.failed else "COMPLETED")
-        if status == "COMPLETED" and op.objects is None:
-            op.objects = op.roots = 0
-            for obj in self._rows(op):
-                op.objects += 1
-                op.roots += "__parentId" not in obj
         number = op.id.rsplit("/", 1)[-1]
         return {"node": {"id": op.id, "status": status, "errorCode": "INTERNAL_SERVER_ERROR" if op.failed and done
                          else None, "objectCount": str(op.objects or 0), "rootObjectCount": str(op.roots or 0),
                          "url": f"{self._bulk_base}/bulk/{number}.jsonl" if status == "COMPLETED" and op.objects
                          else None, "partialDataUrl": None}}
 
-    def _rows(self, op: BulkOperation) -> Any:
-        found = rows(op.root, self._objects(op.root), op.search, self._consent_state())
-        return found if op.nested else (row for row in found if "__parentId" not in row)
+    def _write_file(self, op: BulkOperation, consents: Consents) -> None:
+        """The operation's JSONL file, written to the sandbox's folder with its object counts."""
+        try:
+            found = rows(op.root, self._objects(op.root), op.search, consents)
+            objects = roots = 0
+            with tempfile.NamedTemporaryFile("wb", dir=self._files.name, suffix=".jsonl", delete=False) as out:
+                for obj in found:
+                    if "__parentId" in obj and not op.nested:
+                        continue
+                    objects += 1
+                    roots += "__parentId" not in obj
+                    out.write(orjson.dumps(obj) + b"\n")
+            op.objects, op.roots, op.path = objects, roots, out.name
+        except Exception:  # the operation fails, as Shopify's do when something goes wrong on their side
+            op.failed = True
+            raise
 
     async def _bulk_file(self, request: Request) -> Response:
         op = self.operations.get(f"gid://shopify/BulkOperation/{request.path_params['number']}")
-        if op is None or op.failed or time.monotonic() < op.ready_at:
+        if op is None or op.failed or op.path is None or time.monotonic() < op.ready_at:
             return Response("Not found", status_code=404)
-        lines = jsonl(self._rows(op))
-        if op.truncated:  # this download breaks off; the next one is whole
-            op.truncated = False
-            lines = _cut_short(lines)
-        return StreamingResponse(lines, media_type="application/jsonl")
+        cut = op.truncated  # this download breaks off; the next one is whole
+        op.truncated = False
+        return StreamingResponse(_read_file(op.path, cut_short=cut), media_type="application/jsonl")
 
 
-def _cut_short(lines: Any) -> Any:
-    """All but the last line, then half of the last line: a download that broke off."""
-    previous = None
-    for line in lines:
-        if previous is not None:
-            yield previous
-        previous = line
-    if previous is not None:
-        yield previous[: len(previous) // 2]
+def _read_file(path: str, *, cut_short: bool) -> Iterator[bytes]:
+    """The file in blocks; cut short: all but the last line, then half of the last line (a broken download)."""
+    with open(path, "rb") as file:
+        if not cut_short:
+            while block := file.read(1 << 16):
+                yield block
+            return
+        lines = file.read().splitlines(keepends=True)
+    if lines:
+        yield b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2]

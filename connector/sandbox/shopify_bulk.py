@@ -10,7 +10,6 @@ Shopify's own files.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -293,8 +292,3 @@ def page(resource: str, objects: Iterable[Mapping[str, Any]], search: str | None
 
 def count(resource: str, objects: Iterable[Mapping[str, Any]], search: str | None) -> int:
     return sum(1 for o in objects if _listed(resource, o, search))
-
-
-def jsonl(objects: Iterable[JSON]) -> Iterator[bytes]:
-    for obj in objects:
-        yield (json.dumps(obj, separators=(",", ":")) + "\n").encode()
