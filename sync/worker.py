@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import httpx
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
@@ -64,6 +65,21 @@ SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and lett
 UNKNOWN_SHOPS_EVERY = 300.0  # seconds between two looks for privacy deliveries of shops not held here
 POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
 HISTORY_SOURCES = ("backfill", "poll")  # inbox sources read from Shopify's past, not announced by a webhook
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A pending inbox row as the applier reads it, and the outcome it records for it."""
+
+    id: int
+    event_id: str
+    topic: str
+    source: str
+    body: str
+    triggered_at: datetime | None
+    received_at: datetime | None
+    status: str = "pending"
+    error: str | None = None
 
 
 @dataclass
@@ -492,20 +508,21 @@ class Worker:
         # Up to the first pending lifecycle or privacy delivery: those are applied in their turn (_lifecycle).
         first_lifecycle = sa.select(sa.func.min(InboxEntry.id)).where(
             col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "lifecycle").scalar_subquery()
-        entries = session.execute(sa.select(InboxEntry).where(
+        entries = [Delivery(*row) for row in session.execute(sa.select(
+            col(InboxEntry.id), col(InboxEntry.event_id), col(InboxEntry.topic), col(InboxEntry.source),
+            col(InboxEntry.body), col(InboxEntry.triggered_at), col(InboxEntry.received_at)).where(
             col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending",
             col(InboxEntry.id) < sa.func.coalesce(first_lifecycle, 2 ** 62))
-            .order_by(col(InboxEntry.id)).limit(INBOX_BATCH)).scalars().all()
-        parsed: list[tuple[InboxEntry, Topic, Any]] = []
+            .order_by(col(InboxEntry.id)).limit(INBOX_BATCH))]
+        parsed: list[tuple[Delivery, Topic, Any]] = []
         for entry in entries:
-            entry.processed_at = now
             topic = TOPICS.get(entry.topic)
             if topic is None:
                 entry.status = "ignored"
                 tally.ignored += 1
                 continue
             try:
-                payload = json.loads(entry.body)
+                payload = orjson.loads(entry.body)
                 if not isinstance(payload, dict):
                     raise PayloadError("the body is not a JSON object")
                 parsed.append((entry, topic, topic.parse(payload)))
@@ -549,10 +566,15 @@ class Worker:
             entry.status = "applied" if outcome == "applied" else "superseded"
             tally.applied += 1
         batch.write()
+        if entries:  # each delivery's outcome, in one statement
+            session.execute(sa.update(InboxEntry.__table__).where(  # type: ignore[attr-defined]
+                InboxEntry.__table__.c.id == sa.bindparam("b_id")).values(  # type: ignore[attr-defined]
+                status=sa.bindparam("b_status"), error=sa.bindparam("b_error"), processed_at=now),
+                [{"b_id": e.id, "b_status": e.status, "b_error": e.error} for e in entries])
         fence(session, lease, now=now, seconds=self.settings.lease_seconds)
         return len(entries), tally
 
-    def _quarantine(self, session: sa.orm.Session, entry: InboxEntry, lease: Lease, reason: str,
+    def _quarantine(self, session: sa.orm.Session, entry: InboxEntry | Delivery, lease: Lease, reason: str,
                     tally: WorkerStats) -> None:
         entry.status, entry.error = "failed", reason
         session.add(DeadLetter(shop_id=lease.shop_id, shop_domain=lease.domain, source="inbox",
