@@ -132,8 +132,10 @@ def _observed(new: Sequence[lp.Entry], orders: Sequence[Order], refunds: Mapping
               ) -> dict[str, datetime]:
     """When the cause of each new entry reached us: an order's points are news when the order changed
     recently (paid today for an order placed last week), not only when it was placed."""
+    if not new:
+        return {}
     updated = {o.order_id: as_utc(o.updated_at_src) for o in orders}
-    refunded = {r.refund_id: as_utc(r.created_at_src) for rs in refunds.values() for r in rs}
+    refunded = {r.refund_id: as_utc(r.created_at_src) for o in orders for r in refunds.get(o.order_id, ())}
     seen: dict[str, datetime] = {}
     for entry in new:
         base = entry.key.partition("#")[0]
