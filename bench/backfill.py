@@ -46,7 +46,7 @@ def _serve(customers: int, ready: Any, stop: Any, report: Any) -> None:
     started = time.monotonic()
     store = SimulatedStore(DOMAIN, size=StoreSize(customers=customers, guests=max(customers // 10, 1), products=200,
                                                   orders_per_customer=5.0),
-                           start=datetime(2024, 11, 1, tzinfo=UTC))
+                           start=datetime(2024, 11, 1, tzinfo=UTC), keep_deliveries=False)
     shopify = ShopifyAdminSandbox(tokens={TOKEN}, store=store, bulk_seconds=1.0)
     brevo = BrevoSandbox(api_keys={BREVO_KEY}, limits=BrevoLimits(contacts=(1000, 1.0), other=(100_000, 3600.0)))
     servers = [serve_in_thread(shopify.app), serve_in_thread(brevo.app)]
@@ -58,6 +58,41 @@ def _serve(customers: int, ready: Any, stop: Any, report: Any) -> None:
                 "brevo_contacts": len(brevo.contacts), "brevo_orders": len({o["id"] for o in brevo.orders})})
     for server in servers:
         server.stop()
+
+
+def _timed(spent: dict[str, float], name: str, fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        began = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[name] += time.monotonic() - began
+    return wrapper
+
+
+def _time_phases(worker: Any) -> dict[str, float]:
+    """Wrap the worker's steps so that the benchmark can say where its wall time went."""
+    from sync import push
+    from sync import worker as worker_module
+
+    spent: dict[str, float] = Counter()
+    for name in ("apply_inbox", "_build_profiles", "_history_queued", "_has_pending_work"):
+        setattr(worker, name, _timed(spent, name.strip("_"), getattr(worker, name)))
+    worker_module.recompute_shop = _timed(spent, "rfm", worker_module.recompute_shop)
+    for name in ("push_contacts", "push_events", "check_imports", "push_catalog"):
+        setattr(push.Pusher, name, _timed(spent, name, getattr(push.Pusher, name)))
+    worker.wake.wait = _timed(spent, "idle", worker.wake.wait)
+    return spent
+
+
+def _time_backfill() -> dict[str, float]:
+    """The same for the backfill's steps: waiting for Shopify's files, staging them, queuing their objects."""
+    from sync import backfill
+
+    spent: dict[str, float] = Counter()
+    for name in ("_wait", "_stage", "_queue"):
+        setattr(backfill, name, _timed(spent, name.strip("_"), getattr(backfill, name)))
+    return spent
 
 
 def run(customers: int, database: str) -> None:
@@ -92,12 +127,14 @@ def run(customers: int, database: str) -> None:
     ensure_single_store_shop(engine, settings)
     client = ShopifyClient(DOMAIN, TOKEN, api_version=settings.shopify_api_version, admin_url=served["shopify"])
 
+    steps = _time_backfill()
     started = time.monotonic()
     results = run_backfill(engine, client, DOMAIN, poll_seconds=0.5)
     queued = time.monotonic()
     for r in results:
         print(f"  {r.resource}: {r.status}, {r.queued:,} queued, {r.lines_read:,} lines")
     worker = Worker(engine, settings)
+    phases = _time_phases(worker)
     worker.run(until_idle=True, idle_sleep=0.05)
     applied = time.monotonic()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -114,6 +151,8 @@ def run(customers: int, database: str) -> None:
                         or path == "/v3/contacts")
     print(f"database {database}: backfill (bulk queries, files staged, objects queued) {queued - started:.1f} s; "
           f"worker until idle {applied - queued:.1f} s; total {applied - started:.1f} s")
+    print("backfill's wall time by step: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()))
+    print("worker's wall time by step: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()))
     print(f"peak RSS of the connector: {rss:.0f} MB")
     print(f"Shopify queries: {dict(calls['shopify'])}")
     print(f"Brevo calls: {dict(calls['brevo'])}")
