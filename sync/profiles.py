@@ -132,6 +132,43 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     return len(contacts)
 
 
+def settle_history_figures(session: Session, shop: ShopContext, *, after: str = "", limit: int = 2000
+                           ) -> str | None:
+    """Store the figures the shop-wide RFM step reads (order count, total spent, last order, cadence) of up to
+    `limit` contacts that only history made dirty, keyed after `after`, from their orders and refunds alone (the
+    builder's own `build_profile`; lines, products and the rest are not needed for them). Returns the last key
+    settled, None when there was none.
+
+    Once a backfill is applied, this lets the RFM thresholds be computed before the builder runs, so that each
+    buyer is built once, with their score, instead of once without it and again when the scores appear."""
+    keys = list(session.execute(sa.select(col(Contact.contact_key)).where(
+        col(Contact.shop_id) == shop.shop_id, col(Contact.dirty).is_(True), col(Contact.history).is_(True),
+        col(Contact.merged_into).is_(None), col(Contact.contact_key) > after)
+        .order_by(col(Contact.contact_key)).limit(limit)).scalars())
+    if not keys:
+        return None
+    orders: dict[str, list[Order]] = defaultdict(list)
+    refunded: dict[int, Decimal] = defaultdict(Decimal)
+    for chunk in chunked(keys):
+        mine = list(_read(session, Order, col(Order.shop_id) == shop.shop_id, col(Order.contact_key).in_(chunk)))
+        for order in mine:
+            orders[order.contact_key or ""].append(order)
+        for ids in chunked(o.order_id for o in mine):
+            for order_id, amount in session.execute(sa.select(col(Refund.order_id), col(Refund.amount)).where(
+                    col(Refund.shop_id) == shop.shop_id, col(Refund.order_id).in_(ids))).tuples():
+                refunded[order_id] += amount
+    rows = []
+    for key in keys:
+        profile = build_profile(tuple(_order_facts(o, (), refunded, {}) for o in orders.get(key, ())),
+                                shop.currency, count_test_orders=shop.config.lifecycle.count_test_orders)
+        rows.append({"b_key": key, "order_count": profile.order_count, "total_spent": profile.total_spent,
+                     "last_order_at": profile.last_order_at, "days_between_orders": profile.days_between_orders})
+    table = Contact.__table__  # type: ignore[attr-defined]
+    session.execute(sa.update(table).where(table.c.shop_id == shop.shop_id, table.c.contact_key == sa.bindparam(
+        "b_key")).values({name: sa.bindparam(name) for name in rows[0] if name != "b_key"}), rows)
+    return keys[-1]
+
+
 def _phone_owners(session: Session, shop_id: int, phones: Mapping[str, str | None]) -> dict[str, str]:
     """Which contact of the shop owns each phone number: a customer before a guest, then the earliest.
     Two buyers giving the same number (a guest and a customer, a shared household phone) would otherwise be

@@ -50,7 +50,7 @@ from sync.compliance import (
 )
 from sync.consent import due_consent_updates, postpone_consent, write_consent
 from sync.mirror import BatchMirror
-from sync.profiles import ShopContext, build_dirty_contacts
+from sync.profiles import ShopContext, build_dirty_contacts, settle_history_figures
 from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
 from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
 from sync.reconcile import due_polls, ensure_polls, poll_failed, poll_turn
@@ -291,9 +291,20 @@ class Worker:
         # While history (a backfill, a poll) is still queued, buyers only it changed wait: each is then built once,
         # with all of it, and goes to Brevo in full-size imports, instead of once per slice of their history.
         history_left = self._history_queued(lease)
+        scored = False
+        if (not history_left and (shop.rfm_thresholds is None or shop.rfm_due_at is None
+                                  or as_utc(shop.rfm_due_at) <= now)  # type: ignore[operator]
+                and self._settle_history_figures(lease, shop, now)):
+            # History (a backfill) is all applied and the shop's RFM figures are due: they come first, from the
+            # buyers' order figures, so that the builder builds each buyer once, with their score.
+            with unit_of_work(self.engine) as session:
+                recompute_shop(session, shop, now)
+                fence(session, lease, now=now, seconds=self.settings.lease_seconds)
+            scored = True
         shop = self._build_profiles(lease, shop, now, live_only=history_left)
-        if not history_left and (shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now  # type: ignore[operator]
-                                 or (shop.rfm_thresholds is None and self._has_buyers(lease.shop_id))):
+        if not history_left and not scored and (
+                shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now  # type: ignore[operator]
+                or (shop.rfm_thresholds is None and self._has_buyers(lease.shop_id))):
             # Daily, and on a shop's first day as soon as it has buyers; contacts whose score moved
             # are rebuilt at once (their segment_changed events come from the builder).
             with unit_of_work(self.engine) as session:
@@ -429,6 +440,19 @@ class Worker:
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             if not built:
                 return shop
+
+    def _settle_history_figures(self, lease: Lease, shop: Shop, now: datetime) -> int:
+        """The RFM figures of the contacts only history made dirty (see `settle_history_figures`); returns how
+        many chunks were settled."""
+        context = ShopContext.of(shop, now, freshness_hours=self.settings.event_freshness_hours)
+        after: str | None = ""
+        chunks = 0
+        while after is not None:
+            with unit_of_work(self.engine) as session:
+                after = settle_history_figures(session, context, after=after)
+                fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
+            chunks += after is not None
+        return chunks
 
     def _has_buyers(self, shop_id: int) -> bool:
         with self.engine.connect() as conn:

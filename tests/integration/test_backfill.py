@@ -7,12 +7,14 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from connector.sandbox.shopify import SimulatedStore, StoreSize
 from connector.sandbox.shopify_bulk import birth_date
 from connector.shopify import ShopifyClient
+from sync import profiles
 from sync.backfill import BackfillError, run_backfill
 from tests.integration.harness import ADMIN_TOKEN, BREVO_KEY, SECRET, SHOP, Connector
 from tests.integration.test_cli import _connector
@@ -197,3 +199,24 @@ def test_backfilled_buyers_are_built_once_with_all_their_history_and_imported_to
     assert (len(imports), len(singles)) == (2, 0)
     for email, totals in store.expected().buyers.items():  # and nothing was lost by waiting
         assert connector.contact(email)["attributes"]["ORDER_COUNT"] >= 1 or totals.order_count == 0, email
+
+
+def test_once_the_history_is_applied_each_buyer_is_built_once_and_already_carries_the_shops_rfm_score(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[str] = []
+    load = profiles.load_buyers
+
+    def counting(session: Any, shop: Any, contacts: Any) -> Any:
+        built.extend(c.contact_key for c in contacts)
+        return load(session, shop, contacts)
+
+    monkeypatch.setattr(profiles, "load_buyers", counting)
+    _backfill(connector)
+    connector.sync()
+    keys = [k for (k,) in connector.rows("SELECT contact_key FROM contacts WHERE merged_into IS NULL")]
+    assert sorted(built) == sorted(keys)  # the RFM thresholds came before the builder, not after it
+    scored = connector.rows("SELECT count(*) FROM contacts WHERE order_count > 0 AND rfm_segment IS NULL")
+    assert scored == [(0,)]
+    for email, totals in store.expected().buyers.items():
+        if totals.order_count:
+            assert connector.contact(email)["attributes"]["RFM_SEGMENT"], email
