@@ -96,7 +96,7 @@ def _time_backfill() -> dict[str, float]:
 
 
 def run(customers: int, database: str) -> None:
-    from connector.database import make_engine, upgrade
+    from connector.database import make_engine, normalise_url, upgrade
     from connector.settings import Settings
     from connector.shopify import ShopifyClient
     from connector.shops import ensure_single_store_shop
@@ -111,7 +111,7 @@ def run(customers: int, database: str) -> None:
     print(f"simulated store: {served['customers']:,} customers, {served['orders']:,} orders, "
           f"{served['products']} products (built in {served['seconds']} s)")
     if database == "postgres":
-        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(sa.text("DROP DATABASE IF EXISTS bench_backfill"))
             conn.execute(sa.text("CREATE DATABASE bench_backfill"))
