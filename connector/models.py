@@ -121,7 +121,8 @@ class InboxEntry(SQLModel, table=True):
 
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
-    __table_args__ = (sa.Index("ix_customers_phone", "shop_id", "phone"),)
+    __table_args__ = (sa.Index("ix_customers_phone", "shop_id", "phone"),
+                      sa.Index("ix_customers_shop_email", "shop_id", "email"))
 
     shop_id: int = Field(primary_key=True)
     customer_id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
@@ -245,6 +246,7 @@ class Checkout(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_checkouts_contact", "shop_id", "contact_key"),
         sa.Index("ix_checkouts_token", "shop_id", "token"),
+        sa.Index("ix_checkouts_shop_cart_token", "shop_id", "cart_token"),
     )
 
     shop_id: int = Field(primary_key=True)

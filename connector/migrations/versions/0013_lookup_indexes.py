@@ -1,10 +1,12 @@
-"""indexes for the applier's and builder's set lookups: orders by checkout and cart, buyers by phone
+"""indexes for the applier's and builder's set lookups: orders by checkout and cart, buyers by email and phone
 
 Revision ID: 0013
 Revises: 0012
 Each inbox batch looks up the orders that complete its checkouts (by checkout id, checkout token or cart
-token) and the customers a guest may be (by phone); each builder chunk looks up who owns each phone number.
-Without these indexes every such lookup read the whole shop, so a store's backfill slowed as it grew.
+token), the checkouts its orders complete (by cart token) and the customers a guest may be (by email or
+phone); each builder chunk looks up who owns each phone number. Without these indexes (or with an index on
+the value alone, which SQLite passes over for the shop's primary key) every such lookup read the whole shop,
+so a store's backfill slowed as it grew.
 """
 from alembic import op
 
@@ -18,6 +20,8 @@ INDEXES = (
     ('ix_orders_checkout_token', 'orders', ['shop_id', 'checkout_token']),
     ('ix_orders_cart_token', 'orders', ['shop_id', 'cart_token']),
     ('ix_customers_phone', 'customers', ['shop_id', 'phone']),
+    ('ix_customers_shop_email', 'customers', ['shop_id', 'email']),
+    ('ix_checkouts_shop_cart_token', 'checkouts', ['shop_id', 'cart_token']),
     ('ix_contacts_phone', 'contacts', ['shop_id', 'phone']),
 )
 
