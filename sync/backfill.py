@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from connector import jsontext
 from connector.clock import Clock, SystemClock, as_utc
 from connector.database import insert_new, unit_of_work
 from connector.models import Backfill, BackfillRow, InboxEntry, Shop
@@ -259,10 +259,10 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
             raise BackfillError(f"line {number} of the bulk file is cut off (the download broke): "
                                 f"{number - 1} lines are kept, the next run reads on from line {number}")
         try:
-            obj = orjson.loads(raw)
+            obj = jsontext.loads(raw)
             if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
                 raise ValueError("not an object with an id")
-        except ValueError as exc:  # orjson.JSONDecodeError is one
+        except ValueError as exc:
             flush()
             raise BackfillError(f"line {number} of the bulk file is unreadable ({exc})") from None
         parent = obj.get("__parentId")
@@ -292,7 +292,7 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
                     status="done", finished_at=now, error=None))
                 run.status, run.finished_at, run.error = "done", now, None
                 return run
-            nodes = [orjson.loads(body) for _, body in parents]
+            nodes = [jsontext.loads(body) for _, body in parents]
             children: dict[str, list[dict[str, Any]]] = {str(node["id"]): [] for node in nodes}
             if resource.child_type:
                 # Sorted here, not in SQL: with ORDER BY line, SQLite walks every staged line of the file by its
@@ -300,7 +300,7 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
                 found = sorted(session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
                     col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).in_(list(children)))).tuples())
                 for _, body in found:
-                    child = orjson.loads(body)
+                    child = jsontext.loads(body)
                     children[str(child["__parentId"])].append(child)
             rows = list(history_rows(resource, domain, ((node, children.get(str(node["id"]), [])) for node in nodes),
                                      "backfill", now))
@@ -330,5 +330,5 @@ def history_rows(resource: Resource, domain: str, objects: Iterable[tuple[dict[s
         payload = to_payload(resource.name, node, children)
         ident = legacy_id(node.get("id"))
         yield {"shop_domain": domain, "event_id": f"history:{resource.name}:{ident}:{node.get('updatedAt') or ''}",
-               "topic": resource.topic, "source": source, "body": orjson.dumps(payload).decode(),
+               "topic": resource.topic, "source": source, "body": jsontext.dumps(payload),
                "status": "pending", "received_at": now}

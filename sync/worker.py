@@ -15,11 +15,11 @@ from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import httpx
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from connector import jsontext
 from connector.brevo import (
     BrevoAuthFailed,
     BrevoClient,
@@ -292,11 +292,11 @@ class Worker:
         # with all of it, and goes to Brevo in full-size imports, instead of once per slice of their history.
         history_left = self._history_queued(lease)
         scored = False
-        if (not history_left and (shop.rfm_thresholds is None or shop.rfm_due_at is None
-                                  or as_utc(shop.rfm_due_at) <= now)  # type: ignore[operator]
-                and self._settle_history_figures(lease, shop, now)):
-            # History (a backfill) is all applied and the shop's RFM figures are due: they come first, from the
-            # buyers' order figures, so that the builder builds each buyer once, with their score.
+        if not history_left and shop.rfm_thresholds is None and self._settle_history_figures(lease, shop, now):
+            # A shop's first history (its backfill) is all applied and it has no RFM figures yet: they come first,
+            # from the buyers' order figures, so that the builder builds each buyer once, with their score. (Once
+            # a shop has figures, the daily recompute comes after the build: a segment moved by new thresholds
+            # is then announced for buyers a poll touched too.)
             with unit_of_work(self.engine) as session:
                 recompute_shop(session, shop, now)
                 fence(session, lease, now=now, seconds=self.settings.lease_seconds)
@@ -546,7 +546,7 @@ class Worker:
                 tally.ignored += 1
                 continue
             try:
-                payload = orjson.loads(entry.body)
+                payload = jsontext.loads(entry.body)
                 if not isinstance(payload, dict):
                     raise PayloadError("the body is not a JSON object")
                 parsed.append((entry, topic, topic.parse(payload)))

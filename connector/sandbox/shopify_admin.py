@@ -384,7 +384,8 @@ class ShopifyAdminSandbox:
                 {"field": ["query"], "code": "INVALID", "message": "Invalid bulk query: a connection field ("
                  "customers, orders, products, abandonedCheckouts) is required"}]}}
         now = time.monotonic()
-        running = [op for op in self.operations.values() if op.ready_at > now and not op.failed]
+        running = [op for op in self.operations.values()
+                   if not op.failed and (op.ready_at > now or op.path is None)]  # RUNNING until its file is written
         if len(running) >= BULK_CONCURRENCY:
             return {"bulkOperationRunQuery": {"bulkOperation": None, "userErrors": [
                 {"field": None, "code": "LIMIT_REACHED",
