@@ -291,7 +291,6 @@ class Worker:
         # While history (a backfill, a poll) is still queued, buyers only it changed wait: each is then built once,
         # with all of it, and goes to Brevo in full-size imports, instead of once per slice of their history.
         history_left = self._history_queued(lease)
-        scored = False
         if not history_left and shop.rfm_thresholds is None and self._settle_history_figures(lease, shop, now):
             # A shop's first history (its backfill) is all applied and it has no RFM figures yet: they come first,
             # from the buyers' order figures, so that the builder builds each buyer once, with their score. (Once
@@ -300,9 +299,8 @@ class Worker:
             with unit_of_work(self.engine) as session:
                 recompute_shop(session, shop, now)
                 fence(session, lease, now=now, seconds=self.settings.lease_seconds)
-            scored = True
-        shop = self._build_profiles(lease, shop, now, live_only=history_left)
-        if not history_left and not scored and (
+        shop = self._build_profiles(lease, shop, now, live_only=history_left)  # re-read: figures just set count
+        if not history_left and (
                 shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now  # type: ignore[operator]
                 or (shop.rfm_thresholds is None and self._has_buyers(lease.shop_id))):
             # Daily, and on a shop's first day as soon as it has buyers; contacts whose score moved
@@ -441,18 +439,18 @@ class Worker:
             if not built:
                 return shop
 
-    def _settle_history_figures(self, lease: Lease, shop: Shop, now: datetime) -> int:
-        """The RFM figures of the contacts only history made dirty (see `settle_history_figures`); returns how
-        many chunks were settled."""
+    def _settle_history_figures(self, lease: Lease, shop: Shop, now: datetime) -> bool:
+        """The RFM figures of the contacts only history made dirty (see `settle_history_figures`); whether
+        there were any."""
         context = ShopContext.of(shop, now, freshness_hours=self.settings.event_freshness_hours)
         after: str | None = ""
-        chunks = 0
+        settled = False
         while after is not None:
             with unit_of_work(self.engine) as session:
                 after = settle_history_figures(session, context, after=after)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
-            chunks += after is not None
-        return chunks
+            settled = settled or after is not None
+        return settled
 
     def _has_buyers(self, shop_id: int) -> bool:
         with self.engine.connect() as conn:
