@@ -4,7 +4,9 @@
 payments, fulfilments, refunds, cancellations, profile edits) as a discrete-event simulation and
 records every webhook Shopify would send for it, with payloads shaped like API version 2026-01
 (see ../shared/fixtures/shopify/ for the real samples they follow). `many_orders` streams
-`orders/create` bodies for benchmarks, and `WebhookSender` posts deliveries the way Shopify does.
+`orders/create` bodies for benchmarks, `LargeStore` is a store of any size for backfill benchmarks
+(objects rebuilt from their index, bulk files written in advance), and `WebhookSender` posts
+deliveries the way Shopify does.
 
 Deliberate departures from the real payloads, so that nothing in the sandbox is a float:
 `tax_lines[].rate` and `refund_line_items[].subtotal` / `total_tax` are decimal strings
@@ -21,7 +23,9 @@ import heapq
 import hmac
 import itertools
 import json
+import os
 import random
+import tempfile
 import time
 import unicodedata
 import uuid
@@ -35,11 +39,16 @@ from typing import Any, NamedTuple
 import httpx
 import orjson
 
+from connector.sandbox.shopify_bulk import NESTED, BulkFile, Consents
+from connector.sandbox.shopify_bulk import write as write_bulk
+
 __all__ = [
     "API_VERSION",
     "FX_RATES",
     "BuyerTotals",
     "ExpectedTotals",
+    "LargeStore",
+    "LazyObjects",
     "SimulatedStore",
     "StoreSize",
     "WebhookDelivery",
@@ -243,24 +252,37 @@ class _IdSequence:
         return self._last
 
 
+# An object built apart from the others (a `LargeStore` order and everything in it) draws each kind of id from its
+# own slot of the range: a start below 400 in the slot, then steps of at most 4, leave room for 400 ids of a kind.
+_ID_SLOT = 2_000
+_ID_SLOT_GAP = 4
+
+
 class _Ids:
-    def __init__(self, rng: random.Random) -> None:
-        self.customer = _IdSequence(rng, 7_012_000_000_000, 50_000)
-        self.address = _IdSequence(rng, 8_915_000_000_000, 50_000)
-        self.product = _IdSequence(rng, 8_123_000_000_000, 500_000)
-        self.variant = _IdSequence(rng, 45_123_000_000_000, 200_000)
-        self.inventory_item = _IdSequence(rng, 47_302_000_000_000, 200_000)
-        self.option = _IdSequence(rng, 10_456_000_000_000, 200_000)
-        self.image = _IdSequence(rng, 37_201_000_000_000, 200_000)
-        self.order = _IdSequence(rng, 5_912_000_000_000, 90_000)
-        self.line_item = _IdSequence(rng, 14_234_000_000_000, 90_000)
-        self.shipping_line = _IdSequence(rng, 4_812_000_000_000, 90_000)
-        self.checkout = _IdSequence(rng, 35_612_000_000_000, 90_000)
-        self.refund = _IdSequence(rng, 912_000_000_000, 90_000)
-        self.refund_line = _IdSequence(rng, 502_000_000_000, 90_000)
-        self.adjustment = _IdSequence(rng, 231_000_000_000, 90_000)
-        self.transaction = _IdSequence(rng, 6_812_000_000_000, 90_000)
-        self.fulfillment = _IdSequence(rng, 5_123_000_000_000, 90_000)
+    def __init__(self, rng: random.Random, *, slot: int | None = None) -> None:
+        """`slot`: the ids of object number `slot`, built on its own; objects built in any order never share one."""
+
+        def sequence(base: int, gap: int) -> _IdSequence:
+            if slot is None:
+                return _IdSequence(rng, base, gap)
+            return _IdSequence(rng, base + slot * _ID_SLOT, _ID_SLOT_GAP)
+
+        self.customer = sequence(7_012_000_000_000, 50_000)
+        self.address = sequence(8_915_000_000_000, 50_000)
+        self.product = sequence(8_123_000_000_000, 500_000)
+        self.variant = sequence(45_123_000_000_000, 200_000)
+        self.inventory_item = sequence(47_302_000_000_000, 200_000)
+        self.option = sequence(10_456_000_000_000, 200_000)
+        self.image = sequence(37_201_000_000_000, 200_000)
+        self.order = sequence(5_912_000_000_000, 90_000)
+        self.line_item = sequence(14_234_000_000_000, 90_000)
+        self.shipping_line = sequence(4_812_000_000_000, 90_000)
+        self.checkout = sequence(35_612_000_000_000, 90_000)
+        self.refund = sequence(912_000_000_000, 90_000)
+        self.refund_line = sequence(502_000_000_000, 90_000)
+        self.adjustment = sequence(231_000_000_000, 90_000)
+        self.transaction = sequence(6_812_000_000_000, 90_000)
+        self.fulfillment = sequence(5_123_000_000_000, 90_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1565,6 +1587,194 @@ def _new_cart_token(rng: random.Random) -> str:
     return f"c1-{_hex(rng)}"
 
 
+def _later(rng: random.Random, now_ms: int, low_s: int, high_s: int) -> int:
+    """A moment low..high seconds later, never in the same second, so updated_at always moves on."""
+    return now_ms + rng.randint(max(low_s, 1) * _SECOND + 1, high_s * _SECOND)
+
+
+def _new_checkout(
+    rng: random.Random,
+    shop: _Shop,
+    *,
+    checkout_id: int,
+    token: str,
+    cart_token: str,
+    currency: str,
+    lines: list[_Line],
+    locale: str,
+    now_ms: int,
+) -> JSON:
+    """checkouts/create body: the cart at checkout, before the buyer gives contact details (money not yet set)."""
+    return {
+        "id": checkout_id,
+        "token": token,
+        "cart_token": cart_token,
+        "email": None,
+        "gateway": None,
+        "buyer_accepts_marketing": False,
+        "buyer_accepts_sms_marketing": False,
+        "created_at": _ts(now_ms),
+        "updated_at": _ts(now_ms),
+        "landing_site": f"/products/{lines[0].product['handle']}",
+        "note": None,
+        "note_attributes": [],
+        "referring_site": rng.choice(("https://www.google.com/", "", None)),
+        "shipping_lines": [],
+        "taxes_included": False,
+        "total_weight": 0,
+        "currency": currency,
+        "completed_at": None,
+        "closed_at": None,
+        "user_id": None,
+        "location_id": None,
+        "source_identifier": None,
+        "source_url": None,
+        "device_id": None,
+        "phone": None,
+        "customer_locale": locale,
+        "line_items": [],
+        "name": f"#{checkout_id}",
+        "source": None,
+        "abandoned_checkout_url": f"https://{shop.domain}/checkouts/ac/{cart_token}/recover?key={_hex(rng)}",
+        "discount_codes": [],
+        "tax_lines": [],
+        "source_name": "web",
+        "presentment_currency": currency,
+        "sms_marketing_phone": None,
+        "total_discounts": "0.00",
+        "total_line_items_price": "0.00",
+        "total_price": "0.00",
+        "total_tax": "0.00",
+        "subtotal_price": "0.00",
+        "total_duties": None,
+    }
+
+
+def _render_checkout_money(checkout: JSON, pricing: _Pricing, location_id: int) -> None:
+    """A checkout's lines, discount, shipping, tax and totals, from its pricing."""
+    line_keys = [
+        hashlib.sha256(f"{checkout['token']}:{i}".encode()).hexdigest()[:32] for i in range(len(pricing.lines))
+    ]
+    checkout["line_items"] = [
+        _checkout_line(line, key, location_id, pricing.discount)
+        for line, key in zip(pricing.lines, line_keys, strict=True)
+    ]
+    checkout["total_weight"] = sum(int(line.variant["grams"]) * line.qty for line in pricing.lines)
+    checkout["total_line_items_price"] = _s(pricing.line_items()[1])
+    checkout["total_discounts"] = _s(pricing.discounts()[1])
+    checkout["subtotal_price"] = _s(pricing.subtotal()[1])
+    checkout["total_tax"] = _s(pricing.tax()[1])
+    checkout["total_price"] = _s(pricing.total()[1])
+    checkout["tax_lines"] = [
+        {"price": _s(t.amount_p), "rate": str(t.rate), "title": t.title, "channel_liable": False}
+        for t in pricing.tax_lines()
+    ]
+    checkout["discount_codes"] = (
+        [
+            {
+                "code": pricing.discount.code,
+                "amount": _s(pricing.discounts()[1]),
+                "type": pricing.discount.kind,
+            }
+        ]
+        if pricing.discount
+        else []
+    )
+    shipping = pricing.shipping
+    checkout["shipping_lines"] = (
+        [
+            {
+                "id": f"shopify-{shipping.title.replace(' ', '%20')}-{_s(shipping.price)}",
+                "code": shipping.code,
+                "price": _s(shipping.price_p),
+                "original_shop_price": _s(shipping.price),
+                "source": "shopify",
+                "title": shipping.title,
+                "presentment_title": shipping.title,
+                "phone": None,
+                "tax_lines": [],
+                "applied_discounts": [],
+                "carrier_identifier": None,
+                "requested_fulfillment_service_id": None,
+            }
+        ]
+        if shipping
+        else []
+    )
+
+
+def _contact_details(rng: random.Random, buyer: _Buyer, now_ms: int) -> JSON:
+    """What a checkout gains when the buyer enters email or phone and an address."""
+    sms_phone = buyer.phone if buyer.sms_state == "subscribed" else None
+    return {
+        "email": buyer.email,
+        "phone": buyer.phone if buyer.email is None or rng.random() < 0.5 else None,
+        "buyer_accepts_marketing": buyer.accepts_marketing,
+        "buyer_accepts_sms_marketing": sms_phone is not None,
+        "sms_marketing_phone": sms_phone,
+        "updated_at": _ts(now_ms),
+        "billing_address": _order_address(buyer),
+        "shipping_address": _order_address(buyer),
+    }
+
+
+def _mark_paid(order: _OrderState, now_ms: int) -> None:
+    """A pending order's payment arrives."""
+    order.payload["financial_status"] = "paid"
+    order.payload["total_outstanding"] = "0.00"
+    order.payload["updated_at"] = _ts(now_ms)
+
+
+def _planned_refund(order: _OrderState, kind: str, *, rng: random.Random, ids: _Ids, now_ms: int) -> JSON:
+    """The refund an order's plan holds: "full" (every item and shipping) or "partial" (part of one line)."""
+    lines = order.pricing.lines
+    if kind == "full":
+        quantities, shipping = [line.qty for line in lines], True
+    else:
+        quantities, shipping = [0] * len(lines), False
+        pick = rng.randrange(len(lines))
+        quantities[pick] = rng.randint(1, lines[pick].qty)
+    return _refund(
+        order,
+        ids=ids,
+        now_ms=now_ms,
+        quantities=quantities,
+        shipping=shipping,
+        restock_type="return" if order.payload["fulfillments"] else "no_restock",
+        note=rng.choice(("Damaged in transit", "Wrong size", "Changed mind", None)),
+    )
+
+
+def _cancel(order: _OrderState, *, rng: random.Random, ids: _Ids, now_ms: int) -> JSON | None:
+    """Cancel an order; returns the refund that cancelling a paid order makes (None for an unpaid one)."""
+    payload = order.payload
+    refund: JSON | None = None
+    if payload["financial_status"] == "paid":
+        # Cancelling a paid order refunds it in full, restocking the items.
+        refund = _refund(
+            order,
+            ids=ids,
+            now_ms=now_ms,
+            quantities=[line.qty for line in order.pricing.lines],
+            shipping=True,
+            restock_type="cancel",
+            note=None,
+        )
+    else:
+        payload["financial_status"] = "voided"
+        payload["total_outstanding"] = "0.00"
+        for item in payload["line_items"]:
+            item["fulfillable_quantity"] = 0
+    stamp = _ts(now_ms)
+    payload["cancelled_at"] = stamp
+    payload["cancel_reason"] = rng.choices(
+        ("customer", "inventory", "fraud", "declined", "other"), weights=(50, 15, 10, 10, 15)
+    )[0]
+    payload["closed_at"] = stamp
+    payload["updated_at"] = stamp
+    return refund
+
+
 # ---------------------------------------------------------------------------------------------
 # The store history: a discrete-event simulation
 # ---------------------------------------------------------------------------------------------
@@ -1641,8 +1851,7 @@ class _StoreHistory:
             self.events.append((now_ms, next(self._seq), topic, _dumps(payload)))
 
     def _after(self, now_ms: int, low_s: int, high_s: int) -> int:
-        """A moment low..high seconds later, never in the same second, so updated_at always moves on."""
-        return now_ms + self.rng.randint(max(low_s, 1) * _SECOND + 1, high_s * _SECOND)
+        return _later(self.rng, now_ms, low_s, high_s)
 
     def run(self) -> None:
         self._plan()
@@ -1937,110 +2146,23 @@ class _StoreHistory:
         _price(pricing, taxes=())
         session.pricing = pricing
         checkout_id, token = self.ids.checkout(), _hex(rng)
-        cart_token = session.cart["token"]
         buyer = session.buyer
-        session.checkout = {
-            "id": checkout_id,
-            "token": token,
-            "cart_token": cart_token,
-            "email": None,
-            "gateway": None,
-            "buyer_accepts_marketing": False,
-            "buyer_accepts_sms_marketing": False,
-            "created_at": _ts(now_ms),
-            "updated_at": _ts(now_ms),
-            "landing_site": f"/products/{session.lines[0].product['handle']}",
-            "note": None,
-            "note_attributes": [],
-            "referring_site": rng.choice(("https://www.google.com/", "", None)),
-            "shipping_lines": [],
-            "taxes_included": False,
-            "total_weight": 0,
-            "currency": session.currency,
-            "completed_at": None,
-            "closed_at": None,
-            "user_id": None,
-            "location_id": None,
-            "source_identifier": None,
-            "source_url": None,
-            "device_id": None,
-            "phone": None,
-            "customer_locale": buyer.locale if buyer is not None else "en",
-            "line_items": [],
-            "name": f"#{checkout_id}",
-            "source": None,
-            "abandoned_checkout_url": f"https://{self.shop.domain}/checkouts/ac/{cart_token}/recover?key={_hex(rng)}",
-            "discount_codes": [],
-            "tax_lines": [],
-            "source_name": "web",
-            "presentment_currency": session.currency,
-            "sms_marketing_phone": None,
-            "total_discounts": "0.00",
-            "total_line_items_price": "0.00",
-            "total_price": "0.00",
-            "total_tax": "0.00",
-            "subtotal_price": "0.00",
-            "total_duties": None,
-        }
-        self._render_checkout_money(session)
+        session.checkout = _new_checkout(
+            rng,
+            self.shop,
+            checkout_id=checkout_id,
+            token=token,
+            cart_token=session.cart["token"],
+            currency=session.currency,
+            lines=session.lines,
+            locale=buyer.locale if buyer is not None else "en",
+            now_ms=now_ms,
+        )
+        _render_checkout_money(session.checkout, pricing, self.shop.location_id)
         self.checkouts.append(session.checkout)
         self._emit(now_ms, "checkouts/create", session.checkout)
         if session.contact:
             self._at(self._after(now_ms, 60, 240), partial(self._checkout_contact, session))
-
-    def _render_checkout_money(self, session: _Session) -> None:
-        pricing, checkout = session.pricing, session.checkout
-        assert pricing is not None
-        line_keys = [
-            hashlib.sha256(f"{checkout['token']}:{i}".encode()).hexdigest()[:32]
-            for i in range(len(pricing.lines))
-        ]
-        checkout["line_items"] = [
-            _checkout_line(line, key, self.shop.location_id, pricing.discount)
-            for line, key in zip(pricing.lines, line_keys, strict=True)
-        ]
-        checkout["total_weight"] = sum(int(line.variant["grams"]) * line.qty for line in pricing.lines)
-        checkout["total_line_items_price"] = _s(pricing.line_items()[1])
-        checkout["total_discounts"] = _s(pricing.discounts()[1])
-        checkout["subtotal_price"] = _s(pricing.subtotal()[1])
-        checkout["total_tax"] = _s(pricing.tax()[1])
-        checkout["total_price"] = _s(pricing.total()[1])
-        checkout["tax_lines"] = [
-            {"price": _s(t.amount_p), "rate": str(t.rate), "title": t.title, "channel_liable": False}
-            for t in pricing.tax_lines()
-        ]
-        checkout["discount_codes"] = (
-            [
-                {
-                    "code": pricing.discount.code,
-                    "amount": _s(pricing.discounts()[1]),
-                    "type": pricing.discount.kind,
-                }
-            ]
-            if pricing.discount
-            else []
-        )
-        shipping = pricing.shipping
-        checkout["shipping_lines"] = (
-            [
-                {
-                    "id": f"shopify-{shipping.title.replace(' ', '%20')}-{_s(shipping.price)}",
-                    "code": shipping.code,
-                    "price": _s(shipping.price_p),
-                    "original_shop_price": _s(shipping.price),
-                    "source": "shopify",
-                    "title": shipping.title,
-                    "presentment_title": shipping.title,
-                    "phone": None,
-                    "tax_lines": [],
-                    "applied_discounts": [],
-                    "carrier_identifier": None,
-                    "requested_fulfillment_service_id": None,
-                }
-            ]
-            if shipping
-            else []
-        )
 
     def _checkout_contact(self, session: _Session, now_ms: int) -> None:
         """The buyer enters email or phone and an address: the checkout becomes recoverable."""
@@ -2051,22 +2173,10 @@ class _StoreHistory:
         pricing.discount = discount
         pricing.shipping = _choose_shipping(rng, buyer, session.currency, items_usd)
         _price(pricing, taxes=buyer.region.taxes)
-        sms_phone = buyer.phone if buyer.sms_state == "subscribed" else None
-        checkout.update(
-            {
-                "email": buyer.email,
-                "phone": buyer.phone if buyer.email is None or rng.random() < 0.5 else None,
-                "buyer_accepts_marketing": buyer.accepts_marketing,
-                "buyer_accepts_sms_marketing": sms_phone is not None,
-                "sms_marketing_phone": sms_phone,
-                "updated_at": _ts(now_ms),
-                "billing_address": _order_address(buyer),
-                "shipping_address": _order_address(buyer),
-            }
-        )
+        checkout.update(_contact_details(rng, buyer, now_ms))
         if buyer.customer is not None:
             checkout["customer"] = _customer_embed(buyer.customer)
-        self._render_checkout_money(session)
+        _render_checkout_money(checkout, pricing, self.shop.location_id)
         self._emit(now_ms, "checkouts/update", checkout)
         if session.kind == "order":
             self._at(self._after(now_ms, 60, 360), partial(self._checkout_completed, session))
@@ -2136,9 +2246,7 @@ class _StoreHistory:
             self._at(self._after(now_ms, 86400, 4 * 86400), partial(self._order_refunded, order, plan))
 
     def _order_paid(self, order: _OrderState, plan: _OrderPlan, now_ms: int) -> None:
-        order.payload["financial_status"] = "paid"
-        order.payload["total_outstanding"] = "0.00"
-        order.payload["updated_at"] = _ts(now_ms)
+        _mark_paid(order, now_ms)
         self._emit_order(now_ms, ("orders/paid", "orders/updated"), order)
         self._after_payment(order, plan, now_ms)
 
@@ -2149,52 +2257,15 @@ class _StoreHistory:
             self._at(self._after(now_ms, 2 * 86400, 14 * 86400), partial(self._order_refunded, order, plan))
 
     def _order_refunded(self, order: _OrderState, plan: _OrderPlan, now_ms: int) -> None:
-        rng = self.rng
-        lines = order.pricing.lines
-        if plan.refund == "full":
-            quantities, shipping = [line.qty for line in lines], True
-        else:
-            quantities, shipping = [0] * len(lines), False
-            pick = rng.randrange(len(lines))
-            quantities[pick] = rng.randint(1, lines[pick].qty)
-        refund = _refund(
-            order,
-            ids=self.ids,
-            now_ms=now_ms,
-            quantities=quantities,
-            shipping=shipping,
-            restock_type="return" if order.payload["fulfillments"] else "no_restock",
-            note=rng.choice(("Damaged in transit", "Wrong size", "Changed mind", None)),
-        )
+        assert plan.refund is not None
+        refund = _planned_refund(order, plan.refund, rng=self.rng, ids=self.ids, now_ms=now_ms)
         self._emit(now_ms, "refunds/create", refund)
         self._emit_order(now_ms, ("orders/updated",), order)
 
     def _order_cancelled(self, order: _OrderState, now_ms: int) -> None:
-        payload = order.payload
-        if payload["financial_status"] == "paid":
-            # Cancelling a paid order refunds it in full, restocking the items.
-            refund = _refund(
-                order,
-                ids=self.ids,
-                now_ms=now_ms,
-                quantities=[line.qty for line in order.pricing.lines],
-                shipping=True,
-                restock_type="cancel",
-                note=None,
-            )
+        refund = _cancel(order, rng=self.rng, ids=self.ids, now_ms=now_ms)
+        if refund is not None:
             self._emit(now_ms, "refunds/create", refund)
-        else:
-            payload["financial_status"] = "voided"
-            payload["total_outstanding"] = "0.00"
-            for item in payload["line_items"]:
-                item["fulfillable_quantity"] = 0
-        stamp = _ts(now_ms)
-        payload["cancelled_at"] = stamp
-        payload["cancel_reason"] = self.rng.choices(
-            ("customer", "inventory", "fraud", "declined", "other"), weights=(50, 15, 10, 10, 15)
-        )[0]
-        payload["closed_at"] = stamp
-        payload["updated_at"] = stamp
         self._emit_order(now_ms, ("orders/cancelled", "orders/updated"), order)
 
 
@@ -2386,6 +2457,377 @@ def many_orders(
             webhook_id=_uuid(rng),
             triggered_at=_utc_ms(now_ms),
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# A large store for benchmarks: every object rebuilt from its index, bulk files written in advance
+# ---------------------------------------------------------------------------------------------
+
+_LARGE_DAYS = 400  # orders are spread over the 400 days before the store's `start`
+# Orders stop this long before `start`, so that their follow-ups land before it too: paid up to 3 days
+# later, fulfilled up to 3 days after that, refunded up to 14 days after that.
+_LARGE_QUIET_DAYS = 21
+# Phones spell their buyer's index; North American numbers have room for this many.
+_LARGE_MAX_BUYERS = 8_000_000
+_LARGE_CUSTOMER_IDS = 7_012_000_000_000
+_LARGE_CHECKOUT_IDS = 36_900_000_000_000  # abandoned checkouts; those of orders come from the orders' id slots
+_BULK_ROOTS = ("customers", "products", "orders", "abandonedCheckouts")
+
+
+def _indexed_phone(rng: random.Random, country: _Country, region: _Region, index: int) -> tuple[str, str]:
+    """(E.164, national) forms of buyer number `index`'s phone: the index is spelled in the subscriber digits,
+    so no two buyers share a number. Unlike SimulatedStore's, these numbers are not in the ranges kept for
+    fiction (100 to 10,000 numbers per area, too few for a large store); every one is valid for its country."""
+    area = rng.choice(region.area_codes)
+    digits = f"{index:08d}"
+    if country.code in ("US", "CA"):
+        digits = f"{200 + index // 10_000}{index % 10_000:04d}"
+        return f"+1{area}{digits}", f"({area}) {digits[:3]}-{digits[3:]}"
+    if country.code == "GB":
+        digits = f"7{index:07d}"
+        return f"+4420{digits}", f"020 {digits[:4]} {digits[4:]}"
+    if country.code == "FR":
+        return f"+331{digits}", "01 " + " ".join(digits[i : i + 2] for i in range(0, 8, 2))
+    if country.code == "DE":
+        return f"+4930{digits}", f"030 {digits}"
+    return f"+614{digits}", f"04{digits[:2]} {digits[2:5]} {digits[5:]}"
+
+
+@dataclass(frozen=True)
+class _LargeBuyer:
+    """Buyer number `index` of a LargeStore as far as counting goes: cheap to draw, so that the store knows its
+    sizes without building a payload."""
+
+    index: int
+    registered: bool
+    first_ms: int  # sign-up, or a guest's first visit
+    order_ms: tuple[int, ...]  # when each of their orders is placed, oldest first
+    abandoned_ms: int | None  # when they left a checkout unfinished, for a few customers
+
+
+class LazyObjects:
+    """A resource's payloads, rebuilt from seeds on every pass: re-iterable and sized, never held in memory."""
+
+    def __init__(self, generate: Callable[[], Iterator[JSON]], length: int) -> None:
+        self._generate = generate
+        self._length = length
+
+    def __iter__(self) -> Iterator[JSON]:
+        return self._generate()
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class LargeStore:
+    """A seeded store of any size whose memory stays flat: each object is rebuilt from the seed and its index
+    whenever it is read, and the Admin API's bulk files are written to a temporary folder once, when the store
+    is built. For backfill benchmarks (100,000 customers and more); `SimulatedStore` plays a history instead.
+
+    The same arguments give the same objects and files, byte for byte; `start` (the end of the store's
+    history, "now" for it) defaults to today's midnight UTC, so pass it where runs must match across days.
+    `customers`, `orders` and `checkouts` are `LazyObjects` (each pass builds every payload again: a few
+    thousand orders a second), `products` a list. Objects are in their webhook (REST) shape, API 2026-01.
+
+    What is in it:
+    - `customers` registered customers, each with an email and most (85%) with a phone, spelled from the
+      customer's index so that no two share one (mostly E.164, some in national form); created over the 400
+      days before `start`. Their consent rides on the payload as `email_marketing_consent` and
+      `sms_marketing_consent` (the shape of the consent webhooks; Shopify dropped these fields from customer
+      payloads, and the simulated Admin API reads them as the customer's current consent): email 62%
+      subscribed (a tenth later unsubscribed, a few double opt-ins still pending), SMS 45% subscribed.
+    - `guests` buyers (default customers // 10) who order with an email and no account: 1 to 3 orders each.
+    - about `orders_per_customer` orders per customer (exponentially spread: some none, some 10 and more),
+      each with 1 to 3 lines, tax by region, a discount for about one in five, shipping; placed between the
+      customer's sign-up and three weeks before `start`, with their later life applied: 4% cancelled (a full
+      refund when already paid), 8% refunded (a third in full), 1% test, 10% in a foreign presentment
+      currency, most fulfilled.
+    - an abandoned checkout (with email, lines and addresses, never completed) for 5% of customers, in the
+      month before `start`.
+    - `products` (default 200) made as SimulatedStore makes its catalogue.
+    `deliveries()` is empty: no webhook history is kept.
+    """
+
+    ABANDONED_SHARE = 0.05
+    REFUND_SHARE = 0.08
+    CANCEL_SHARE = 0.04
+    TEST_ORDER_SHARE = 0.01
+    FOREIGN_CURRENCY_SHARE = 0.1
+
+    def __init__(
+        self,
+        shop_domain: str = "demo-store.myshopify.com",
+        *,
+        customers: int,
+        guests: int | None = None,
+        products: int = 200,
+        orders_per_customer: float = 5.0,
+        seed: int = 7,
+        start: datetime | None = None,
+        bulk_files: bool = True,
+    ) -> None:
+        """`bulk_files=False`: no files written in advance (the simulated Admin API then writes each bulk
+        operation's file from the lazy objects, as for any store)."""
+        guests = customers // 10 if guests is None else guests
+        if customers < 0 or guests < 0 or customers + guests > _LARGE_MAX_BUYERS:
+            raise ValueError(f"a LargeStore holds 0 to {_LARGE_MAX_BUYERS:,} customers and guests")
+        self.shop_domain = shop_domain
+        self.currency = SHOP_CURRENCY
+        self.seed = seed
+        self.start = start or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        self._registered, self._buyers = customers, customers + guests
+        self._end_ms = _epoch_ms(self.start)
+        self._per_customer = max(orders_per_customer, 0.0)
+        rng = random.Random(f"large-store:{seed}")
+        self._shop = _Shop(
+            domain=shop_domain,
+            shop_id=rng.randint(55_000_000_000, 69_999_999_999),
+            location_id=rng.randint(60_000_000_000, 79_999_999_999),
+        )
+        self._products = _make_products(
+            rng,
+            _Ids(rng),
+            count=products,
+            first_ms=self._end_ms - (_LARGE_DAYS + 10) * _DAY,
+            shop_id=self._shop.shop_id,
+        )
+        self.products: list[JSON] = [product.payload for product in self._products]
+        orders = checkouts = 0
+        for buyer in self._plans():
+            orders += len(buyer.order_ms)
+            checkouts += buyer.abandoned_ms is not None
+        self.customers = LazyObjects(self._customers, customers)
+        self.orders = LazyObjects(self._orders, orders)
+        self.checkouts = LazyObjects(self._checkouts, checkouts)
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+        self._files: dict[str, BulkFile] = {}
+        if bulk_files:
+            self._write_bulk_files()
+
+    def deliveries(self) -> Iterator[WebhookDelivery]:
+        """No webhook history: consent is on the customer payloads."""
+        return iter(())
+
+    def order_count(self) -> int:
+        return len(self.orders)
+
+    def bulk_file(self, root: str, search: str | None, nested: bool) -> BulkFile | None:
+        """The file written in advance for a bulk query over a whole connection (`customers`, `orders`,
+        `products`, `abandonedCheckouts`); None for a search, or for a query that leaves out the nested rows
+        the file holds."""
+        if search or (not nested and root in NESTED):
+            return None
+        return self._files.get(root)
+
+    def close(self) -> None:
+        """Remove the bulk files (also done when the store is garbage-collected)."""
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder, self._files = None, {}
+
+    # -- the files, once -----------------------------------------------------------------------------
+
+    def _write_bulk_files(self) -> None:
+        """Each connection's file exactly as the simulated Admin API would write it, children one parent late."""
+        self._folder = tempfile.TemporaryDirectory(prefix="shopify-large-store-")
+        resources: dict[str, Iterable[JSON]] = {
+            "customers": self.customers,
+            "products": self.products,
+            "orders": self.orders,
+            "abandonedCheckouts": self.checkouts,
+        }
+        for root in _BULK_ROOTS:
+            path = os.path.join(self._folder.name, f"{root}.jsonl")
+            with open(path, "wb", buffering=1 << 20) as out:
+                objects, roots = write_bulk(root, resources[root], None, Consents(), out)
+            self._files[root] = BulkFile(path, objects, roots)
+
+    # -- buyers ----------------------------------------------------------------------------------------
+
+    def _plans(self) -> Iterator[_LargeBuyer]:
+        return (self._plan(index) for index in range(self._buyers))
+
+    def _plan(self, index: int) -> _LargeBuyer:
+        rng = random.Random(f"large-store:{self.seed}:plan:{index}")
+        registered = index < self._registered
+        last_ms = self._end_ms - _LARGE_QUIET_DAYS * _DAY
+        first_ms = rng.randint(self._end_ms - _LARGE_DAYS * _DAY, last_ms - _DAY)
+        if registered:
+            count = round(rng.expovariate(1 / self._per_customer)) if self._per_customer and self._products else 0
+        else:
+            count = rng.choices((1, 2, 3), weights=(80, 15, 5))[0] if self._products else 0
+        order_ms = tuple(sorted(rng.randint(first_ms + 10 * _MINUTE, last_ms) for _ in range(count)))
+        abandoned_ms = None
+        if registered and self._products and rng.random() < self.ABANDONED_SHARE:
+            abandoned_ms = rng.randint(max(first_ms, self._end_ms - 30 * _DAY), self._end_ms - _HOUR)
+        return _LargeBuyer(index, registered, first_ms, order_ms, abandoned_ms)
+
+    def _buyer(self, plan: _LargeBuyer) -> _Buyer:
+        """The buyer, with their customer payload (consent included) when registered."""
+        rng = random.Random(f"large-store:{self.seed}:buyer:{plan.index}")
+        buyer = _make_buyer(rng, taken_emails=None, email_number=plan.index + 1, phone_share=0.0)
+        if rng.random() < (0.85 if plan.registered else 0.5):
+            e164, national = _indexed_phone(rng, buyer.country, buyer.region, plan.index)
+            buyer.phone = e164 if rng.random() < 0.8 else national
+        if not plan.registered:
+            buyer.accepts_marketing = rng.random() < 0.4
+            return buyer
+        customer_id = _LARGE_CUSTOMER_IDS + plan.index * 1_009
+        has_address = bool(plan.order_ms) or rng.random() < 0.5
+        customer = _customer_payload(
+            rng,
+            buyer,
+            customer_id=customer_id,
+            address_id=customer_id + 1_000_000_000_000 if has_address else None,
+            created_ms=plan.first_ms,
+        )
+        subscribed, double_opt_in = rng.random() < 0.62, rng.random() < 0.2
+        email_state, email_ms = "subscribed" if subscribed else "not_subscribed", _later(rng, plan.first_ms, 2, 30)
+        if subscribed and double_opt_in and rng.random() < 0.1:
+            email_state = "pending"  # the confirmation email was never clicked
+        elif subscribed and rng.random() < 0.1:
+            email_state, email_ms = "unsubscribed", _later(rng, email_ms, 86400, 14 * 86400)
+        buyer.accepts_marketing = email_state == "subscribed"
+        customer["email_marketing_consent"] = {
+            "state": email_state,
+            "opt_in_level": "confirmed_opt_in" if subscribed and double_opt_in else "single_opt_in",
+            "consent_updated_at": None if email_state == "not_subscribed" else _ts(email_ms),
+        }
+        changed_ms = email_ms
+        if buyer.phone is not None:
+            sms, sms_ms = rng.random() < 0.45, _later(rng, plan.first_ms, 3, 40)
+            buyer.sms_state = "subscribed" if sms else "not_subscribed"
+            if sms and rng.random() < 0.1:
+                buyer.sms_state, sms_ms = "unsubscribed", _later(rng, sms_ms, 86400, 14 * 86400)
+            customer["sms_marketing_consent"] = {
+                "state": buyer.sms_state,
+                "opt_in_level": "single_opt_in",
+                "consent_updated_at": None if buyer.sms_state == "not_subscribed" else _ts(sms_ms),
+                "consent_collected_from": "SHOPIFY",
+            }
+            changed_ms = max(changed_ms, sms_ms)
+        customer["updated_at"] = _ts(changed_ms)
+        buyer.customer = customer
+        return buyer
+
+    def _customers(self) -> Iterator[JSON]:
+        for index in range(self._registered):
+            customer = self._buyer(self._plan(index)).customer
+            assert customer is not None
+            yield customer
+
+    # -- orders ----------------------------------------------------------------------------------------
+
+    def _orders(self) -> Iterator[JSON]:
+        number = 0  # orders are numbered in the order they are listed: buyer by buyer, oldest first
+        for plan in self._plans():
+            if not plan.order_ms:
+                continue
+            buyer = self._buyer(plan)
+            for position, created_ms in enumerate(plan.order_ms):
+                yield self._order(buyer, plan.index, position, number, created_ms)
+                number += 1
+
+    def _fate(self, rng: random.Random) -> _OrderPlan:
+        cancel = rng.random() < self.CANCEL_SHARE
+        refund = None
+        if not cancel and rng.random() < self.REFUND_SHARE / (1 - self.CANCEL_SHARE):
+            refund = rng.choice(("partial", "partial", "full"))
+        return _OrderPlan(
+            test=rng.random() < self.TEST_ORDER_SHARE,
+            cancel=cancel,
+            refund=refund,
+            foreign=rng.random() < self.FOREIGN_CURRENCY_SHARE,
+            pay_later=rng.random() < (0.5 if cancel else 0.15),
+            fulfil=not cancel and rng.random() < 0.93,
+        )
+
+    def _order(self, buyer: _Buyer, index: int, position: int, number: int, created_ms: int) -> JSON:
+        """Order `position` of buyer `index` (store-wide number `number`), in its final state."""
+        rng = random.Random(f"large-store:{self.seed}:order:{index}:{position}")
+        ids = _Ids(rng, slot=number)
+        fate = self._fate(rng)
+        currency = SHOP_CURRENCY
+        if fate.foreign:
+            local = buyer.country.currency
+            currency = local if local != SHOP_CURRENCY else rng.choice(_FOREIGN_CURRENCIES)
+        items = _pick_items(rng, self._products, count=rng.choices((1, 2, 3), weights=(50, 32, 18))[0])
+        pricing = _Pricing(currency, _new_lines(items, currency))
+        items_usd = pricing.line_items()[0]
+        pricing.discount = _choose_discount(rng, items_usd, previous_orders=position)
+        pricing.shipping = _choose_shipping(rng, buyer, currency, items_usd)
+        _price(pricing, taxes=buyer.region.taxes)
+        if fate.test:
+            gateway = "bogus"
+        elif not fate.pay_later:
+            gateway = rng.choice(("shopify_payments", "shopify_payments", "shopify_payments", "paypal"))
+        else:
+            gateway = rng.choice(("manual", "Cash on Delivery (COD)"))
+        order = _build_order(
+            rng=rng,
+            ids=ids,
+            shop=self._shop,
+            buyer=buyer,
+            pricing=pricing,
+            order_number=1001 + number,
+            created_ms=created_ms,
+            link=_CheckoutLink(_new_cart_token(rng), _hex(rng), ids.checkout()),
+            test=fate.test,
+            paid=not fate.pay_later,
+            gateway=gateway,
+            landing_site=f"/products/{items[0][0]['handle']}",
+        )
+        self._live(order, fate, rng, ids, created_ms)
+        return order.payload
+
+    def _live(self, order: _OrderState, fate: _OrderPlan, rng: random.Random, ids: _Ids, now_ms: int) -> None:
+        """What happens to an order after it is placed, as SimulatedStore plays it, applied at once."""
+        if fate.pay_later:
+            if fate.cancel:
+                _cancel(order, rng=rng, ids=ids, now_ms=_later(rng, now_ms, 3600, 2 * 86400))
+                return
+            now_ms = _later(rng, now_ms, 2 * 3600, 3 * 86400)
+            _mark_paid(order, now_ms)
+        if fate.cancel:
+            _cancel(order, rng=rng, ids=ids, now_ms=_later(rng, now_ms, 1800, 86400))
+        elif fate.fulfil:
+            now_ms = _later(rng, now_ms, 4 * 3600, 3 * 86400)
+            _fulfill(order, ids=ids, shop=self._shop, rng=rng, now_ms=now_ms)
+            if fate.refund:
+                _planned_refund(order, fate.refund, rng=rng, ids=ids, now_ms=_later(rng, now_ms, 2 * 86400, 14 * 86400))
+        elif fate.refund:
+            _planned_refund(order, fate.refund, rng=rng, ids=ids, now_ms=_later(rng, now_ms, 86400, 4 * 86400))
+
+    # -- abandoned checkouts -----------------------------------------------------------------------------
+
+    def _checkouts(self) -> Iterator[JSON]:
+        for plan in self._plans():
+            if plan.abandoned_ms is None:
+                continue
+            buyer = self._buyer(plan)
+            assert buyer.customer is not None
+            rng = random.Random(f"large-store:{self.seed}:checkout:{plan.index}")
+            local = buyer.country.currency
+            currency = local if local != SHOP_CURRENCY and rng.random() < 0.3 else SHOP_CURRENCY
+            lines = _new_lines(_pick_items(rng, self._products), currency)
+            checkout = _new_checkout(
+                rng,
+                self._shop,
+                checkout_id=_LARGE_CHECKOUT_IDS + plan.index * 1_009 + rng.randrange(1_000),
+                token=_hex(rng),
+                cart_token=_new_cart_token(rng),
+                currency=currency,
+                lines=lines,
+                locale=buyer.locale,
+                now_ms=plan.abandoned_ms,
+            )
+            pricing = _Pricing(currency, lines)
+            pricing.shipping = _choose_shipping(rng, buyer, currency, pricing.line_items()[0])
+            _price(pricing, taxes=buyer.region.taxes)
+            checkout.update(_contact_details(rng, buyer, _later(rng, plan.abandoned_ms, 60, 240)))
+            checkout["customer"] = _customer_embed(buyer.customer)
+            _render_checkout_money(checkout, pricing, self._shop.location_id)
+            yield checkout
 
 
 # ---------------------------------------------------------------------------------------------

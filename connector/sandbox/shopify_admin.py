@@ -11,7 +11,8 @@ Operations: `discountCodeBasicCreate` (codes unique per store, required fields c
 objects and rows, and is refused `THROTTLED` when the bucket cannot pay the requested cost) and their `*Count`
 queries; and bulk queries over a simulated store's data: `bulkOperationRunQuery` (at most five
 running per shop, as from API 2026-01), `node(id:)` for an operation's status, and the JSONL file at the
-operation's `url`. Bulk faults: the next operation fails (`"fail"`) or the first download of its file breaks
+operation's `url` (a store that wrote its files in advance, `LargeStore`, has an operation over a whole connection
+served from its file). Bulk faults: the next operation fails (`"fail"`) or the first download of its file breaks
 off mid-line (`"truncate"`). Anything else is answered with a GraphQL error, as Shopify answers an unknown field.
 """
 
@@ -29,17 +30,16 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlencode
 
 import jwt
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from connector.sandbox.shopify_bulk import Consents, count, page, rows
+from connector.sandbox.shopify_bulk import BulkFile, Consents, count, page, write
 
 _OPERATION = re.compile(r"\b(currentAppInstallation(?=\s*{)|(?:discountCodeBasicCreate|codeDiscountNodeByCode"
                         r"|webhookSubscriptionCreate|webhookSubscriptions"
@@ -99,7 +99,7 @@ class ShopifyAdminSandbox:
     restore_rate: float = 100.0
     discounts: dict[str, Discount] = field(default_factory=dict)  # by code, upper-cased
     faults: deque[int | str] = field(default_factory=deque)  # next calls: an HTTP status, or "throttle"
-    store: Any = None  # a SimulatedStore (customers, orders, products, checkouts, deliveries()) for bulk queries
+    store: Any = None  # a SimulatedStore or LargeStore (customers, orders, products, checkouts, deliveries())
     bulk_seconds: float = 0.3  # how long a bulk query runs
     bulk_faults: deque[str] = field(default_factory=deque)  # next bulk operations: "fail" or "truncate"
     operations: dict[str, BulkOperation] = field(default_factory=dict)
@@ -399,7 +399,10 @@ class ShopifyAdminSandbox:
         self.operations[op.id] = op
         self._bulk_base = base
         self.calls.append(f"bulk:{op.root}")
-        if not op.failed:  # the file is written in the background, as Shopify's servers do; RUNNING until then
+        ready = self._prepared(op) if not op.failed else None
+        if ready is not None:  # the store wrote this file in advance: ready once the operation has run
+            op.objects, op.roots, op.path = ready.objects, ready.roots, ready.path
+        elif not op.failed:  # the file is written in the background, as Shopify's servers do; RUNNING until then
             threading.Thread(target=self._write_file, args=(op, self._consent_state()), daemon=True).start()
         return {"bulkOperationRunQuery": {"bulkOperation": {"id": op.id, "status": "CREATED"}, "userErrors": []}}
 
@@ -415,18 +418,19 @@ class ShopifyAdminSandbox:
                          "url": f"{self._bulk_base}/bulk/{number}.jsonl" if status == "COMPLETED" and op.objects
                          else None, "partialDataUrl": None}}
 
+    def _prepared(self, op: BulkOperation) -> BulkFile | None:
+        """The store's own file for this operation, when it prepared one (`LargeStore.bulk_file`)."""
+        prepared = getattr(self.store, "bulk_file", None)
+        if prepared is None or (op.root == "orders" and "read_all_orders" not in self.scopes):
+            return None
+        found: BulkFile | None = prepared(op.root, op.search, op.nested)
+        return found
+
     def _write_file(self, op: BulkOperation, consents: Consents) -> None:
         """The operation's JSONL file, written to the sandbox's folder with its object counts."""
         try:
-            found = rows(op.root, self._objects(op.root), op.search, consents)
-            objects = roots = 0
             with tempfile.NamedTemporaryFile("wb", dir=self._files.name, suffix=".jsonl", delete=False) as out:
-                for obj in found:
-                    if "__parentId" in obj and not op.nested:
-                        continue
-                    objects += 1
-                    roots += "__parentId" not in obj
-                    out.write(orjson.dumps(obj) + b"\n")
+                objects, roots = write(op.root, self._objects(op.root), op.search, consents, out, nested=op.nested)
             op.objects, op.roots, op.path = objects, roots, out.name
         except Exception:  # the operation fails, as Shopify's do when something goes wrong on their side
             op.failed = True
@@ -442,12 +446,28 @@ class ShopifyAdminSandbox:
 
 
 def _read_file(path: str, *, cut_short: bool) -> Iterator[bytes]:
-    """The file in blocks; cut short: all but the last line, then half of the last line (a broken download)."""
+    """The file in blocks; cut short: all but the last line, then half of the last line (a broken download).
+    Never held whole: a large store's files run to gigabytes."""
     with open(path, "rb") as file:
-        if not cut_short:
-            while block := file.read(1 << 16):
-                yield block
-            return
-        lines = file.read().splitlines(keepends=True)
-    if lines:
-        yield b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2]
+        size = file.seek(0, 2)
+        end = _last_line_start(file, size) if cut_short else size
+        file.seek(0)
+        left = end
+        while left and (block := file.read(min(left, 1 << 16))):
+            left -= len(block)
+            yield block
+        if cut_short and size:
+            yield file.read((size - end) // 2)
+
+
+def _last_line_start(file: IO[bytes], size: int) -> int:
+    """Where the file's last line starts: just after the newline before its final byte."""
+    position = max(size - 1, 0)
+    while position:
+        step = min(position, 1 << 16)
+        file.seek(position - step)
+        found = file.read(step).rfind(b"\n")
+        if found >= 0:
+            return position - step + found + 1
+        position -= step
+    return 0

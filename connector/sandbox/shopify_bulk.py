@@ -4,7 +4,8 @@ A store's resources are kept in their webhook (REST) shape (`SimulatedStore`); t
 GraphQL objects a bulk query returns, with nested connections (order line items, checkout line items, product
 collections) as separate lines carrying `__parentId`, the way `groupObjects: false` output looks. Children are
 written one parent late, so a reader that expects them next to their parent is caught out, as it would be by
-Shopify's own files.
+Shopify's own files. `write` renders a whole file, for the simulated Admin API and for stores that prepare theirs
+in advance (`LargeStore`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import IO, Any, NamedTuple
+
+import orjson
 
 JSON = dict[str, Any]
 
@@ -259,6 +262,28 @@ def rows(resource: str, objects: Iterable[Mapping[str, Any]], search: str | None
 
 
 NESTED = {"orders": "lineItems", "abandonedCheckouts": "lineItems", "products": "collections"}
+
+
+class BulkFile(NamedTuple):
+    """A bulk operation's JSONL file and what Shopify reports of it (`objectCount`, `rootObjectCount`)."""
+
+    path: str
+    objects: int
+    roots: int
+
+
+def write(resource: str, objects: Iterable[Mapping[str, Any]], search: str | None, consents: Consents,
+          out: IO[bytes], *, nested: bool = True) -> tuple[int, int]:
+    """A bulk file's lines written to `out` (nested rows left out when the query asks for none); returns how many
+    objects and root objects it holds."""
+    written = roots = 0
+    for obj in rows(resource, objects, search, consents):
+        if "__parentId" in obj and not nested:
+            continue
+        written += 1
+        roots += "__parentId" not in obj
+        out.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+    return written, roots
 
 
 def _moment(value: Any) -> datetime:
