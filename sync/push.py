@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from connector import jsontext
 from connector.brevo import (
     BrevoAuthFailed,
     BrevoClient,
@@ -55,7 +56,7 @@ class PushPolicy:
     """How the pusher chooses between single and batch calls (see README, "Delivery to Brevo")."""
 
     single_max: int = 20  # a backlog this small goes out as single calls: lowest latency
-    import_max_rows: int = 5000
+    import_max_rows: int = 10_000
     import_max_bytes: int = 8_000_000  # Brevo advises 8 MB for /contacts/import
     batch_max_events: int = 1000
     batch_max_bytes: int = 4_000_000
@@ -90,55 +91,65 @@ class Pusher:
     # --- contacts ---------------------------------------------------------------------------
 
     def push_contacts(self) -> int:
-        """Send every due pending contact. Returns how many Brevo accepted."""
+        """Send every due pending contact. Returns how many Brevo accepted.
+
+        The backlog is planned from a first read that keeps a few bytes per contact (its key, how it must go and
+        its import row's size); each import's contacts are read again when it is sent, so a backfill's hundred
+        thousand contacts never sit in memory at once."""
         now = self.clock.now()
+        singles: list[str] = []
+        groups: dict[tuple[bool, bool], list[tuple[str, int]]] = {}
         with unit_of_work(self.engine) as session:
-            rows = session.execute(sa.select(Contact).where(
-                col(Contact.shop_id) == self.lease.shop_id, col(Contact.push_state) == "pending",
-                sa.or_(col(Contact.next_attempt_at).is_(None), col(Contact.next_attempt_at) <= now))
-                .order_by(col(Contact.contact_key)).limit(self.policy.import_max_rows * 4)).scalars().all()
-        if not rows:
-            return 0
-        singles = [c for c in rows if self._needs_single_call(c)]
-        bulk = [c for c in rows if not self._needs_single_call(c)]
-        if len(bulk) <= self.policy.single_max or self.list_id is None:
-            singles, bulk = singles + bulk, []
+            planned = session.execute(sa.select(
+                col(Contact.contact_key), col(Contact.pending), col(Contact.sent), col(Contact.brevo_email),
+                col(Contact.one_by_one)).where(*self._due_contacts(now))
+                .order_by(col(Contact.contact_key)).limit(self.policy.import_max_rows * 4)
+                .execution_options(yield_per=1000))
+            for key, pending, sent, brevo_email, one_by_one in planned:
+                body = pending or {}
+                if _needs_single_call(body, sent, brevo_email, one_by_one):
+                    singles.append(key)
+                else:  # an import blacklists all its rows or none: one import per combination
+                    groups.setdefault((body.get("emailBlacklisted") is True, body.get("smsBlacklisted") is True),
+                                      []).append((key, len(jsontext.dumps(_import_row(body))) + 1))
+        if sum(len(group) for group in groups.values()) <= self.policy.single_max or self.list_id is None:
+            singles = sorted(singles + [key for group in groups.values() for key, _ in group])
+            groups = {}
         delivered = 0
-        groups: dict[tuple[bool, bool], list[Contact]] = {}
-        for contact in bulk:  # an import blacklists all its rows or none: one import per combination
-            body = contact.pending or {}
-            groups.setdefault((body.get("emailBlacklisted") is True, body.get("smsBlacklisted") is True),
-                              []).append(contact)
         for (email_out, sms_out), group in sorted(groups.items()):
-            for chunk in self._import_chunks(group):
-                delivered += self._import(chunk, email_blacklist=email_out, sms_blacklist=sms_out)
-        for contact in singles:
-            delivered += self._push_one(contact)
+            for keys in self._import_chunks(group):
+                chunk = self._load_contacts(keys, now)
+                if chunk:
+                    delivered += self._import(chunk, email_blacklist=email_out, sms_blacklist=sms_out)
+        for start in range(0, len(singles), 500):
+            for contact in self._load_contacts(singles[start:start + 500], now):
+                delivered += self._push_one(contact)
         return delivered
 
-    @staticmethod
-    def _needs_single_call(contact: Contact) -> bool:
-        body = contact.pending or {}
-        # Imports can blacklist (a flag for all their rows) but not lift a blacklist, change an email, add to a
-        # second list or leave one: those go one by one.
-        left_lists = set((contact.sent or {}).get("listIds") or []) - set(body.get("listIds") or [])
-        return (contact.one_by_one or body.get("emailBlacklisted") is False or body.get("smsBlacklisted") is False
-                or "email" not in body
-                or "listIds" in body
-                or bool(left_lists)
-                or (contact.brevo_email is not None and contact.brevo_email != body.get("email")))
+    def _due_contacts(self, now: datetime) -> tuple[Any, ...]:
+        return (col(Contact.shop_id) == self.lease.shop_id, col(Contact.push_state) == "pending",
+                sa.or_(col(Contact.next_attempt_at).is_(None), col(Contact.next_attempt_at) <= now))
 
-    def _import_chunks(self, contacts: Sequence[Contact]) -> list[list[Contact]]:
-        chunks: list[list[Contact]] = []
-        current: list[Contact] = []
+    def _load_contacts(self, keys: Sequence[str], now: datetime) -> list[Contact]:
+        """These contacts, if still due, in the order of `keys`."""
+        found: dict[str, Contact] = {}
+        with unit_of_work(self.engine) as session:
+            for part in chunked(keys):
+                found.update((c.contact_key, c) for c in session.execute(sa.select(Contact).where(
+                    *self._due_contacts(now), col(Contact.contact_key).in_(part))).scalars())
+        return [found[key] for key in keys if key in found]
+
+    def _import_chunks(self, planned: Sequence[tuple[str, int]]) -> list[list[str]]:
+        """Keys cut into imports of at most `import_max_rows` rows and `import_max_bytes` bytes."""
+        chunks: list[list[str]] = []
+        current: list[str] = []
         size = 200
-        for contact in contacts:
-            row_size = len(json.dumps(_import_row(contact.pending or {}))) + 1
+        for key, row_size in planned:
             full = len(current) >= self.policy.import_max_rows or size + row_size > self.policy.import_max_bytes
             if current and full:
                 chunks.append(current)
                 current, size = [], 200
-            current.append(contact)
+            current.append(key)
             size += row_size
         if current:
             chunks.append(current)
@@ -562,6 +573,19 @@ class Pusher:
                                    reference=str(row.product_id), reason=reason, payload=json.dumps(body),
                                    created_at=self.clock.now()))
             fence(session, self.lease, now=self.clock.now(), seconds=self.policy.lease_seconds)
+
+
+def _needs_single_call(body: dict[str, Any], sent: dict[str, Any] | None, brevo_email: str | None,
+                       one_by_one: bool) -> bool:
+    """What an import cannot do goes one by one: lift a blacklist (an import can only set one, for all its
+    rows), change an email, add to a second list or leave one, or send a contact with neither an email nor a
+    phone to name it by (Brevo imports a row by its email, else its SMS number)."""
+    left_lists = set((sent or {}).get("listIds") or []) - set(body.get("listIds") or [])
+    return (one_by_one or body.get("emailBlacklisted") is False or body.get("smsBlacklisted") is False
+            or not (body.get("email") or (body.get("attributes") or {}).get("SMS"))
+            or "listIds" in body
+            or bool(left_lists)
+            or (brevo_email is not None and brevo_email != body.get("email")))
 
 
 def _import_row(body: dict[str, Any]) -> dict[str, Any]:

@@ -166,3 +166,18 @@ def test_a_phone_number_two_buyers_give_stays_with_one_and_both_reach_brevo(conn
     assert connector.rows("SELECT count(*) AS n FROM dead_letters")[0].n == 0
     paths = [c.path for c in connector.brevo.calls]
     assert paths.count("/v3/contacts/import") == 1 and paths.count("/v3/contacts") == 0  # nothing skipped
+
+
+def test_guests_known_only_by_their_phone_go_out_in_the_backlogs_import(connector: Connector) -> None:
+    _orders(connector, 24)
+    for i in range(3):  # guests who gave a phone number and no email
+        payload = order(3000 + i, customer_id=None, email=None, number=3000 + i)
+        payload["phone"] = f"+1415555013{i}"
+        assert connector.post("orders/create", payload).status_code == 200
+    connector.sync()
+    paths = [c.path for c in connector.brevo.calls if c.status < 300]
+    assert paths.count("/v3/contacts/import") == 1 and paths.count("/v3/contacts") == 0
+    for i in range(3):
+        guest = connector.brevo.find_contact(sms=f"+1415555013{i}")
+        assert guest is not None and guest["email"] is None and guest["attributes"]["ORDER_COUNT"] == 1
+    assert connector.rows("SELECT count(*) AS n FROM dead_letters")[0].n == 0
