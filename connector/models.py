@@ -356,6 +356,7 @@ class OutboxEntry(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("shop_id", "idempotency_key", name="uq_outbox_key"),
         sa.Index("ix_outbox_due", "shop_id", "status", "next_attempt_at"),
+        sa.Index("ix_outbox_pending", "shop_id", "status", "target", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

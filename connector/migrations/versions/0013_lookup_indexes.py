@@ -6,7 +6,9 @@ Each inbox batch looks up the orders that complete its checkouts (by checkout id
 token), the checkouts its orders complete (by cart token) and the customers a guest may be (by email or
 phone); each builder chunk looks up who owns each phone number. Without these indexes (or with an index on
 the value alone, which SQLite passes over for the shop's primary key) every such lookup read the whole shop,
-so a store's backfill slowed as it grew.
+so a store's backfill slowed as it grew. The pusher takes each target's pending outbox rows in id order: with
+the shop, status and target first and the id last, that is an index walk that stops at the batch, not a sort of
+every pending row of the shop.
 """
 from alembic import op
 
@@ -23,6 +25,7 @@ INDEXES = (
     ('ix_customers_shop_email', 'customers', ['shop_id', 'email']),
     ('ix_checkouts_shop_cart_token', 'checkouts', ['shop_id', 'cart_token']),
     ('ix_contacts_phone', 'contacts', ['shop_id', 'phone']),
+    ('ix_outbox_pending', 'outbox', ['shop_id', 'status', 'target', 'id']),
 )
 
 
