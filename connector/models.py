@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from pydantic_core import PydanticUndefined
 from sqlalchemy.engine import Dialect
+from sqlalchemy.orm.attributes import set_attribute
+from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import Field, SQLModel
+
+M = TypeVar("M", bound=SQLModel)
 
 
 class Money(sa.types.TypeDecorator[Decimal]):
@@ -527,3 +532,27 @@ class OAuthState(SQLModel, table=True):
     state: str = Field(primary_key=True, max_length=64)
     shop_domain: str = Field(max_length=255)
     created_at: datetime | None = _ts()
+
+
+_ROW_DEFAULTS: dict[type[SQLModel], list[tuple[str, Any, Any]]] = {}
+
+
+def new_row(model: type[M], **values: Any) -> M:
+    """A new row of a table model, as `model(**values)` builds it (every field set, defaults filled in) at a
+    quarter of the cost: SQLModel's constructor sends each field through its own setter. For the hot paths that
+    create mirror rows by the thousand (a backfill's history)."""
+    fields = _ROW_DEFAULTS.get(model)
+    if fields is None:
+        fields = _ROW_DEFAULTS[model] = [
+            (name, field.default, field.default_factory) for name, field in model.model_fields.items()]
+    row = manager_of_class(model).new_instance()
+    for name, default, factory in fields:
+        if name in values:
+            set_attribute(row, name, values[name])
+        elif default is not PydanticUndefined:
+            set_attribute(row, name, default)
+        elif factory is not None:
+            set_attribute(row, name, factory())  # type: ignore[call-arg]
+    object.__setattr__(row, "__pydantic_fields_set__", set(values))
+    object.__setattr__(row, "__pydantic_extra__", None)
+    return row

@@ -30,6 +30,7 @@ from connector.models import (
     OutboxEntry,
     Product,
     Refund,
+    new_row,
 )
 from mappings import ecommerce
 from mappings import events as ev
@@ -76,10 +77,10 @@ class ApplyContext:
         contact = self.dirty.get(key) or self.mirror.get(Contact, key)
         history = not (self.live and self.fresh)
         if contact is None:
-            contact = self.mirror.add(Contact(shop_id=self.shop_id, contact_key=key, customer_id=customer_id,
-                                              email=email, phone=phone, first_name=first_name,
-                                              last_name=last_name, dirty=True, history=history,
-                                              created_at=self.happened or self.now))
+            contact = self.mirror.new(Contact, shop_id=self.shop_id, contact_key=key, customer_id=customer_id,
+                                      email=email, phone=phone, first_name=first_name,
+                                      last_name=last_name, dirty=True, history=history,
+                                      created_at=self.happened or self.now)
         else:
             # History alone since the last rebuild: any other cause (news, a rescoring) makes it news again.
             contact.history = history and (contact.history or not contact.dirty)
@@ -185,9 +186,9 @@ def _merge_ledger(ctx: ApplyContext, guest_key: str, customer_key: str) -> None:
 
 
 def _record_consent(ctx: ApplyContext, key: str, consent: ConsentRecord, source: str) -> None:
-    ctx.session.add(ConsentChange(shop_id=ctx.shop_id, contact_key=key, channel=consent.channel,
-                                  state=consent.state, opt_in_level=consent.opt_in_level, source=source,
-                                  occurred_at=consent.updated_at, recorded_at=ctx.now))
+    ctx.session.add(new_row(ConsentChange, shop_id=ctx.shop_id, contact_key=key, channel=consent.channel,
+                            state=consent.state, opt_in_level=consent.opt_in_level, source=source,
+                            occurred_at=consent.updated_at, recorded_at=ctx.now))
 
 
 def _set_consent(ctx: ApplyContext, row: Customer, consent: ConsentRecord, source: str) -> bool:
@@ -210,7 +211,7 @@ def apply_customer(ctx: ApplyContext, rec: CustomerRecord, *, created: bool = Fa
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     if row is None:
-        row = ctx.mirror.add(Customer(shop_id=ctx.shop_id, customer_id=rec.customer_id, contact_key=key))
+        row = ctx.mirror.new(Customer, shop_id=ctx.shop_id, customer_id=rec.customer_id, contact_key=key)
     row.email, row.phone = rec.email, rec.phone
     row.first_name, row.last_name, row.locale = rec.first_name, rec.last_name, rec.locale
     row.country_code, row.city, row.state = rec.country_code, rec.city, rec.state
@@ -237,7 +238,7 @@ def apply_customer(ctx: ApplyContext, rec: CustomerRecord, *, created: bool = Fa
 def apply_customer_deleted(ctx: ApplyContext, customer_id: int) -> str:
     row = ctx.mirror.get(Customer, customer_id)
     if row is None:
-        row = ctx.mirror.add(Customer(shop_id=ctx.shop_id, customer_id=customer_id, contact_key=f"c:{customer_id}"))
+        row = ctx.mirror.new(Customer, shop_id=ctx.shop_id, customer_id=customer_id, contact_key=f"c:{customer_id}")
     row.deleted = True
     return "applied"
 
@@ -247,9 +248,9 @@ def apply_consent(ctx: ApplyContext, consent: ConsentRecord) -> str:
         return "stale"
     row = ctx.mirror.get(Customer, consent.customer_id)
     if row is None:  # consent can arrive before customers/create: keep it on a stub the create will fill
-        row = ctx.mirror.add(Customer(shop_id=ctx.shop_id, customer_id=consent.customer_id,
-                                      contact_key=f"c:{consent.customer_id}",
-                                      email=consent.address if consent.channel == "email" else None))
+        row = ctx.mirror.new(Customer, shop_id=ctx.shop_id, customer_id=consent.customer_id,
+                             contact_key=f"c:{consent.customer_id}",
+                             email=consent.address if consent.channel == "email" else None)
     if not _set_consent(ctx, row, consent, f"shopify:{consent.channel}_consent_topic"):
         return "stale"
     ctx.touch(row.contact_key, customer_id=row.customer_id)
@@ -275,9 +276,9 @@ def _line_records(ctx: ApplyContext, order_id: int) -> tuple[LineRecord, ...]:
 def _store_refund(ctx: ApplyContext, rec: RefundRecord) -> bool:
     if ctx.mirror.get(Refund, rec.refund_id) is not None:
         return False  # refunds never change once issued
-    ctx.mirror.add(Refund(shop_id=ctx.shop_id, refund_id=rec.refund_id, order_id=rec.order_id, amount=rec.amount,
-                          lines=[{"line_item_id": lid, "quantity": q} for lid, q in rec.lines],
-                          created_at_src=rec.created_at))
+    ctx.mirror.new(Refund, shop_id=ctx.shop_id, refund_id=rec.refund_id, order_id=rec.order_id, amount=rec.amount,
+                   lines=[{"line_item_id": lid, "quantity": q} for lid, q in rec.lines],
+                   created_at_src=rec.created_at)
     return True
 
 
@@ -290,15 +291,15 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
         customer = ctx.mirror.get(Customer, rec.customer.customer_id)
         if customer is None:  # the order knows the buyer before customers/create arrives: start a stub
             c = rec.customer
-            ctx.mirror.add(Customer(shop_id=ctx.shop_id, customer_id=c.customer_id, contact_key=c.contact_key,
-                                    email=c.email or rec.email, phone=c.phone or rec.phone,
-                                    first_name=c.first_name, last_name=c.last_name,
-                                    country_code=c.country_code, city=c.city))
+            ctx.mirror.new(Customer, shop_id=ctx.shop_id, customer_id=c.customer_id, contact_key=c.contact_key,
+                           email=c.email or rec.email, phone=c.phone or rec.phone,
+                           first_name=c.first_name, last_name=c.last_name,
+                           country_code=c.country_code, city=c.city)
     if key and key.startswith("c:"):
         _merge_guest(ctx, key, rec.email, rec.phone)
     previous_key = row.contact_key if row is not None else None
     if row is None:
-        row = ctx.mirror.add(Order(shop_id=ctx.shop_id, order_id=rec.order_id))
+        row = ctx.mirror.new(Order, shop_id=ctx.shop_id, order_id=rec.order_id)
     values = {
         "contact_key": key, "customer_id": rec.customer_id, "email": rec.email, "phone": rec.phone,
         "name": rec.name, "order_number": rec.order_number, "currency": rec.currency,
@@ -447,7 +448,7 @@ def apply_product(ctx: ApplyContext, rec: ProductRecord) -> str:
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     if row is None:
-        row = ctx.mirror.add(Product(shop_id=ctx.shop_id, product_id=rec.product_id))
+        row = ctx.mirror.new(Product, shop_id=ctx.shop_id, product_id=rec.product_id)
     row.title, row.handle, row.product_type, row.vendor = rec.title, rec.handle, rec.product_type, rec.vendor
     row.tags, row.status, row.image_url, row.updated_at_src = rec.tags, rec.status, rec.image_url, rec.updated_at
     if rec.collections is not None:  # a webhook says nothing about collections: keep what a backfill stored
@@ -460,7 +461,7 @@ def apply_product(ctx: ApplyContext, rec: ProductRecord) -> str:
 def apply_product_deleted(ctx: ApplyContext, product_id: int) -> str:
     row = ctx.mirror.get(Product, product_id)
     if row is None:
-        row = ctx.mirror.add(Product(shop_id=ctx.shop_id, product_id=product_id))
+        row = ctx.mirror.new(Product, shop_id=ctx.shop_id, product_id=product_id)
     row.deleted = True
     row.brevo_hash = None
     return "applied"
@@ -473,7 +474,7 @@ def apply_checkout(ctx: ApplyContext, rec: CheckoutRecord) -> str:
     previous_key = row.contact_key if row is not None else None
     key = ctx.resolve(rec.contact_key) or previous_key
     if row is None:
-        row = ctx.mirror.add(Checkout(shop_id=ctx.shop_id, checkout_id=rec.checkout_id))
+        row = ctx.mirror.new(Checkout, shop_id=ctx.shop_id, checkout_id=rec.checkout_id)
     order = ctx.mirror.order_completing(rec.checkout_id, rec.token, rec.cart_token)
     completed_at = rec.completed_at or (as_utc(order.created_at_src) or ctx.now if order is not None else None)
     row.token, row.cart_token, row.contact_key, row.customer_id = rec.token, rec.cart_token, key, rec.customer_id
@@ -500,7 +501,7 @@ def apply_cart(ctx: ApplyContext, rec: CartRecord) -> str:
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     if row is None:
-        row = ctx.mirror.add(Cart(shop_id=ctx.shop_id, token=rec.token))
+        row = ctx.mirror.new(Cart, shop_id=ctx.shop_id, token=rec.token)
     row.lines, row.total = list(rec.lines), rec.total
     row.created_at_src, row.updated_at_src = rec.created_at, rec.updated_at
     # Carts are anonymous: they reach a buyer only through a checkout with the same token.
@@ -547,9 +548,9 @@ def apply_brevo_opt_out(ctx: ApplyContext, rec: BrevoOptOut) -> str:
     contact = ctx.dirty.get(key) or ctx.mirror.get(Contact, key)
     if customer is None and contact is None:
         return "stale"  # nobody this shop knows
-    ctx.session.add(ConsentChange(shop_id=ctx.shop_id, contact_key=key, channel=rec.channel, state="unsubscribed",
-                                  opt_in_level=None, source=f"brevo:{rec.reason}", occurred_at=rec.occurred_at,
-                                  recorded_at=ctx.now))
+    ctx.session.add(new_row(ConsentChange, shop_id=ctx.shop_id, contact_key=key, channel=rec.channel,
+                            state="unsubscribed", opt_in_level=None, source=f"brevo:{rec.reason}",
+                            occurred_at=rec.occurred_at, recorded_at=ctx.now))
     if contact is not None and contact.sent is not None:
         sent = dict(contact.sent)
         sent["_consent"] = {**sent.get("_consent", {}), f"told_{rec.channel}": True}

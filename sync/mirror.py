@@ -20,7 +20,18 @@ from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
 from connector.database import chunked, insert_new
-from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, OutboxEntry, Product, Refund
+from connector.models import (
+    Cart,
+    Checkout,
+    Contact,
+    Customer,
+    Order,
+    OrderLine,
+    OutboxEntry,
+    Product,
+    Refund,
+    new_row,
+)
 
 M = TypeVar("M", bound=SQLModel)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -87,6 +98,10 @@ class BatchMirror:
         self._rows[model][ident] = row
         self._added.add((model, ident))
         return row
+
+    def new(self, model: type[M], **values: Any) -> M:
+        """A new row of `model`, added to the batch."""
+        return self.add(new_row(model, **values))
 
     def is_new(self, row: SQLModel) -> bool:
         """Added by this batch (not read from the database)."""
