@@ -15,6 +15,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from connector import jsontext
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -52,6 +54,10 @@ def is_sqlite(engine: Engine) -> bool:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
+    # JSON columns (contact bodies, outbox rows) read and written with orjson: several times the standard
+    # library's speed, the same values.
+    kwargs.setdefault("json_serializer", jsontext.dumps)
+    kwargs.setdefault("json_deserializer", jsontext.loads)
     if url.startswith("sqlite"):
         engine = sa.create_engine(
             url,
