@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from connector.sandbox.brevo import BrevoLimits
@@ -181,3 +182,19 @@ def test_guests_known_only_by_their_phone_go_out_in_the_backlogs_import(connecto
         guest = connector.brevo.find_contact(sms=f"+1415555013{i}")
         assert guest is not None and guest["email"] is None and guest["attributes"]["ORDER_COUNT"] == 1
     assert connector.rows("SELECT count(*) AS n FROM dead_letters")[0].n == 0
+
+
+def test_a_backlog_read_page_by_page_still_goes_out_in_full_imports(engine: sa.Engine,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sync.push.PLAN_PAGE", 10)  # the backlog is planned ten contacts at a time
+    for connector in iter_connector(engine, policy=PushPolicy(import_max_rows=25, lease_seconds=5)):
+        _orders(connector, 60)
+        for i in range(1, 11):  # ten of the buyers unsubscribed in Shopify: an import of their own
+            connector.post("customers_email_marketing_consent/update",
+                           email_consent(i, f"buyer{i}@example.com", "unsubscribed", at=5))
+        connector.sync()
+        with connector.brevo.lock:
+            sizes = sorted(p["info"]["import"]["created_contacts"] for p in connector.brevo.processes.values())
+            held = len(connector.brevo.contacts)
+        assert sizes == [10, 25, 25]  # the 10 who opted out, and the 50 others in two full imports of 25
+        assert held == 60 and not [c for c in connector.brevo.calls if c.path == "/v3/contacts"]
