@@ -61,6 +61,7 @@ log = logging.getLogger("connector.worker")
 T = TypeVar("T")
 
 INBOX_BATCH = 200
+HISTORY_BATCH = 1000  # a batch that starts with history
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
 UNKNOWN_SHOPS_EVERY = 300.0  # seconds between two looks for privacy deliveries of shops not held here
 POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
@@ -530,12 +531,17 @@ class Worker:
         # Up to the first pending lifecycle or privacy delivery: those are applied in their turn (_lifecycle).
         first_lifecycle = sa.select(sa.func.min(InboxEntry.id)).where(
             col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "lifecycle").scalar_subquery()
-        entries = [Delivery(*row) for row in session.execute(sa.select(
+        pending = sa.select(
             col(InboxEntry.id), col(InboxEntry.event_id), col(InboxEntry.topic), col(InboxEntry.source),
             col(InboxEntry.body), col(InboxEntry.triggered_at), col(InboxEntry.received_at)).where(
             col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending",
-            col(InboxEntry.id) < sa.func.coalesce(first_lifecycle, 2 ** 62))
-            .order_by(col(InboxEntry.id)).limit(INBOX_BATCH))]
+            col(InboxEntry.id) < sa.func.coalesce(first_lifecycle, 2 ** 62)).order_by(col(InboxEntry.id))
+        entries = [Delivery(*row) for row in session.execute(pending.limit(INBOX_BATCH))]
+        if len(entries) == INBOX_BATCH and all(e.source in HISTORY_SOURCES for e in entries):
+            # History (a backfill, a poll) goes in larger batches: nobody waits on it, and each batch's fixed
+            # cost (its lookups, its commit) is then shared by more deliveries.
+            entries += [Delivery(*row) for row in session.execute(
+                pending.where(col(InboxEntry.id) > entries[-1].id).limit(HISTORY_BATCH - INBOX_BATCH))]
         parsed: list[tuple[Delivery, Topic, Any]] = []
         for entry in entries:
             topic = TOPICS.get(entry.topic)

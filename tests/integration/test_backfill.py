@@ -188,6 +188,7 @@ def test_backfilled_buyers_are_built_once_with_all_their_history_and_imported_to
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sync.worker.SHOP_TIME_SLICE", 0.001)  # one batch of deliveries per turn,
     monkeypatch.setattr("sync.worker.INBOX_BATCH", 25)  # a small one: the history takes many turns
+    monkeypatch.setattr("sync.worker.HISTORY_BATCH", 25)
     _backfill(connector)
     connector.sync()
     imports = [c for c in connector.brevo.calls if c.path == "/v3/contacts/import"]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from connector.database import insert_new, unit_of_work
+from connector.models import InboxEntry
 from mappings.shopify import OrderRecord
 from sync.apply import TOPICS, ApplyContext, Topic, apply_order
-from tests.integration.harness import Connector
+from sync.worker import HISTORY_BATCH, INBOX_BATCH, Worker
+from tests.integration.harness import SHOP, Connector
 from tests.payloads import cart, checkout, customer, order, refund
 
 
@@ -94,3 +99,31 @@ def test_a_delivery_that_fails_while_applied_is_quarantined_and_the_rest_of_its_
     assert dead.reason == "internal error applying orders/create: RuntimeError: boom"
     assert len(connector.events("order_completed")) == 2
     assert connector.contact("ana@example.com")["attributes"]["ORDER_COUNT"] == 2
+
+
+def test_history_is_applied_in_larger_batches_than_webhooks(connector: Connector,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    apply_batch = Worker._apply_batch
+
+    def recording(self: Worker, *args: Any, **kwargs: Any) -> Any:
+        size, tally = apply_batch(self, *args, **kwargs)
+        sizes.append(size)
+        return size, tally
+
+    monkeypatch.setattr(Worker, "_apply_batch", recording)
+    for i in range(250):
+        connector.post("orders/create", order(20_000 + i, customer_id=300 + i, email=f"b{i}@example.com"))
+    connector.sync()
+    assert sizes[:2] == [INBOX_BATCH, 50]  # webhooks: someone may be waiting on each
+    sizes.clear()
+    now = datetime.now(UTC)
+    with unit_of_work(connector.engine) as session:  # orders read by a reconciliation poll
+        insert_new(session, InboxEntry, [
+            {"shop_domain": SHOP, "event_id": f"history:orders:{21_000 + i}", "topic": "orders/create",
+             "source": "poll", "status": "pending", "received_at": now,
+             "body": json.dumps(order(21_000 + i, customer_id=600 + i, email=f"h{i}@example.com"))}
+            for i in range(HISTORY_BATCH + 100)], ["shop_domain", "event_id"])
+    connector.sync()
+    assert sizes[:2] == [HISTORY_BATCH, 100]
+    assert connector.rows("SELECT count(*) AS n FROM orders")[0].n == 250 + HISTORY_BATCH + 100
