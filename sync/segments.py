@@ -7,9 +7,11 @@ contacts' scores moved and marks them dirty, so segment changes are announced in
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -32,27 +34,49 @@ class Recomputed:
 
 
 def recompute_shop(session: Session, shop: Shop, now: datetime) -> Recomputed:
+    """The shop's thresholds and median cadence from every buyer, then the contacts whose score they move marked
+    dirty. The buyers are read twice, as a stream (their figures, then their scores): what stays in memory is
+    the values the quintiles are cut from, not a row per buyer."""
     assert shop.id is not None
-    rows = session.execute(sa.select(col(Contact.contact_key), col(Contact.order_count), col(Contact.total_spent),
-                                     col(Contact.last_order_at), col(Contact.days_between_orders),
-                                     col(Contact.rfm_score))
-                           .where(col(Contact.shop_id) == shop.id, col(Contact.merged_into).is_(None),
-                                  sa.or_(col(Contact.order_count) > 0, col(Contact.rfm_score).is_not(None)))).all()
-    buyers = {r.contact_key: RfmInput(last_order_at=as_utc(r.last_order_at), order_count=r.order_count,  # type: ignore[arg-type]
-                                      total_spent=r.total_spent)
-              for r in rows if r.order_count > 0 and r.last_order_at is not None}
-    new = thresholds(buyers.values(), now)
-    cadences = [r.days_between_orders for r in rows if r.days_between_orders is not None and r.order_count > 0]
+    where = (col(Contact.shop_id) == shop.id, col(Contact.merged_into).is_(None),
+             sa.or_(col(Contact.order_count) > 0, col(Contact.rfm_score).is_not(None)))
+
+    def buyers(*columns: Any) -> Iterator[Any]:
+        return iter(session.execute(sa.select(
+            col(Contact.contact_key), col(Contact.order_count), col(Contact.total_spent),
+            col(Contact.last_order_at), *columns).where(*where).execution_options(yield_per=2000)))
+
+    def rfm_input(row: Any) -> RfmInput | None:
+        if row.order_count > 0 and row.last_order_at is not None:
+            return RfmInput(last_order_at=as_utc(row.last_order_at), order_count=row.order_count,  # type: ignore[arg-type]
+                            total_spent=row.total_spent)
+        return None
+
+    cadences: list[Decimal] = []
+    rows = 0
+
+    def figures() -> Iterator[RfmInput]:
+        nonlocal rows
+        for row in buyers(col(Contact.days_between_orders)):
+            rows += 1
+            if row.days_between_orders is not None and row.order_count > 0:
+                cadences.append(row.days_between_orders)
+            found = rfm_input(row)
+            if found is not None:
+                yield found
+
+    new = thresholds(figures(), now)
     median = Decimal(statistics.median(cadences)).quantize(TENTH, ROUND_HALF_UP) if cadences else None
-    moved = [r.contact_key for r in rows
-             if (score(buyers[r.contact_key], new, now).code if new and r.contact_key in buyers else None)
-             != r.rfm_score]
-    if len(moved) > len(rows) // 4:
+    del cadences[:]
+    moved: list[str] = []
+    for row in buyers(col(Contact.rfm_score)):
+        found = rfm_input(row)
+        if (score(found, new, now).code if new and found is not None else None) != row.rfm_score:
+            moved.append(row.contact_key)
+    if len(moved) > rows // 4:
         # Many moved (a shop's first day, a big shift): one statement for all buyers beats thousands of keys;
         # a rebuilt contact whose body did not change sends nothing.
-        session.execute(sa.update(Contact).where(
-            col(Contact.shop_id) == shop.id, col(Contact.merged_into).is_(None),
-            sa.or_(col(Contact.order_count) > 0, col(Contact.rfm_score).is_not(None))).values(dirty=True))
+        session.execute(sa.update(Contact).where(*where).values(dirty=True))
     else:
         for chunk in chunked(moved):
             session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id,
@@ -62,7 +86,7 @@ def recompute_shop(session: Session, shop: Shop, now: datetime) -> Recomputed:
     session.execute(sa.update(Shop).where(col(Shop.id) == shop.id).values(
         rfm_thresholds=new.to_json() if new else None, median_days_between=median,
         rfm_due_at=now + timedelta(hours=hours)))
-    return Recomputed(buyers=len(buyers), moved=len(moved), median_days=median, thresholds=new)
+    return Recomputed(buyers=new.buyers if new else 0, moved=len(moved), median_days=median, thresholds=new)
 
 
 def mark_due_lifecycle(session: Session, shop_id: int, now: datetime) -> int:
