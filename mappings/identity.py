@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 
 
@@ -14,6 +16,7 @@ def normalise_email(email: str | None) -> str | None:
     return value
 
 
+@lru_cache(maxsize=8192)  # an order names its buyer's number several times (order, customer, addresses)
 def normalise_phone(phone: str | None, country_code: str | None = None) -> str | None:
     """E.164, using the address country when the number has no country code; None when impossible."""
     if not phone:
