@@ -102,6 +102,7 @@ def _time_backfill() -> dict[str, float]:
 
 
 def run(customers: int, database: str) -> None:
+    from connector.cli import tune_gc
     from connector.database import make_engine, normalise_url, upgrade
     from connector.settings import Settings
     from connector.shopify import ShopifyClient
@@ -109,6 +110,7 @@ def run(customers: int, database: str) -> None:
     from sync.backfill import run_backfill
     from sync.worker import Worker
 
+    tune_gc()  # as the `connector` command does
     ctx = mp.get_context("spawn")
     ready, report, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     sandbox = ctx.Process(target=_serve, args=(customers, ready, stop, report), daemon=True)
