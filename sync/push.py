@@ -57,6 +57,7 @@ class PushPolicy:
     """How the pusher chooses between single and batch calls (see README, "Delivery to Brevo")."""
 
     single_max: int = 20  # a backlog this small goes out as single calls: lowest latency
+    singles_per_turn: int = 1000  # contacts that must go one by one: at most this many calls in one turn
     import_max_rows: int = 10_000
     import_max_bytes: int = 8_000_000  # Brevo advises 8 MB for /contacts/import
     batch_max_events: int = 1000
@@ -75,6 +76,7 @@ class Pusher:
         self.engine, self.client, self.lease, self.clock = engine, client, lease, clock
         self.policy = policy or PushPolicy()
         self.list_id = list_id
+        self._held_back = False  # a contacts call this turn was answered "wait": the rest waits for the next turn
 
     # --- calling Brevo ----------------------------------------------------------------------
 
@@ -97,19 +99,24 @@ class Pusher:
         The backlog is read a page at a time, keeping of each contact only its key, how it must go and its import
         row's size; an import is sent as soon as it is full, its contacts read again only then, and what is left
         of each kind of import goes out at the end. Memory holds an import or two whatever the backlog (a
-        backfill's hundred thousand contacts), and every import but the last of each kind is full."""
+        backfill's hundred thousand contacts), and every import but the last of each kind is full. A turn sends
+        at most `singles_per_turn` contacts one by one, and stops at the first call Brevo asks to wait for: the
+        rest stays due for the next turn, its attempts untouched."""
         now = self.clock.now()
         groups: dict[tuple[bool, bool], list[tuple[str, int]]] = {}
-        delivered, after, first = 0, "", True
+        delivered, after, first, single_calls = 0, "", True, 0
+        self._held_back = False
         while True:
             singles, more = self._plan_contacts(now, after, groups)
             if self.list_id is None or (first and not more
                                         and sum(map(len, groups.values())) <= self.policy.single_max):
                 singles = sorted(singles + [key for group in groups.values() for key, _ in group])  # a few: at once
                 groups = {}
+            single_calls += len(singles)
+            last = more is None or single_calls >= self.policy.singles_per_turn
             for (email_out, sms_out), group in sorted(groups.items()):
                 chunks = self._import_chunks(group)
-                if more is not None and chunks:  # the last one may fill up on the next page
+                if not last and chunks:  # the last one may fill up on the next page
                     group[:] = group[len(group) - len(chunks.pop()):]
                 else:
                     group.clear()
@@ -117,11 +124,16 @@ class Pusher:
                     contacts = self._load_contacts(keys, now)
                     if contacts:
                         delivered += self._import(contacts, email_blacklist=email_out, sms_blacklist=sms_out)
+                    if self._held_back:
+                        return delivered
             for start in range(0, len(singles), 500):
                 for contact in self._load_contacts(singles[start:start + 500], now):
                     delivered += self._push_one(contact)
-            if more is None:
+                    if self._held_back:
+                        return delivered
+            if last:
                 return delivered
+            assert more is not None
             after, first = more, False
 
     def _plan_contacts(self, now: datetime, after: str, groups: dict[tuple[bool, bool], list[tuple[str, int]]]
@@ -141,7 +153,7 @@ class Pusher:
                 singles.append(key)
             else:
                 groups.setdefault((body.get("emailBlacklisted") is True, body.get("smsBlacklisted") is True),
-                                  []).append((key, len(jsontext.dumps(_import_row(body))) + 1))
+                                  []).append((key, len(jsontext.dumpb(_import_row(body))) + 1))
         more = page[-1][0] if len(page) == PLAN_PAGE else None
         return singles, more
 
@@ -150,12 +162,15 @@ class Pusher:
                 sa.or_(col(Contact.next_attempt_at).is_(None), col(Contact.next_attempt_at) <= now))
 
     def _load_contacts(self, keys: Sequence[str], now: datetime) -> list[Contact]:
-        """These contacts, if still due, in the order of `keys`."""
+        """These contacts, if still due, in the order of `keys`: plain rows of the columns sending reads (an
+        import's ten thousand ORM objects would hold twice the memory)."""
         found: dict[str, Contact] = {}
         with unit_of_work(self.engine) as session:
             for part in chunked(keys):
-                found.update((c.contact_key, c) for c in session.execute(sa.select(Contact).where(
-                    *self._due_contacts(now), col(Contact.contact_key).in_(part))).scalars())
+                found.update((c.contact_key, c) for c in cast(list[Contact], session.execute(sa.select(
+                    col(Contact.shop_id), col(Contact.contact_key), col(Contact.pending), col(Contact.pending_hash),
+                    col(Contact.sent), col(Contact.brevo_email), col(Contact.attempts)).where(
+                    *self._due_contacts(now), col(Contact.contact_key).in_(part))).all()))
         return [found[key] for key in keys if key in found]
 
     def _import_chunks(self, planned: Sequence[tuple[str, int]]) -> list[list[str]]:
@@ -300,6 +315,7 @@ class Pusher:
             fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
 
     def _reschedule_contacts(self, contacts: Sequence[Contact], exc: BrevoRetriable) -> None:
+        self._held_back = True  # Brevo asked to wait: this turn sends no more contacts
         table = Contact.__table__  # type: ignore[attr-defined]
         statement = sa.update(table).where(
             table.c.shop_id == sa.bindparam("b_shop"), table.c.contact_key == sa.bindparam("b_key")).values(
@@ -437,7 +453,7 @@ class Pusher:
         current: list[OutboxEntry] = []
         size = 20
         for entry in rows:
-            entry_size = len(jsontext.dumps(entry.body)) + 1
+            entry_size = len(jsontext.dumpb(entry.body)) + 1
             if current and (len(current) >= self.policy.batch_max_events
                             or size + entry_size > self.policy.batch_max_bytes):
                 chunks.append(current)

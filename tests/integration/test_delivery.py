@@ -198,3 +198,16 @@ def test_a_backlog_read_page_by_page_still_goes_out_in_full_imports(engine: sa.E
             held = len(connector.brevo.contacts)
         assert sizes == [10, 25, 25]  # the 10 who opted out, and the 50 others in two full imports of 25
         assert held == 60 and not [c for c in connector.brevo.calls if c.path == "/v3/contacts"]
+
+
+def test_when_brevo_says_wait_the_turn_stops_and_only_the_contact_it_refused_counts_an_attempt(
+        connector: Connector) -> None:
+    connector.post("orders/create", order(999, customer_id=99, email="first@example.com"))
+    connector.sync()  # the account is set up and a first buyer sent
+    connector.brevo.limits = BrevoLimits(contacts=(3, 60.0))  # now three contact calls a minute
+    connector.policy = PushPolicy(single_max=100, lease_seconds=5)  # single calls
+    _orders(connector, 8)
+    connector.worker().run_once()  # one turn: the fourth call would have to wait a minute
+    rows = connector.rows("SELECT push_state, attempts FROM contacts WHERE contact_key <> 'c:99'")
+    assert sorted((r.push_state, r.attempts) for r in rows) == \
+        [("idle", 0)] * 3 + [("pending", 0)] * 4 + [("pending", 1)]
