@@ -14,6 +14,8 @@ from brevo import Brevo
 from brevo.core.api_error import ApiError
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 
+from connector import jsontext
+
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 20.0
@@ -126,7 +128,8 @@ class Pacer:
         now = self.clock()
         with self.lock:
             for family, b in (saved or {}).items():
-                if not isinstance(b, Mapping) or float(b.get("reset_at", 0)) <= now:
+                if not isinstance(b, Mapping) or not isinstance(b.get("reset_at"), (int, float)) \
+                        or float(b["reset_at"]) <= now:
                     continue
                 mine = self.budgets.get(family)
                 if mine is None or mine.reset_at < float(b["reset_at"]):
@@ -184,8 +187,11 @@ class BrevoClient:
         family = endpoint_family(method, path)
         self.calls += 1
         try:
-            response = self.http.request(method, f"{self.base_url}/{path}", json=json, params=params,
-                                         headers={"api-key": self._api_key, "accept": "application/json"})
+            headers = {"api-key": self._api_key, "accept": "application/json"}
+            if json is not None:  # encoded with orjson: an import's body runs to 8 MB
+                headers["content-type"] = "application/json"
+            response = self.http.request(method, f"{self.base_url}/{path}", params=params, headers=headers,
+                                         content=jsontext.dumpb(json) if json is not None else None)
         except httpx.TimeoutException as exc:
             raise BrevoRetriable(f"{method} {path}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:

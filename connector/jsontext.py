@@ -18,9 +18,19 @@ def loads(text: str | bytes) -> Any:
         return json.loads(text)  # raises ValueError (JSONDecodeError) when it is really not JSON
 
 
+# What the standard library refuses to encode (datetimes, dataclasses) orjson refuses too, so a value that is not
+# made of JSON types raises TypeError either way instead of being stored as text by one and not the other.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text of a value made of JSON types (a lone surrogate is escaped, as JSON allows)."""
+    return dumpb(value).decode()
+
+
+def dumpb(value: Any) -> bytes:
+    """`dumps` as UTF-8 bytes, without an intermediate string (a request body of several megabytes)."""
     try:
-        return orjson.dumps(value).decode()
+        return orjson.dumps(value, option=_STRICT)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(value, separators=(",", ":")).encode()
