@@ -36,6 +36,7 @@ from connector.settings import Settings
 from connector.shopify import CostBudget, ShopifyAuthFailed, ShopifyClient, ShopifyError
 from connector.shops import credentials, shopify_client
 from mappings.ecommerce import HISTORY_ORDER
+from mappings.identity import normalise_phone
 from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
@@ -124,6 +125,12 @@ class Worker:
             self.wake.clear()
         return self.stats
 
+    def _forget_erased(self) -> None:
+        """After an erasure: the erased rows' pages gone from the disk, and the numbers this process remembers
+        having normalised gone from its memory."""
+        forget_erased(self.engine)
+        normalise_phone.cache_clear()
+
     def _has_pending_work(self) -> bool:
         """Anything not yet delivered, whether due now or later (until-idle waits for retries too)."""
         with self.engine.connect() as conn:
@@ -154,7 +161,7 @@ class Worker:
             with unit_of_work(self.engine) as session:
                 settled = settle_unknown_shops(session, self.clock.now())
             if settled:
-                forget_erased(self.engine)
+                self._forget_erased()
                 log.info("%d privacy or lifecycle deliveries for shops not held here settled", settled)
         leases = lease_due_shops(self.engine, owner=self.owner, now=self.clock.now(),
                                  seconds=self.settings.lease_seconds, polls=self.settings.reconcile_minutes > 0)
@@ -258,7 +265,7 @@ class Worker:
                             self._quarantine(retry, row, lease, failed[1], WorkerStats())
                     continue
             if erased:
-                forget_erased(self.engine)
+                self._forget_erased()
             if gone:
                 return None, handled
 
@@ -537,7 +544,7 @@ class Worker:
             col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending",
             col(InboxEntry.id) < sa.func.coalesce(first_lifecycle, 2 ** 62)).order_by(col(InboxEntry.id))
         entries = [Delivery(*row) for row in session.execute(pending.limit(INBOX_BATCH))]
-        if len(entries) == INBOX_BATCH and all(e.source in HISTORY_SOURCES for e in entries):
+        if HISTORY_BATCH > len(entries) == INBOX_BATCH and all(e.source in HISTORY_SOURCES for e in entries):
             # History (a backfill, a poll) goes in larger batches: nobody waits on it, and each batch's fixed
             # cost (its lookups, its commit) is then shared by more deliveries.
             entries += [Delivery(*row) for row in session.execute(

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel
 
-from connector.models import Checkout, ConsentChange, Contact, Customer, Order, Refund, new_row
+from connector.models import Cart, Checkout, ConsentChange, Contact, Customer, Order, Product, Refund, new_row
 
 
 @pytest.mark.parametrize(("model", "values"), [
@@ -20,6 +20,8 @@ from connector.models import Checkout, ConsentChange, Contact, Customer, Order, 
     (Refund, {"shop_id": 1, "refund_id": 3, "order_id": 9, "amount": Decimal("4.50"),
               "lines": [{"line_item_id": 1, "quantity": 1}]}),
     (Checkout, {"shop_id": 1, "checkout_id": 5}),
+    (Cart, {"shop_id": 1, "token": "c-1"}),
+    (Product, {"shop_id": 1, "product_id": 11}),
     (ConsentChange, {"shop_id": 1, "contact_key": "c:7", "channel": "email", "state": "subscribed",
                      "source": "customer"}),
 ])
