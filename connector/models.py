@@ -475,7 +475,8 @@ class BackfillRow(SQLModel, table=True):
     """A line of a bulk operation's file, kept until its object is reassembled with its nested rows."""
 
     __tablename__ = "backfill_rows"
-    __table_args__ = (sa.Index("ix_backfill_rows_parent", "backfill_id", "parent"),)
+    # Parents in line order (parent IS NULL, line > the last queued) and a chunk's children both walk this index.
+    __table_args__ = (sa.Index("ix_backfill_rows_parent_line", "backfill_id", "parent", "line"),)
 
     backfill_id: int = Field(primary_key=True)
     line: int = Field(primary_key=True)

@@ -282,9 +282,13 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
     left = _left(engine, run)
     while True:
         with unit_of_work(engine) as session:
+            # Ordered by (parent, line), the index's order: every parent is NULL, so that is line order, and
+            # PostgreSQL walks the index from where it stopped (ordered by line alone, it read and sorted every
+            # parent line left in the file for each chunk).
             parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
                 col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
-                col(BackfillRow.line) > run.last_queued_line).order_by(col(BackfillRow.line))
+                col(BackfillRow.line) > run.last_queued_line)
+                .order_by(col(BackfillRow.parent), col(BackfillRow.line))
                 .limit(QUEUE_CHUNK)).tuples().all()
             if not parents:
                 session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
