@@ -145,7 +145,8 @@ def run(customers: int, database: str) -> None:
     phases = _time_phases(worker)
     worker.run(until_idle=True, idle_sleep=0.05)
     applied = time.monotonic()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
     stop.set()
     calls = report.get(timeout=60)
     sandbox.join(timeout=30)
@@ -161,7 +162,8 @@ def run(customers: int, database: str) -> None:
           f"worker until idle {applied - queued:.1f} s; total {applied - started:.1f} s")
     print("backfill's wall time by step: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()))
     print("worker's wall time by step: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()))
-    print(f"peak RSS of the connector: {rss:.0f} MB")
+    print(f"peak RSS of the connector: {rss:.0f} MB; its CPU time {cpu:.1f} s (user and system: on a shared machine "
+          "steadier than wall time)")
     print(f"Shopify queries: {dict(calls['shopify'])}")
     print(f"Brevo calls: {dict(calls['brevo'])}")
     print(f"contacts delivered {contacts:,} (Brevo holds {calls['brevo_contacts']:,}) in {contact_calls} contact "
