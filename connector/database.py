@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,31 @@ def insert_new(session: Session, model: Any, rows: list[dict[str, Any]], keys: l
         return
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     session.execute(insert(model.__table__).on_conflict_do_nothing(index_elements=keys), rows)
+
+
+def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows known to be new (each naming the same columns), with no conflict handling: one COPY on
+    PostgreSQL, which costs it several times less per row than INSERT statements (a backfill writes millions),
+    one executemany on SQLite. Values go through the columns' own types, as in an INSERT."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    if dialect.name != "postgresql":
+        connection.execute(sa.insert(table), rows)
+        return
+    names = list(rows[0])
+    columns = [table.c[name] for name in names]
+    typed = [(c.name, c.type.dialect_impl(dialect).bind_processor(dialect)) for c in columns]
+    quote = dialect.identifier_preparer
+    statement = (f"COPY {quote.format_table(table)} ({', '.join(quote.format_column(c) for c in columns)}) "
+                 "FROM STDIN")
+    driver = connection.connection.driver_connection
+    assert driver is not None  # the session's connection is open: it is in a transaction
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[name] if bind is None or row[name] is None else bind(row[name])
+                            for name, bind in typed])
 
 
 def chunked(values: Iterable[Any], size: int = IN_LIST) -> Iterator[list[Any]]:

@@ -30,7 +30,6 @@ from connector.models import (
     OutboxEntry,
     Product,
     Refund,
-    new_row,
 )
 from mappings import ecommerce
 from mappings import events as ev
@@ -186,9 +185,9 @@ def _merge_ledger(ctx: ApplyContext, guest_key: str, customer_key: str) -> None:
 
 
 def _record_consent(ctx: ApplyContext, key: str, consent: ConsentRecord, source: str) -> None:
-    ctx.session.add(new_row(ConsentChange, shop_id=ctx.shop_id, contact_key=key, channel=consent.channel,
-                            state=consent.state, opt_in_level=consent.opt_in_level, source=source,
-                            occurred_at=consent.updated_at, recorded_at=ctx.now))
+    ctx.mirror.append(ConsentChange, shop_id=ctx.shop_id, contact_key=key, channel=consent.channel,
+                      state=consent.state, opt_in_level=consent.opt_in_level, source=source,
+                      occurred_at=consent.updated_at, recorded_at=ctx.now)
 
 
 def _set_consent(ctx: ApplyContext, row: Customer, consent: ConsentRecord, source: str) -> bool:
@@ -548,9 +547,9 @@ def apply_brevo_opt_out(ctx: ApplyContext, rec: BrevoOptOut) -> str:
     contact = ctx.dirty.get(key) or ctx.mirror.get(Contact, key)
     if customer is None and contact is None:
         return "stale"  # nobody this shop knows
-    ctx.session.add(new_row(ConsentChange, shop_id=ctx.shop_id, contact_key=key, channel=rec.channel,
-                            state="unsubscribed", opt_in_level=None, source=f"brevo:{rec.reason}",
-                            occurred_at=rec.occurred_at, recorded_at=ctx.now))
+    ctx.mirror.append(ConsentChange, shop_id=ctx.shop_id, contact_key=key, channel=rec.channel,
+                      state="unsubscribed", opt_in_level=None, source=f"brevo:{rec.reason}",
+                      occurred_at=rec.occurred_at, recorded_at=ctx.now)
     if contact is not None and contact.sent is not None:
         sent = dict(contact.sent)
         sent["_consent"] = {**sent.get("_consent", {}), f"told_{rec.channel}": True}

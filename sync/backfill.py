@@ -33,7 +33,7 @@ from sqlmodel import col
 
 from connector import jsontext
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import insert_new, unit_of_work
+from connector.database import insert_new, insert_rows, unit_of_work
 from connector.models import Backfill, BackfillRow, InboxEntry, Shop
 from connector.shopify import (
     BulkBusy,
@@ -247,8 +247,7 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
     def flush() -> None:
         nonlocal batch
         with unit_of_work(engine) as session:
-            if batch:  # Core's executemany: the ORM's bulk insert costs several times more per row
-                session.execute(sa.insert(BackfillRow.__table__), batch)  # type: ignore[attr-defined]
+            insert_rows(session, BackfillRow.__table__, batch)  # type: ignore[attr-defined]
             session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(staged=staged))
         run.staged, batch = staged, []
         report(Progress(run.resource, "staging", staged, run.lines))

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
-from connector.database import chunked, insert_new
+from connector.database import chunked, insert_new, insert_rows
 from connector.models import (
     Cart,
     Checkout,
@@ -41,6 +41,10 @@ _IDENT: dict[type[SQLModel], str] = {
     Customer: "customer_id", Order: "order_id", Refund: "refund_id", Product: "product_id",
     Checkout: "checkout_id", Cart: "token", Contact: "contact_key",
 }
+
+
+# The order in which a batch's new rows are written.
+_NEW_ORDER: tuple[type[SQLModel], ...] = (Customer, Product, Order, Refund, Checkout, Cart, Contact)
 
 
 @dataclass
@@ -74,6 +78,10 @@ class BatchMirror:
         self.session, self.shop_id = session, shop_id
         self._rows: dict[type[SQLModel], dict[Any, Any]] = defaultdict(dict)  # ident -> row, or None: absent
         self._added: set[tuple[type[SQLModel], Any]] = set()
+        # Rows this batch creates, written by `write` in one statement per table (`insert_rows`): the unit of
+        # work's flush costs several times more per row, and a backfill creates them by the hundred thousand.
+        self._new: dict[type[SQLModel], list[Any]] = defaultdict(list)
+        self._appended: dict[type[SQLModel], list[dict[str, Any]]] = defaultdict(list)  # rows never read back
         self._covered: dict[str, set[Any]] = defaultdict(set)
         # Orders per contact key as stored when first looked at: order id -> counts as a purchase.
         self._orders_by_key: dict[str, dict[int, bool]] = {}
@@ -92,16 +100,23 @@ class BatchMirror:
         return row
 
     def add(self, row: M) -> M:
+        """A row this batch creates: served from memory to the batch, and written by `write`. Until then the
+        database does not see it (a statement of the batch's own must not look for it there)."""
         model = type(row)
         ident = getattr(row, _IDENT[model])
-        self.session.add(row)
         self._rows[model][ident] = row
         self._added.add((model, ident))
+        self._new[model].append(row)
         return row
 
     def new(self, model: type[M], **values: Any) -> M:
         """A new row of `model`, added to the batch."""
         return self.add(new_row(model, **values))
+
+    def append(self, model: type[SQLModel], **values: Any) -> None:
+        """A row the batch never reads back (a consent change), written by `write`. Every call for one model
+        names the same columns."""
+        self._appended[model].append(values)
 
     def is_new(self, row: SQLModel) -> bool:
         """Added by this batch (not read from the database)."""
@@ -231,10 +246,15 @@ class BatchMirror:
         return count
 
     def orders_moved(self, from_key: str, to_key: str) -> None:
-        """A guest's stored orders now belong to the customer: called before the table is updated."""
+        """A guest's orders and checkouts now belong to the customer: called before the stored ones are
+        updated in the tables, it moves those the batch has not written yet."""
         self._index_orders([from_key, to_key])
         self._orders_by_key[to_key].update(self._orders_by_key.pop(from_key))
         self._orders_by_key[from_key] = {}
+        for model in (Order, Checkout):
+            for new in self._new.get(model, ()):
+                if new.contact_key == from_key:
+                    new.contact_key = to_key
         for row in self._outbox.values():
             if row["contact_key"] == from_key:
                 row["contact_key"] = to_key
@@ -257,11 +277,26 @@ class BatchMirror:
             self._outbox.setdefault(row["idempotency_key"], row)
 
     def write(self) -> None:
-        """Write the batch's bulk rows: one executemany per table."""
+        """Write the batch's new rows and bulk rows: one statement per table. The new rows then join the
+        session as stored rows, so that a change made to one later in the same session is saved too."""
+        written = []
+        for model in _NEW_ORDER:
+            rows = self._new.pop(model, None)
+            if rows:
+                table = _table(model)
+                insert_rows(self.session, table, [{c.name: row.__dict__[c.name] for c in table.columns}
+                                                  for row in rows])
+                written += rows
+        for appended, values in self._appended.items():
+            insert_rows(self.session, _table(appended), values)
+        self._appended.clear()
+        for row in written:
+            make_transient_to_detached(row)
+            self.session.add(row)
         if self._lines:
             rows = [row for lines in self._lines.values() for row in lines]
             if rows:
-                self.session.execute(sa.insert(OrderLine.__table__), rows)  # type: ignore[attr-defined]
+                insert_rows(self.session, _table(OrderLine), rows)
             # Written now: a later replacement in the same session must delete them.
             for order_id in self._lines:
                 self._added.discard((Order, order_id))
@@ -269,6 +304,11 @@ class BatchMirror:
         if self._outbox:
             insert_outbox(self.session, list(self._outbox.values()))
             self._outbox.clear()
+
+
+def _table(model: type[SQLModel]) -> sa.Table:
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    return table
 
 
 def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -101,6 +101,28 @@ def test_a_delivery_that_fails_while_applied_is_quarantined_and_the_rest_of_its_
     assert connector.contact("ana@example.com")["attributes"]["ORDER_COUNT"] == 2
 
 
+def test_when_a_batch_is_applied_again_one_by_one_a_guest_written_earlier_still_merges_into_the_customer(
+        connector: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails_on_402(ctx: ApplyContext, rec: Any) -> str:
+        if rec.order_id == 402:
+            raise RuntimeError("boom")
+        return apply_order(ctx, rec)
+
+    monkeypatch.setitem(TOPICS, "orders/create", Topic(OrderRecord.from_payload, fails_on_402))
+    connector.post("orders/create", order(401, customer_id=None, email="guest@example.com", total="25.00"))
+    connector.post("customers/create", customer(56, "guest@example.com", updated=20))
+    connector.post("orders/create", order(402, number=1002))
+    connector.sync()
+    assert [r.status for r in connector.rows("SELECT status FROM inbox ORDER BY id")] == ["applied", "applied",
+                                                                                         "failed"]
+    guest = connector.rows("SELECT merged_into FROM contacts WHERE contact_key = 'e:guest@example.com'")
+    assert [g.merged_into for g in guest] == ["c:56"]
+    assert [o.contact_key for o in connector.rows("SELECT contact_key FROM orders WHERE order_id = 401")] == ["c:56"]
+    with connector.brevo.lock:
+        contacts = [c for c in connector.brevo.contacts.values() if c.get("email") == "guest@example.com"]
+    assert len(contacts) == 1 and contacts[0]["attributes"]["ORDER_COUNT"] == 1
+
+
 def test_history_is_applied_in_larger_batches_than_webhooks(connector: Connector,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
