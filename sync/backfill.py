@@ -12,7 +12,8 @@ Per resource (customers, products, orders, abandoned checkouts), in three resuma
 3. **Queue**: each object, with its nested rows, becomes the webhook payload its topic carries
    (`mappings.shopify_graphql`) and an inbox row with source `backfill`: the worker applies it through the same
    parsers and handlers as a webhook, as history (no events: history fires no automation), last write wins on
-   `updated_at`, and the row's id (resource, object, `updatedAt`) makes a replay a no-op.
+   `updated_at`, and the row's id (resource, object, `updatedAt`) makes a replay a no-op. Every file is staged
+   before the first object is queued, so the history reaches the inbox without a pause between resources.
 
 A bulk operation that fails or expires, or a file that is gone, is reported with Shopify's reason and started
 again on the next run; a revoked token pauses the shop.
@@ -145,25 +146,32 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
         except (BackfillError, ShopifyError) as exc:
             results[name] = _failed(engine, runs[name], exc, clock.now())
             report(Progress(name, "failed", 0, 0))
-    for name in wanted:
-        if name in results:
-            continue
-        run = runs[name]
-        try:
-            if run.status == "started":
-                run = _wait(engine, client, run, report, poll_seconds=poll_seconds, sleep=sleep,
-                            timeout_seconds=timeout_seconds, clock=clock)
-            if run.status == "staging":
-                run = _stage(engine, client, run, report)
-            if run.status == "queuing":
-                run = _queue(engine, run, RESOURCES[name], domain, report, now=clock.now())
-            results[name] = ResourceResult(name, run.status, run.staged, run.queued, None, run.notice)
-            report(Progress(name, "done", run.queued, run.queued))
-        except ShopifyAuthFailed:
-            raise
-        except (BackfillError, ShopifyError) as exc:
-            results[name] = _failed(engine, run, exc, clock.now())
-            report(Progress(name, "failed", run.staged, run.lines))
+    # Every file is staged before any object is queued, so that the history reaches the inbox in one run, with
+    # no pause between two resources: a worker applying it meanwhile would take such a pause for the end of
+    # the history, and build and send every buyer it has so far (customers without their orders) once too often.
+    for step in ("stage", "queue"):
+        for name in wanted:
+            if name in results:
+                continue
+            run = runs[name]
+            try:
+                if step == "stage":
+                    if run.status == "started":
+                        run = _wait(engine, client, run, report, poll_seconds=poll_seconds, sleep=sleep,
+                                    timeout_seconds=timeout_seconds, clock=clock)
+                    if run.status == "staging":
+                        run = _stage(engine, client, run, report)
+                else:
+                    if run.status == "queuing":
+                        run = _queue(engine, run, RESOURCES[name], domain, report, now=clock.now())
+                    results[name] = ResourceResult(name, run.status, run.staged, run.queued, None, run.notice)
+                    report(Progress(name, "done", run.queued, run.queued))
+            except ShopifyAuthFailed:
+                raise
+            except (BackfillError, ShopifyError) as exc:
+                results[name] = _failed(engine, run, exc, clock.now())
+                report(Progress(name, "failed", run.staged, run.lines))
+            runs[name] = run
     return [results[name] for name in wanted]
 
 

@@ -89,6 +89,20 @@ def test_a_webhook_without_metafields_keeps_the_birthday_a_backfill_read(
     assert row.birthday == birth_date(customer["id"])
 
 
+def test_every_file_is_staged_before_any_object_is_queued_so_history_reaches_the_inbox_without_a_pause(
+        connector: Connector, store: SimulatedStore) -> None:
+    # A worker applying history alongside the backfill takes an empty inbox for its end: customers must not
+    # wait there, alone, while the orders' file is still being read.
+    steps: list[tuple[str, str]] = []
+    run_backfill(connector.engine, _client(connector), SHOP, poll_seconds=0.02,
+                 progress=lambda p: steps.append((p.resource, p.step)))
+    staged = [i for i, (_, step) in enumerate(steps) if step == "staging"]
+    queued = [i for i, (_, step) in enumerate(steps) if step == "queuing"]
+    assert {r for r, step in steps if step == "staging"} == {"customers", "products", "orders", "checkouts"}
+    assert max(staged) < min(queued)
+    assert [r for r, step in steps if step == "done"] == ["customers", "products", "orders", "checkouts"]
+
+
 def test_running_a_finished_backfill_again_changes_nothing(connector: Connector, store: SimulatedStore) -> None:
     _backfill(connector, resources=["customers", "orders"])
     connector.sync()
