@@ -60,10 +60,13 @@ def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
                  "FROM STDIN")
     driver = connection.connection.driver_connection
     assert driver is not None  # the session's connection is open: it is in a transaction
-    with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row([row[name] if bind is None or row[name] is None else bind(row[name])
-                            for name, bind in typed])
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row[name] if bind is None or row[name] is None else bind(row[name])
+                                for name, bind in typed])
+    except dialect.loaded_dbapi.Error as exc:  # raised as an INSERT's would be (IntegrityError, ...)
+        raise sa.exc.DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error) from exc
 
 
 def chunked(values: Iterable[Any], size: int = IN_LIST) -> Iterator[list[Any]]:

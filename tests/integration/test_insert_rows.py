@@ -1,0 +1,53 @@
+"""`insert_rows` (COPY on PostgreSQL, executemany on SQLite) stores every value as an ORM insert would."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from connector.database import insert_rows, unit_of_work
+from connector.models import Contact, Order
+
+WHEN = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+
+
+def _values(row: object, table: sa.Table) -> dict[str, object]:
+    return {c.name: getattr(row, c.name) for c in table.columns}
+
+
+def test_rows_inserted_in_bulk_read_back_as_the_orm_stores_them(engine: Engine) -> None:
+    contact = Contact(shop_id=1, contact_key="e:ana@example.com", email="ana@example.com",
+                      first_name="Ana \\ Tab\tNew\nline", total_spent=Decimal("1234.5600"),
+                      days_between_orders=None, created_at=WHEN, dirty=True, history=True,
+                      sent={"attributes": {"TOTAL_SPENT": 1234.56, "NAME": "Ana"}, "listIds": [3]})
+    order = Order(shop_id=1, order_id=2**53 + 1, contact_key="e:ana@example.com", total=Decimal("0.0100"),
+                    discount_codes=["WELCOME", "ÉTÉ"], tags=None, test=False, created_at_src=WHEN)
+    expected = {Contact: _values(contact, Contact.__table__),  # type: ignore[attr-defined]
+                Order: _values(order, Order.__table__)}  # type: ignore[attr-defined]
+    with unit_of_work(engine) as session:
+        for model, values in expected.items():
+            insert_rows(session, model.__table__, [values])  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        stored = {Contact: session.get(Contact, (1, "e:ana@example.com")), Order: session.get(Order, (1, 2**53 + 1))}
+        for model, values in expected.items():
+            row = stored[model]
+            assert row is not None
+            got = _values(row, model.__table__)  # type: ignore[attr-defined]
+            for name, value in values.items():
+                if isinstance(value, datetime):  # SQLite hands back naive UTC
+                    assert got[name].replace(tzinfo=UTC) == value, name  # type: ignore[union-attr]
+                else:
+                    assert got[name] == value, name
+
+
+def test_a_bulk_insert_that_breaks_a_key_fails_and_writes_nothing(engine: Engine) -> None:
+    row = _values(Order(shop_id=1, order_id=7), Order.__table__)  # type: ignore[attr-defined]
+    with pytest.raises(sa.exc.IntegrityError), unit_of_work(engine) as session:
+        insert_rows(session, Order.__table__, [row, dict(row)])  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 0
