@@ -297,8 +297,6 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
     if key and key.startswith("c:"):
         _merge_guest(ctx, key, rec.email, rec.phone)
     previous_key = row.contact_key if row is not None else None
-    if row is None:
-        row = ctx.mirror.new(Order, shop_id=ctx.shop_id, order_id=rec.order_id)
     values = {
         "contact_key": key, "customer_id": rec.customer_id, "email": rec.email, "phone": rec.phone,
         "name": rec.name, "order_number": rec.order_number, "currency": rec.currency,
@@ -309,12 +307,16 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
         "discount_codes": list(rec.discount_codes), "order_status_url": rec.order_status_url,
         "created_at_src": rec.created_at, "cancelled_at": rec.cancelled_at, "updated_at_src": rec.updated_at,
         "source_name": rec.source_name, "tags": rec.tags, "subscription": rec.subscription, "rebill": rec.rebill,
-        "fulfilled_at": rec.fulfilled_at or (row.fulfilled_at if rec.fulfillment_status == "fulfilled" else None),
+        "fulfilled_at": rec.fulfilled_at or (row.fulfilled_at if row is not None
+                                             and rec.fulfillment_status == "fulfilled" else None),
         "country_code": rec.country_code, "city": rec.city, "locale": rec.locale,
         "points_basis": rec.points_basis,
     }
-    for name, value in values.items():
-        set_attribute(row, name, value)  # SQLAlchemy's own setter: SQLModel's would set each value twice
+    if row is None:
+        row = ctx.mirror.new(Order, shop_id=ctx.shop_id, order_id=rec.order_id, **values)
+    else:
+        for name, value in values.items():
+            set_attribute(row, name, value)  # SQLAlchemy's own setter: SQLModel's would set each value twice
     ctx.mirror.replace_lines(row, [
         {"shop_id": ctx.shop_id, "order_id": rec.order_id, "line_id": line.line_id or i + 1,
          "product_id": line.product_id, "variant_id": line.variant_id, "title": line.title,

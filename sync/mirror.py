@@ -276,9 +276,10 @@ class BatchMirror:
         for row in rows:
             self._outbox.setdefault(row["idempotency_key"], row)
 
-    def write(self) -> None:
-        """Write the batch's new rows and bulk rows: one statement per table. The new rows then join the
-        session as stored rows, so that a change made to one later in the same session is saved too."""
+    def write(self, *, attach: bool = True) -> None:
+        """Write the batch's new rows and bulk rows: one statement per table. With `attach`, the new rows then
+        join the session as stored rows, so that a change made to one later in the same session is saved too;
+        a batch's last write, after which nothing changes them, spares that."""
         written = []
         for model in _NEW_ORDER:
             rows = self._new.pop(model, None)
@@ -290,7 +291,7 @@ class BatchMirror:
         for appended, values in self._appended.items():
             insert_rows(self.session, _table(appended), values)
         self._appended.clear()
-        for row in written:
+        for row in written if attach else ():
             make_transient_to_detached(row)
             self.session.add(row)
         if self._lines:
