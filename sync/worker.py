@@ -333,7 +333,8 @@ class Worker:
         now = self.clock.now()
         self.stats.events_pushed += pusher.push_events(now=now)
         pusher.push_events(target="order", now=now)
-        pusher.push_events(target=HISTORY_ORDER, now=now)
+        if not history_left:  # history's orders wait for their buyers, who wait for the rest of the history
+            pusher.push_events(target=HISTORY_ORDER, now=now)
         # Last: the batches above have first call on the shared budget; what an import skipped goes out again,
         # one by one, next turn.
         pusher.check_imports(now=now)
@@ -600,7 +601,7 @@ class Worker:
                     continue
             entry.status = "applied" if outcome == "applied" else "superseded"
             tally.applied += 1
-        batch.write()
+        batch.write(attach=False)  # nothing changes its rows after this
         if entries:  # each delivery's outcome, in one statement
             session.execute(sa.update(InboxEntry.__table__).where(  # type: ignore[attr-defined]
                 InboxEntry.__table__.c.id == sa.bindparam("b_id")).values(  # type: ignore[attr-defined]
