@@ -63,8 +63,8 @@ def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
-                copy.write_row([row[name] if bind is None or row[name] is None else bind(row[name])
-                                for name, bind in typed])
+                # None goes through its column's type too: a JSON column stores it as JSON null, as an INSERT does.
+                copy.write_row([row[name] if bind is None else bind(row[name]) for name, bind in typed])
     except dialect.loaded_dbapi.Error as exc:  # raised as an INSERT's would be (IntegrityError, ...)
         raise sa.exc.DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error) from exc
 

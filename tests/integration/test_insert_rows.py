@@ -45,6 +45,18 @@ def test_rows_inserted_in_bulk_read_back_as_the_orm_stores_them(engine: Engine) 
                     assert got[name] == value, name
 
 
+def test_an_empty_json_value_is_stored_as_an_insert_stores_it(engine: Engine) -> None:
+    # Queries tell "never sent" apart by the stored value (sent IS NULL): both ways must store the same one.
+    by_orm, in_bulk = Contact(shop_id=1, contact_key="c:1"), Contact(shop_id=1, contact_key="c:2")
+    with unit_of_work(engine) as session:
+        session.add(by_orm)
+        insert_rows(session, Contact.__table__, [_values(in_bulk, Contact.__table__)])  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        orm, bulk = conn.execute(sa.text("SELECT sent IS NULL AS no_sent, pending IS NULL AS no_pending "
+                                         "FROM contacts ORDER BY contact_key")).all()
+    assert (bool(bulk.no_sent), bool(bulk.no_pending)) == (bool(orm.no_sent), bool(orm.no_pending))
+
+
 def test_a_bulk_insert_that_breaks_a_key_fails_and_writes_nothing(engine: Engine) -> None:
     row = _values(Order(shop_id=1, order_id=7), Order.__table__)  # type: ignore[attr-defined]
     with pytest.raises(sa.exc.IntegrityError), unit_of_work(engine) as session:
