@@ -82,6 +82,7 @@ class BatchMirror:
         # work's flush costs several times more per row, and a backfill creates them by the hundred thousand.
         self._new: dict[type[SQLModel], list[Any]] = defaultdict(list)
         self._appended: dict[type[SQLModel], list[dict[str, Any]]] = defaultdict(list)  # rows never read back
+        self._written: list[Any] = []  # new rows `write` inserted, for `attach`
         self._covered: dict[str, set[Any]] = defaultdict(set)
         # Orders per contact key as stored when first looked at: order id -> counts as a purchase.
         self._orders_by_key: dict[str, dict[int, bool]] = {}
@@ -261,6 +262,15 @@ class BatchMirror:
 
     # --- bulk writes ------------------------------------------------------------------------
 
+    def attach(self) -> None:
+        """The rows `write` inserted join the session as stored rows, so that a later change to one in the same
+        session is saved too. Only once they are there for good: attached inside a savepoint that then rolls
+        back, they would stay in the session as if stored."""
+        for row in self._written:
+            make_transient_to_detached(row)
+            self.session.add(row)
+        self._written = []
+
     def replace_lines(self, order: Order, lines: list[dict[str, Any]]) -> None:
         """The order's lines are these: stored ones are deleted, the new ones written with the batch."""
         if not self.is_new(order):
@@ -276,11 +286,10 @@ class BatchMirror:
         for row in rows:
             self._outbox.setdefault(row["idempotency_key"], row)
 
-    def write(self, *, attach: bool = True) -> None:
-        """Write the batch's new rows and bulk rows: one statement per table. With `attach`, the new rows then
-        join the session as stored rows, so that a change made to one later in the same session is saved too;
-        a batch's last write, after which nothing changes them, spares that."""
-        written = []
+    def write(self) -> None:
+        """Write the batch's new rows and bulk rows: one statement per table. The new rows stay out of the
+        session (see `attach`)."""
+        written = self._written
         for model in _NEW_ORDER:
             rows = self._new.pop(model, None)
             if rows:
@@ -291,9 +300,6 @@ class BatchMirror:
         for appended, values in self._appended.items():
             insert_rows(self.session, _table(appended), values)
         self._appended.clear()
-        for row in written if attach else ():
-            make_transient_to_detached(row)
-            self.session.add(row)
         if self._lines:
             rows = [row for lines in self._lines.values() for row in lines]
             if rows:

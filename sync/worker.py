@@ -589,6 +589,7 @@ class Worker:
                         outcome = topic.apply(ctx, rec)
                         write_events(ctx)
                         ctx.mirror.write()
+                    ctx.mirror.attach()  # its savepoint held: a later delivery may change what it created
                 except (ValueError, PayloadError) as exc:
                     self._quarantine(session, entry, lease, f"unreadable {entry.topic} payload: {exc}", tally)
                     dirty.clear()
@@ -601,7 +602,7 @@ class Worker:
                     continue
             entry.status = "applied" if outcome == "applied" else "superseded"
             tally.applied += 1
-        batch.write(attach=False)  # nothing changes its rows after this
+        batch.write()
         if entries:  # each delivery's outcome, in one statement
             session.execute(sa.update(InboxEntry.__table__).where(  # type: ignore[attr-defined]
                 InboxEntry.__table__.c.id == sa.bindparam("b_id")).values(  # type: ignore[attr-defined]

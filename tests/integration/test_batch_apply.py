@@ -12,6 +12,7 @@ import pytest
 from connector.database import insert_new, unit_of_work
 from connector.models import InboxEntry
 from mappings.shopify import OrderRecord
+from sync import mirror
 from sync.apply import TOPICS, ApplyContext, Topic, apply_order
 from sync.worker import HISTORY_BATCH, INBOX_BATCH, Worker
 from tests.integration.harness import SHOP, Connector
@@ -121,6 +122,26 @@ def test_when_a_batch_is_applied_again_one_by_one_a_guest_written_earlier_still_
     with connector.brevo.lock:
         contacts = [c for c in connector.brevo.contacts.values() if c.get("email") == "guest@example.com"]
     assert len(contacts) == 1 and contacts[0]["attributes"]["ORDER_COUNT"] == 1
+
+
+def test_what_a_delivery_failing_at_its_write_created_is_gone_for_the_next_deliveries_of_the_batch(
+        connector: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Order 403 and its refund are inserted, then its outbox rows fail: the refund must not linger in the session
+    # as if stored, or the refund's own delivery after it would be taken for a replay and lost.
+    write_outbox = mirror.insert_outbox
+
+    def fails_for_403(session: Any, rows: list[dict[str, Any]]) -> None:
+        if any(":403" in row["idempotency_key"] for row in rows):
+            raise RuntimeError("boom")
+        write_outbox(session, rows)
+
+    monkeypatch.setattr(mirror, "insert_outbox", fails_for_403)
+    connector.post("orders/create", order(403, number=1003, refunds=[refund(93, 403, "20.00")]))
+    connector.post("refunds/create", refund(93, 403, "20.00"))
+    connector.sync()
+    assert [r.status for r in connector.rows("SELECT status FROM inbox ORDER BY id")] == ["failed", "applied"]
+    assert [(r.refund_id, r.order_id) for r in connector.rows("SELECT refund_id, order_id FROM refunds")] == [(93, 403)]
+    assert connector.rows("SELECT count(*) AS n FROM orders")[0].n == 0
 
 
 def test_history_is_applied_in_larger_batches_than_webhooks(connector: Connector,
