@@ -289,14 +289,13 @@ class BatchMirror:
     def write(self) -> None:
         """Write the batch's new rows and bulk rows: one statement per table. The new rows stay out of the
         session (see `attach`)."""
-        written = self._written
         for model in _NEW_ORDER:
             rows = self._new.pop(model, None)
             if rows:
                 table = _table(model)
                 insert_rows(self.session, table, [{c.name: row.__dict__[c.name] for c in table.columns}
                                                   for row in rows])
-                written += rows
+                self._written += rows
         for appended, values in self._appended.items():
             insert_rows(self.session, _table(appended), values)
         self._appended.clear()
