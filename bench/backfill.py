@@ -126,10 +126,13 @@ def _backfill(url: str, served: dict[str, Any]) -> dict[str, Any]:
     steps = _time_backfill()
     client = ShopifyClient(DOMAIN, TOKEN, api_version=_settings(url, served).shopify_api_version,
                            admin_url=served["shopify"])
+    engine = make_engine(url)
     began = time.monotonic()
-    results = run_backfill(make_engine(url), client, DOMAIN, poll_seconds=0.5)
+    results = run_backfill(engine, client, DOMAIN, poll_seconds=0.5)
+    seconds = time.monotonic() - began
+    engine.dispose()  # its connections' page caches go, as when `connector backfill` exits
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"seconds": time.monotonic() - began, "steps": dict(steps), "rss": usage.ru_maxrss / 1024,
+    return {"seconds": seconds, "steps": dict(steps), "rss": usage.ru_maxrss / 1024,
             "cpu": usage.ru_utime + usage.ru_stime,
             "results": [f"{r.resource}: {r.status}, {r.queued:,} queued, {r.lines_read:,} lines" for r in results]}
 
