@@ -223,7 +223,7 @@ def run(customers: int, database: str, *, alongside: bool) -> None:
     print(f"dead letters: {dead or 'none'}; events (history must send none): {events or 'none'}")
     engine.dispose()
     if database == "sqlite":
-        shutil.rmtree(folder)  # about 4 GB at 100,000 customers
+        print("kept", folder) if __import__("os").environ.get("KEEP") else shutil.rmtree(folder)  # about 4 GB at 100,000 customers
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -34,11 +33,19 @@ IN_LIST = 500  # values per IN (...) list: well inside every driver's parameter 
 
 def insert_new(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """Insert rows, leaving alone any whose unique `keys` are already there ("do nothing on conflict"), on
-    PostgreSQL and SQLite alike: how replays, redeliveries and re-runs become no-ops."""
+    PostgreSQL and SQLite alike: how replays, redeliveries and re-runs become no-ops. Each row names the same
+    columns; one statement run for all of them by the driver itself (see `_driver_rows`)."""
     if not rows:
         return
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert(model.__table__).on_conflict_do_nothing(index_elements=keys), rows)
+    table: sa.Table = model.__table__
+    connection = session.connection()
+    quote = connection.dialect.identifier_preparer
+    names, values = _driver_rows(connection, table, rows)
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    statement = (f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) "
+                 f"VALUES ({', '.join([mark] * len(names))}) "
+                 f"ON CONFLICT ({', '.join(quote.quote(k) for k in keys)}) DO NOTHING")
+    _run_driver(connection, statement, lambda cursor: cursor.executemany(statement, values))
 
 
 def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -48,25 +55,56 @@ def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
     if not rows:
         return
     connection = session.connection()
-    dialect = connection.dialect
-    if dialect.name != "postgresql":
-        connection.execute(sa.insert(table), rows)
+    quote = connection.dialect.identifier_preparer
+    names, values = _driver_rows(connection, table, rows)
+    columns = ", ".join(quote.quote(n) for n in names)
+    if connection.dialect.name != "postgresql":
+        statement = f"INSERT INTO {quote.format_table(table)} ({columns}) VALUES ({', '.join('?' * len(names))})"
+        _run_driver(connection, statement, lambda cursor: cursor.executemany(statement, values))
         return
+    statement = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
+
+    def copy(cursor: Any) -> None:
+        with cursor.copy(statement) as stream:
+            for row in values:
+                stream.write_row(row)
+
+    _run_driver(connection, statement, copy)
+
+
+def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+                 ) -> tuple[list[str], Iterator[list[Any]]]:
+    """The column names and each row's values as the driver takes them, made as an INSERT through SQLAlchemy
+    makes them (each value through its column's type; a column left out takes its default), without its
+    per-row, per-parameter bookkeeping, which cost as much as the database's own work for the batches a
+    backfill writes. None goes through its column's type too: a JSON column stores it as JSON null."""
+    dialect = connection.dialect
+
+    def processor(name: str) -> Any:
+        return table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+
     names = list(rows[0])
-    columns = [table.c[name] for name in names]
-    typed = [(c.name, c.type.dialect_impl(dialect).bind_processor(dialect)) for c in columns]
-    quote = dialect.identifier_preparer
-    statement = (f"COPY {quote.format_table(table)} ({', '.join(quote.format_column(c) for c in columns)}) "
-                 "FROM STDIN")
+    defaults = {c.name: c.default.arg for c in table.columns  # type: ignore[attr-defined]
+                if c.name not in rows[0] and c.default is not None and c.default.is_scalar}
+    typed = [(name, processor(name)) for name in names]
+    fixed = [value if (bind := processor(name)) is None else bind(value) for name, value in defaults.items()]
+    return names + list(defaults), (
+        [row[name] if bind is None else bind(row[name]) for name, bind in typed] + fixed for row in rows)
+
+
+def _run_driver(connection: sa.Connection, statement: str, work: Any) -> None:
+    """Run `work` on a cursor of the connection's own driver connection (inside its transaction); a driver error
+    is raised as SQLAlchemy raises it for a statement (IntegrityError, OperationalError, ...)."""
+    dialect = connection.dialect
     driver = connection.connection.driver_connection
     assert driver is not None  # the session's connection is open: it is in a transaction
+    cursor = driver.cursor()
     try:
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                # None goes through its column's type too: a JSON column stores it as JSON null, as an INSERT does.
-                copy.write_row([row[name] if bind is None else bind(row[name]) for name, bind in typed])
-    except dialect.loaded_dbapi.Error as exc:  # raised as an INSERT's would be (IntegrityError, ...)
+        work(cursor)
+    except dialect.loaded_dbapi.Error as exc:
         raise sa.exc.DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
 
 
 def chunked(values: Iterable[Any], size: int = IN_LIST) -> Iterator[list[Any]]:
