@@ -34,7 +34,7 @@ from sqlmodel import col
 
 from connector import jsontext
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import insert_new, insert_rows, unit_of_work
+from connector.database import among, insert_new, insert_rows, unit_of_work
 from connector.models import Backfill, BackfillRow, InboxEntry, Shop
 from connector.shopify import (
     BulkBusy,
@@ -286,6 +286,7 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
            now: datetime) -> Backfill:
     """Reassemble each object with its nested rows and queue it for the applier, a chunk per commit."""
     assert run.id is not None
+    staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
     left = _left(engine, run)
     while True:
         with unit_of_work(engine) as session:
@@ -306,10 +307,12 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
             nodes = [jsontext.loads(body) for _, body in parents]
             children: dict[str, list[dict[str, Any]]] = {str(node["id"]): [] for node in nodes}
             if resource.child_type:
-                # Sorted here, not in SQL: with ORDER BY line, SQLite walks every staged line of the file by its
-                # primary key for each chunk (quadratic in the file) instead of taking these parents' index.
-                found = sorted(session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
-                    col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).in_(list(children)))).tuples())
+                # Taken (read and deleted in one statement) by their parents' ids, and sorted here, not in SQL:
+                # ordered by line, SQLite would walk every staged line of the file by its primary key for each
+                # chunk (quadratic in the file) instead of taking these parents' index.
+                found = sorted(session.execute(sa.delete(staged).where(
+                    staged.c.backfill_id == run.id, among(staged.c.parent, list(children), session))
+                    .returning(staged.c.line, staged.c.body)).tuples())
                 for _, body in found:
                     child = jsontext.loads(body)
                     children[str(child["__parentId"])].append(child)
@@ -319,12 +322,8 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
             last = parents[-1][0]
             # The chunk's lines go with it, while their pages are in the cache (the inbox rows written next
             # reuse them), instead of in one sweep at the end that reads the whole staged file back.
-            session.execute(sa.delete(BackfillRow).where(
-                col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
-                col(BackfillRow.line) <= last))
-            if resource.child_type:
-                session.execute(sa.delete(BackfillRow).where(
-                    col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).in_(list(children))))
+            session.execute(sa.delete(staged).where(staged.c.backfill_id == run.id, staged.c.parent.is_(None),
+                                                    staged.c.line <= last))
             queued = run.queued + len(nodes)
             session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
                 last_queued_line=last, queued=queued))
