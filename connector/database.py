@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -106,14 +105,6 @@ def _run_driver(connection: sa.Connection, statement: str, work: Any) -> None:
         raise sa.exc.DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
-
-
-def among(column: sa.ColumnElement[Any], values: Sequence[Any], session: Session) -> sa.ColumnElement[bool]:
-    """`column IN values` for a long list: on PostgreSQL one array parameter (`= ANY`), planned once, instead of
-    a parameter per value, which PostgreSQL plans value by value each time."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
-    return column.in_(values)
 
 
 def chunked(values: Iterable[Any], size: int = IN_LIST) -> Iterator[list[Any]]:

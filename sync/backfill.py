@@ -34,7 +34,7 @@ from sqlmodel import col
 
 from connector import jsontext
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import among, insert_new, insert_rows, unit_of_work
+from connector.database import insert_new, insert_rows, unit_of_work
 from connector.models import Backfill, BackfillRow, InboxEntry, Shop
 from connector.shopify import (
     BulkBusy,
@@ -311,7 +311,7 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
                 # ordered by line, SQLite would walk every staged line of the file by its primary key for each
                 # chunk (quadratic in the file) instead of taking these parents' index.
                 found = sorted(session.execute(sa.delete(staged).where(
-                    staged.c.backfill_id == run.id, among(staged.c.parent, list(children), session))
+                    staged.c.backfill_id == run.id, staged.c.parent.in_(list(children)))
                     .returning(staged.c.line, staged.c.body)).tuples())
                 for _, body in found:
                     child = jsontext.loads(body)
