@@ -469,6 +469,9 @@ class Backfill(SQLModel, table=True):
     notice: str | None = Field(default=None, sa_type=sa.Text)  # what the merchant should know (orders: 60 days)
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
+    # When it last queued a chunk of objects; cleared when it stops. While recent, workers leave the buyers
+    # history made dirty alone: they are built once, with all of their history.
+    queued_at: datetime | None = _ts()
 
 
 class BackfillRow(SQLModel, table=True):

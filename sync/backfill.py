@@ -115,6 +115,11 @@ def run_backfill(engine: Engine, client: ShopifyClient, domain: str, *, resource
         with contextlib.suppress(ShopPaused):  # pausing raises it, to stop the caller's work: ours stops here
             pause_shop(engine, shop.id or 0, exc)
         raise BackfillError(f"{exc}; the shop is paused until the token is renewed") from None
+    finally:  # it queues nothing more: workers may build the buyers it brought
+        with unit_of_work(engine) as session:
+            session.execute(sa.update(Backfill).where(
+                col(Backfill.shop_id) == sa.select(col(Shop.id)).where(col(Shop.domain) == domain).scalar_subquery(),
+                col(Backfill.queued_at).is_not(None)).values(queued_at=None))
 
 
 def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Sequence[str], since: datetime | None,
@@ -163,7 +168,7 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
                         run = _stage(engine, client, run, report)
                 else:
                     if run.status == "queuing":
-                        run = _queue(engine, run, RESOURCES[name], domain, report, now=clock.now())
+                        run = _queue(engine, run, RESOURCES[name], domain, report, clock=clock)
                     results[name] = ResourceResult(name, run.status, run.staged, run.queued, None, run.notice)
                     report(Progress(name, "done", run.queued, run.queued))
             except ShopifyAuthFailed:
@@ -283,9 +288,10 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
 
 
 def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, report: ProgressFn, *,
-           now: datetime) -> Backfill:
+           clock: Clock) -> Backfill:
     """Reassemble each object with its nested rows and queue it for the applier, a chunk per commit."""
     assert run.id is not None
+    now = clock.now()
     staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
     left = _left(engine, run)
     while True:
@@ -326,7 +332,7 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
                                                     staged.c.line <= last))
             queued = run.queued + len(nodes)
             session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
-                last_queued_line=last, queued=queued))
+                last_queued_line=last, queued=queued, queued_at=clock.now()))
         run.last_queued_line, run.queued = last, queued
         left -= len(nodes)
         report(Progress(run.resource, "queuing", queued, queued + left))

@@ -85,10 +85,10 @@ _EXTEND = _timed(sa.text("""
     WHERE id = :shop_id AND lease_token = :token
 """), "expires")
 
-_RELEASE = sa.text("""
-    UPDATE shops SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+_RELEASE = _timed(sa.text("""
+    UPDATE shops SET lease_owner = NULL, lease_token = NULL, lease_expires_at = :until
     WHERE id = :shop_id AND lease_token = :token
-""")
+"""), "until")
 
 _HAS_WORK = _timed(sa.text(f"SELECT count(*) FROM shops s WHERE {_DUE.format(polls='')}"), "now")
 
@@ -120,9 +120,11 @@ def fence(session: Session, lease: Lease, *, now: datetime, seconds: float) -> N
         raise LeaseLost(f"lease on shop {lease.domain} was lost")
 
 
-def release(engine: Engine, lease: Lease) -> None:
+def release(engine: Engine, lease: Lease, *, rest: float = 0.0, now: datetime | None = None) -> None:
+    """Give the shop up; with `rest`, it is not due for that many seconds (held by nobody)."""
+    until = now + timedelta(seconds=rest) if rest and now is not None else None
     with Session(engine) as session, session.begin():
-        session.execute(_RELEASE, {"shop_id": lease.shop_id, "token": lease.token})
+        session.execute(_RELEASE, {"shop_id": lease.shop_id, "token": lease.token, "until": until})
 
 
 def due_shop_count(engine: Engine, *, now: datetime) -> int:

@@ -31,7 +31,7 @@ from connector.brevo import (
 )
 from connector.clock import Clock, SystemClock, as_utc
 from connector.database import forget_erased, unit_of_work
-from connector.models import Contact, DeadLetter, InboxEntry, Product, Shop, UTCDateTime
+from connector.models import Backfill, Contact, DeadLetter, InboxEntry, Product, Shop, UTCDateTime
 from connector.settings import Settings
 from connector.shopify import CostBudget, ShopifyAuthFailed, ShopifyClient, ShopifyError
 from connector.shops import credentials, shopify_client
@@ -66,6 +66,9 @@ HISTORY_BATCH = 1000  # a batch that starts with history
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
 UNKNOWN_SHOPS_EVERY = 300.0  # seconds between two looks for privacy deliveries of shops not held here
 POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
+# A backfill that has queued nothing for this long has stopped (killed: a backfill that ends says so itself).
+BACKFILL_SILENCE = timedelta(seconds=60)
+BACKFILL_HOLD = 1.0  # seconds a shop rests when all it waits for is a running backfill's next objects
 HISTORY_SOURCES = ("backfill", "poll")  # inbox sources read from Shopify's past, not announced by a webhook
 
 
@@ -105,6 +108,7 @@ class Worker:
         self.pacers: dict[int, Pacer] = {}  # per shop: Brevo's budgets outlive one lease
         self.shopify_budgets: dict[int, CostBudget] = {}  # per shop: Shopify's query-cost bucket
         self.polls_ready: set[int] = set()  # shops whose poll rows this worker has seen to
+        self.held: set[int] = set()  # shops waiting for a running backfill's next objects, released with a rest
         self.unknown_due = 0.0  # monotonic: when to settle deliveries for shops not held here
         self.stats = WorkerStats()
         self.wake = threading.Event()
@@ -176,8 +180,13 @@ class Worker:
                 # A bug must not stop the other shops: this one is left leased, so it is tried again when the
                 # lease lapses (a pause of CONNECTOR_LEASE_SECONDS, not a busy loop), with the error in the log.
                 log.exception("shop %s: unexpected error; tried again when its lease lapses", lease.domain)
+                self.held.discard(lease.shop_id)
                 continue
-            release(self.engine, lease)
+            # A shop whose buyers wait for a running backfill would be due again at once (they are dirty) and
+            # leased in a loop that only takes time from the backfill: it rests a moment instead.
+            rest = BACKFILL_HOLD if lease.shop_id in self.held else 0.0
+            self.held.discard(lease.shop_id)
+            release(self.engine, lease, rest=rest, now=self.clock.now())
         return len(leases)
 
     # --- one shop -------------------------------------------------------------------------------
@@ -431,11 +440,21 @@ class Worker:
         return row
 
     def _history_queued(self, lease: Lease) -> bool:
-        """Deliveries read as history (backfill, polls) still wait in the shop's inbox."""
+        """Deliveries read as history (backfill, polls) still wait in the shop's inbox, or a backfill is queuing
+        more. In the latter case alone, the shop is held for a moment when released (see `run_once`): it has
+        nothing to do until the next chunk arrives."""
+        now = self.clock.now()
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(col(InboxEntry.id)).where(
-                col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending",
-                col(InboxEntry.source).in_(HISTORY_SOURCES)).limit(1)).first() is not None
+            if conn.execute(sa.select(col(InboxEntry.id)).where(
+                    col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending",
+                    col(InboxEntry.source).in_(HISTORY_SOURCES)).limit(1)).first() is not None:
+                return True
+            queuing = conn.execute(sa.select(col(Backfill.id)).where(
+                col(Backfill.shop_id) == lease.shop_id,
+                col(Backfill.queued_at) > now - BACKFILL_SILENCE).limit(1)).first() is not None
+        if queuing:
+            self.held.add(lease.shop_id)
+        return queuing
 
     def _build_profiles(self, lease: Lease, shop: Shop, now: datetime, *, live_only: bool = False) -> Shop:
         with unit_of_work(self.engine) as session:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from connector.sandbox.shopify import SimulatedStore, StoreSize
 from connector.sandbox.shopify_bulk import birth_date
@@ -235,3 +236,66 @@ def test_once_the_history_is_applied_each_buyer_is_built_once_and_already_carrie
     for email, totals in store.expected().buyers.items():
         if totals.order_count:
             assert connector.contact(email)["attributes"]["RFM_SEGMENT"], email
+
+
+def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    built: Counter[str] = Counter()
+    load = profiles.load_buyers
+
+    def counting(session: Any, shop: Any, contacts: Any) -> Any:
+        built.update(c.contact_key for c in contacts)
+        return load(session, shop, contacts)
+
+    monkeypatch.setattr(profiles, "load_buyers", counting)
+    return built
+
+
+def test_a_worker_running_beside_a_backfill_builds_each_buyer_once_after_the_backfill_has_queued_everything(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sync.backfill.QUEUE_CHUNK", 10)  # the history reaches the inbox in many chunks
+    monkeypatch.setattr("sync.worker.BACKFILL_HOLD", 0.0)  # the worker looks after every chunk
+    built = _counting_builds(monkeypatch)
+    worker = connector.worker()
+    turns: list[int] = []
+
+    def alongside(progress: Any) -> None:  # as `connector run` does beside `connector backfill`
+        if progress.step == "queuing":
+            turns.append(worker.run_once())  # applies what is queued so far, then finds the inbox empty
+
+    _backfill(connector, progress=alongside)
+    assert len(turns) > 10 and all(turns)
+    assert not built  # no buyer was built while the backfill was still queuing their history
+    connector.sync()
+    keys = [k for (k,) in connector.rows("SELECT contact_key FROM contacts WHERE merged_into IS NULL")]
+    assert sorted(built) == sorted(keys) and set(built.values()) == {1}
+    for email, totals in store.expected().buyers.items():
+        if totals.order_count:
+            assert connector.contact(email)["attributes"]["ORDER_COUNT"] >= 1, email
+
+
+def test_a_shop_waiting_only_for_a_running_backfill_rests_a_moment_instead_of_being_leased_in_a_loop(
+        connector: Connector, store: SimulatedStore) -> None:
+    _backfill(connector, resources=["customers"])
+    now = datetime.now(UTC)
+    # The backfill said it stopped: nothing holds the buyers.
+    assert connector.rows("SELECT queued_at FROM backfills") == [(None,)]
+    with connector.engine.begin() as conn:  # as a backfill still queuing leaves it
+        conn.execute(sa.text("UPDATE backfills SET queued_at = :at"), {"at": now})
+    worker = connector.worker()
+    assert worker.run_once() == 1  # the customers are applied; their buyers wait for the rest of the history
+    assert worker.run_once() == 0  # and the shop rests before it is looked at again
+    [shop] = connector.rows("SELECT lease_owner, lease_expires_at FROM shops")
+    assert shop.lease_owner is None and shop.lease_expires_at is not None
+    assert connector.rows("SELECT count(*) FROM contacts WHERE dirty") == [(len(store.customers),)]
+
+
+def test_a_backfill_killed_while_queuing_holds_the_buyers_it_brought_for_a_minute_at_most(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _backfill(connector, resources=["customers"])
+    with connector.engine.begin() as conn:  # killed: it could not say it stopped
+        conn.execute(sa.text("UPDATE backfills SET queued_at = :at"),
+                     {"at": datetime.now(UTC) - timedelta(seconds=61)})
+    built = _counting_builds(monkeypatch)
+    connector.sync()
+    assert len(built) == len(store.customers)
+    assert connector.rows("SELECT count(*) FROM contacts WHERE dirty") == [(0,)]
