@@ -102,7 +102,11 @@ def _run_driver(connection: sa.Connection, statement: str, work: Any) -> None:
     try:
         work(cursor)
     except dialect.loaded_dbapi.Error as exc:
-        raise sa.exc.DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error) from exc
+        lost = dialect.is_disconnect(exc, connection.connection, cursor)
+        if lost:  # as SQLAlchemy does: the pool does not hand out a dead connection again
+            connection.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error,
+                                         connection_invalidated=lost) from exc
     finally:
         cursor.close()
 

@@ -22,6 +22,7 @@ again on the next run; a revoked token pauses the shop.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from connector.shopify import (
 )
 from mappings.shopify_graphql import RESOURCES, Resource, legacy_id, to_payload
 from sync.push import ShopPaused, pause_shop
+
+log = logging.getLogger("connector.backfill")
 
 STAGE_CHUNK = 10_000  # lines per commit while staging
 QUEUE_CHUNK = 2000  # objects per commit while queuing
@@ -115,11 +118,6 @@ def run_backfill(engine: Engine, client: ShopifyClient, domain: str, *, resource
         with contextlib.suppress(ShopPaused):  # pausing raises it, to stop the caller's work: ours stops here
             pause_shop(engine, shop.id or 0, exc)
         raise BackfillError(f"{exc}; the shop is paused until the token is renewed") from None
-    finally:  # it queues nothing more: workers may build the buyers it brought
-        with unit_of_work(engine) as session:
-            session.execute(sa.update(Backfill).where(
-                col(Backfill.shop_id) == sa.select(col(Shop.id)).where(col(Shop.domain) == domain).scalar_subquery(),
-                col(Backfill.queued_at).is_not(None)).values(queued_at=None))
 
 
 def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Sequence[str], since: datetime | None,
@@ -151,9 +149,30 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
         except (BackfillError, ShopifyError) as exc:
             results[name] = _failed(engine, runs[name], exc, clock.now())
             report(Progress(name, "failed", 0, 0))
-    # Every file is staged before any object is queued, so that the history reaches the inbox in one run, with
-    # no pause between two resources: a worker applying it meanwhile would take such a pause for the end of
-    # the history, and build and send every buyer it has so far (customers without their orders) once too often.
+    try:
+        _stage_and_queue(engine, client, domain, runs, wanted, results, report, clock=clock,
+                         poll_seconds=poll_seconds, sleep=sleep, timeout_seconds=timeout_seconds)
+    finally:  # it queues nothing more: workers may build the buyers it brought
+        _stopped_queuing(engine, [run.id for run in runs.values() if run.id is not None])
+    return [results[name] for name in wanted]
+
+
+def _stopped_queuing(engine: Engine, ids: list[int]) -> None:
+    """These backfills queue nothing more (see `Backfill.queued_at`)."""
+    try:
+        with unit_of_work(engine) as session:
+            session.execute(sa.update(Backfill).where(col(Backfill.id).in_(ids)).values(queued_at=None))
+    except sa.exc.SQLAlchemyError:  # the database is what stopped it: its own error is the one to see
+        log.warning("could not record that the backfill stopped queuing; workers wait a minute for it",
+                    exc_info=True)
+
+
+def _stage_and_queue(engine: Engine, client: ShopifyClient, domain: str, runs: dict[str, Backfill],
+                     wanted: list[str], results: dict[str, ResourceResult], report: ProgressFn, *, clock: Clock,
+                     poll_seconds: float, sleep: Callable[[float], None], timeout_seconds: float) -> None:
+    """Every file is staged before any object is queued, so that the history reaches the inbox in one run, with
+    no pause between two resources: a worker applying it meanwhile would take such a pause for the end of the
+    history, and build and send every buyer it has so far (customers without their orders) once too often."""
     for step in ("stage", "queue"):
         for name in wanted:
             if name in results:
@@ -177,7 +196,6 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
                 results[name] = _failed(engine, run, exc, clock.now())
                 report(Progress(name, "failed", run.staged, run.lines))
             runs[name] = run
-    return [results[name] for name in wanted]
 
 
 def _prepare(engine: Engine, shop_id: int, resource: str, *, since: datetime | None, restart: bool,

@@ -57,7 +57,7 @@ _LEASE_POSTGRES = """
     UPDATE shops SET lease_owner = :owner, lease_token = :token, lease_expires_at = :expires
     WHERE id IN (
         SELECT s.id FROM shops s WHERE {due}
-        ORDER BY s.lease_expires_at NULLS FIRST, s.id
+        ORDER BY s.lease_owner IS NOT NULL, s.lease_expires_at NULLS FIRST, s.id
         LIMIT :limit FOR UPDATE SKIP LOCKED
     )
     RETURNING id, domain
@@ -68,7 +68,7 @@ _LEASE_SQLITE = """
     UPDATE shops SET lease_owner = :owner, lease_token = :token, lease_expires_at = :expires
     WHERE id IN (
         SELECT s.id FROM shops s WHERE {due}
-        ORDER BY s.lease_expires_at IS NOT NULL, s.lease_expires_at, s.id
+        ORDER BY s.lease_owner IS NOT NULL, s.lease_expires_at IS NOT NULL, s.lease_expires_at, s.id
         LIMIT :limit
     )
     RETURNING id, domain

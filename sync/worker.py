@@ -441,20 +441,21 @@ class Worker:
 
     def _history_queued(self, lease: Lease) -> bool:
         """Deliveries read as history (backfill, polls) still wait in the shop's inbox, or a backfill is queuing
-        more. In the latter case alone, the shop is held for a moment when released (see `run_once`): it has
-        nothing to do until the next chunk arrives."""
+        more. When the inbox is empty and only a backfill's next chunk is awaited, the shop rests a moment when
+        released (see `run_once`)."""
         now = self.clock.now()
         with self.engine.connect() as conn:
-            if conn.execute(sa.select(col(InboxEntry.id)).where(
-                    col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "pending",
-                    col(InboxEntry.source).in_(HISTORY_SOURCES)).limit(1)).first() is not None:
-                return True
+            # The backfill first: on PostgreSQL each statement sees its own snapshot, and a backfill that said it
+            # stopped had committed its last chunk before, so the inbox read next sees that chunk.
             queuing = conn.execute(sa.select(col(Backfill.id)).where(
                 col(Backfill.shop_id) == lease.shop_id,
                 col(Backfill.queued_at) > now - BACKFILL_SILENCE).limit(1)).first() is not None
-        if queuing:
-            self.held.add(lease.shop_id)
-        return queuing
+            pending = sa.select(col(InboxEntry.id)).where(col(InboxEntry.shop_domain) == lease.domain,
+                                                         col(InboxEntry.status) == "pending").limit(1)
+            history = conn.execute(pending.where(col(InboxEntry.source).in_(HISTORY_SOURCES))).first() is not None
+            if queuing and not history and conn.execute(pending).first() is None:
+                self.held.add(lease.shop_id)  # nothing else waits in its inbox either
+        return queuing or history
 
     def _build_profiles(self, lease: Lease, shop: Shop, now: datetime, *, live_only: bool = False) -> Shop:
         with unit_of_work(self.engine) as session:
