@@ -37,15 +37,9 @@ def insert_new(session: Session, model: Any, rows: list[dict[str, Any]], keys: l
     columns; one statement run for all of them by the driver itself (see `_driver_rows`)."""
     if not rows:
         return
-    table: sa.Table = model.__table__
-    connection = session.connection()
-    quote = connection.dialect.identifier_preparer
-    names, values = _driver_rows(connection, table, rows)
-    mark = "%s" if connection.dialect.name == "postgresql" else "?"
-    statement = (f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) "
-                 f"VALUES ({', '.join([mark] * len(names))}) "
-                 f"ON CONFLICT ({', '.join(quote.quote(k) for k in keys)}) DO NOTHING")
-    _run_driver(connection, statement, lambda cursor: cursor.executemany(statement, values))
+    quote = session.get_bind().dialect.identifier_preparer
+    _insert(session.connection(), model.__table__, rows,
+            f" ON CONFLICT ({', '.join(quote.quote(k) for k in keys)}) DO NOTHING")
 
 
 def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -55,14 +49,12 @@ def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
     if not rows:
         return
     connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        _insert(connection, table, rows)
+        return
     quote = connection.dialect.identifier_preparer
     names, values = _driver_rows(connection, table, rows)
-    columns = ", ".join(quote.quote(n) for n in names)
-    if connection.dialect.name != "postgresql":
-        statement = f"INSERT INTO {quote.format_table(table)} ({columns}) VALUES ({', '.join('?' * len(names))})"
-        _run_driver(connection, statement, lambda cursor: cursor.executemany(statement, values))
-        return
-    statement = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
+    statement = f"COPY {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) FROM STDIN"
 
     def copy(cursor: Any) -> None:
         with cursor.copy(statement) as stream:
@@ -70,6 +62,16 @@ def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
                 stream.write_row(row)
 
     _run_driver(connection, statement, copy)
+
+
+def _insert(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], suffix: str = "") -> None:
+    """One INSERT (followed by `suffix`) run by the driver for every row."""
+    quote = connection.dialect.identifier_preparer
+    names, values = _driver_rows(connection, table, rows)
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    statement = (f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) "
+                 f"VALUES ({', '.join([mark] * len(names))}){suffix}")
+    _run_driver(connection, statement, lambda cursor: cursor.executemany(statement, values))
 
 
 def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
