@@ -35,7 +35,7 @@ from sqlmodel import col
 
 from connector import jsontext
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import insert_new, insert_rows, unit_of_work
+from connector.database import insert_new, insert_rows, refresh_statistics, unit_of_work
 from connector.models import Backfill, BackfillRow, InboxEntry, Shop
 from connector.shopify import (
     BulkBusy,
@@ -174,6 +174,9 @@ def _stage_and_queue(engine: Engine, client: ShopifyClient, domain: str, runs: d
     no pause between two resources: a worker applying it meanwhile would take such a pause for the end of the
     history, and build and send every buyer it has so far (customers without their orders) once too often."""
     for step in ("stage", "queue"):
+        if step == "queue":
+            with unit_of_work(engine) as session:  # the files just staged: their lines are taken by index
+                refresh_statistics(session, BackfillRow.__table__)  # type: ignore[attr-defined]
         for name in wanted:
             if name in results:
                 continue

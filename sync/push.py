@@ -420,11 +420,14 @@ class Pusher:
         already in Brevo. Returns how many Brevo accepted. Events and orders of one pass are judged at the
         same `now`, so a buyer's events go before (and batch no worse than) their orders."""
         now = now or self.clock.now()
-        # Buyers whose attributes Brevo may not show yet, as three index lookups (an OR of the three read every
-        # contact of the shop).
-        shop = col(Contact.shop_id) == self.lease.shop_id
-        waiting = sa.union(*(sa.select(col(Contact.contact_key)).where(shop, condition) for condition in (
-            col(Contact.push_state) == "pending", col(Contact.dirty) == sa.true(), col(Contact.visible_at) > now)))
+        # A row waits while its buyer's attributes may not be in Brevo yet: the buyer is dirty, their body is pending,
+        # or the import that carried it may not be applied yet. Asked of each row's own buyer, by primary key. (As
+        # `NOT IN` a set of waiting buyers, PostgreSQL, once its statistics counted many of them, compared every
+        # row with the whole set: 10 s instead of 4 to send 50,000 historical orders.)
+        waiting = sa.exists().where(
+            col(Contact.shop_id) == col(OutboxEntry.shop_id), col(Contact.contact_key) == col(OutboxEntry.contact_key),
+            sa.or_(col(Contact.push_state) == "pending", col(Contact.dirty) == sa.true(),
+                   col(Contact.visible_at) > now))
         with unit_of_work(self.engine) as session:
             # Plain rows, whose attributes are the entry's: read only, and several times cheaper than ORM objects.
             rows = cast(list[OutboxEntry], session.execute(sa.select(
@@ -432,7 +435,7 @@ class Pusher:
                 col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.status) == "pending",
                 col(OutboxEntry.target) == target,
                 sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= now),
-                sa.or_(col(OutboxEntry.contact_key).is_(None), col(OutboxEntry.contact_key).not_in(waiting)))
+                ~waiting)
                 .order_by(col(OutboxEntry.id)).limit(self.policy.batch_max_events * 10)).all())
         if not rows:
             return 0

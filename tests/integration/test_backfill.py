@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from connector.sandbox.shopify import SimulatedStore, StoreSize
 from connector.sandbox.shopify_bulk import birth_date
 from connector.shopify import ShopifyClient
-from sync import profiles
+from sync import backfill, profiles
+from sync import worker as worker_module
 from sync.backfill import BackfillError, run_backfill
 from tests.integration.harness import ADMIN_TOKEN, BREVO_KEY, SECRET, SHOP, Connector
 from tests.integration.test_cli import _connector
@@ -299,3 +300,29 @@ def test_a_backfill_killed_while_queuing_holds_the_buyers_it_brought_for_a_minut
     connector.sync()
     assert len(built) == len(store.customers)
     assert connector.rows("SELECT count(*) FROM contacts WHERE dirty") == [(0,)]
+
+
+def test_the_planners_statistics_are_refreshed_as_a_backfill_fills_the_tables(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PostgreSQL would otherwise plan a shop's first hour from statistics of its empty tables, or never refresh
+    # them where autovacuum is off: whole tables read for each chunk of staged lines, each batch of buyers.
+    seen: list[str] = []
+
+    def refresh(session: Any, *tables: sa.Table) -> None:
+        seen.append("refreshed " + " ".join(t.name for t in tables))
+
+    def step(progress: backfill.Progress) -> None:
+        if progress.step in ("staging", "queuing") and (not seen or seen[-1] != progress.step):
+            seen.append(progress.step)
+
+    monkeypatch.setattr(backfill, "refresh_statistics", refresh)
+    monkeypatch.setattr(worker_module, "refresh_statistics", refresh)
+    monkeypatch.setattr(worker_module, "STATISTICS_FIRST", 10)
+    run_backfill(connector.engine, _client(connector), SHOP, poll_seconds=0.02, progress=step)
+    assert seen == ["staging", "refreshed backfill_rows", "queuing"]  # the staged files, before they are queued
+    worker = connector.sync()
+    by_worker = seen[3:]
+    assert by_worker and {"inbox", "orders", "order_lines", "contacts", "outbox"} <= set(by_worker[-1].split())
+    # after 10 deliveries, then at each doubling: a few times for the whole history, not once per batch
+    assert len(by_worker) <= worker.stats.applied.bit_length()
+    assert worker.statistics_due > worker.stats.applied
