@@ -421,13 +421,15 @@ class Pusher:
         same `now`, so a buyer's events go before (and batch no worse than) their orders."""
         now = now or self.clock.now()
         # A row waits while its buyer's attributes may not be in Brevo yet: the buyer is dirty, their body is pending,
-        # or the import that carried it may not be applied yet. Asked of each row's own buyer, by primary key. (As
-        # `NOT IN` a set of waiting buyers, PostgreSQL, once its statistics counted many of them, compared every
-        # row with the whole set: 10 s instead of 4 to send 50,000 historical orders.)
-        waiting = sa.exists().where(
+        # or the import that carried it may not be applied yet. Asked of each row's own buyer, by primary key, as
+        # the rows are read in id order, until there are enough. (As `NOT IN` a set of waiting buyers, PostgreSQL,
+        # once its statistics counted many of them, compared every row with the whole set: 10 s instead of 4 to
+        # send 50,000 historical orders. As a plain NOT EXISTS, it joined every pending row of the shop with every
+        # waiting buyer for each call, 0.4 s at 300,000 rows; `OFFSET 0` keeps it a lookup per row read, 0.15 s.)
+        waiting = sa.select(sa.literal(1)).where(
             col(Contact.shop_id) == col(OutboxEntry.shop_id), col(Contact.contact_key) == col(OutboxEntry.contact_key),
             sa.or_(col(Contact.push_state) == "pending", col(Contact.dirty) == sa.true(),
-                   col(Contact.visible_at) > now))
+                   col(Contact.visible_at) > now)).offset(0).exists()
         with unit_of_work(self.engine) as session:
             # Plain rows, whose attributes are the entry's: read only, and several times cheaper than ORM objects.
             rows = cast(list[OutboxEntry], session.execute(sa.select(
