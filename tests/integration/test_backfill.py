@@ -127,6 +127,48 @@ def test_a_download_cut_off_mid_line_is_refused_and_the_next_run_reads_on(
     assert _count(connector, "orders") == len(store.orders)
 
 
+def _lose_staged_lines(connector: Connector) -> None:
+    """What PostgreSQL's crash recovery does to the unlogged table of staged lines."""
+    with connector.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM backfill_rows"))
+
+
+def test_staged_lines_lost_in_a_database_crash_are_staged_again_and_nothing_is_missing(
+        connector: Connector, store: SimulatedStore) -> None:
+    connector.shopify.bulk_faults.append("truncate")
+    assert _backfill(connector, resources=["orders"]) == [("orders", "failed", 0)]
+    _lose_staged_lines(connector)
+    assert _backfill(connector, resources=["orders"]) == [("orders", "done", len(store.orders))]
+    connector.sync()
+    assert _count(connector, "orders") == len(store.orders)
+    assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
+    assert _count(connector, "backfill_rows") == 0
+
+
+def test_a_backfill_that_lost_its_staged_lines_while_queuing_queues_the_rest_with_all_their_lines(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backfill, "QUEUE_CHUNK", 10)
+    queue_chunk = backfill.insert_new
+    chunks = []
+
+    def stopping_after_two_chunks(*args: Any, **kwargs: Any) -> None:
+        if len(chunks) == 2:
+            raise BackfillError("stopped")
+        chunks.append(1)
+        queue_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(backfill, "insert_new", stopping_after_two_chunks)
+    [(_, status, queued)] = _backfill(connector, resources=["orders"])
+    assert (status, queued) == ("failed", 20)
+    _lose_staged_lines(connector)
+    monkeypatch.setattr(backfill, "insert_new", queue_chunk)
+    assert _backfill(connector, resources=["orders"]) == [("orders", "done", len(store.orders))]
+    connector.sync()
+    assert _count(connector, "orders") == len(store.orders)
+    assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
+    assert _count(connector, "backfill_rows") == 0
+
+
 def test_a_failed_bulk_operation_is_reported_with_shopifys_reason_and_runs_again(
         connector: Connector, store: SimulatedStore) -> None:
     connector.shopify.bulk_faults.append("fail")
