@@ -133,16 +133,21 @@ def _lose_staged_lines(connector: Connector) -> None:
         conn.execute(sa.text("DELETE FROM backfill_rows"))
 
 
-def test_staged_lines_lost_in_a_database_crash_are_staged_again_and_nothing_is_missing(
-        connector: Connector, store: SimulatedStore) -> None:
-    connector.shopify.bulk_faults.append("truncate")
-    assert _backfill(connector, resources=["orders"]) == [("orders", "failed", 0)]
-    _lose_staged_lines(connector)
+def _every_order_arrives_whole(connector: Connector, store: SimulatedStore) -> None:
+    """The orders' backfill, run again, finishes; once applied, every order is there with all its lines."""
     assert _backfill(connector, resources=["orders"]) == [("orders", "done", len(store.orders))]
     connector.sync()
     assert _count(connector, "orders") == len(store.orders)
     assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
     assert _count(connector, "backfill_rows") == 0
+
+
+def test_staged_lines_lost_in_a_database_crash_are_staged_again_and_nothing_is_missing(
+        connector: Connector, store: SimulatedStore) -> None:
+    connector.shopify.bulk_faults.append("truncate")
+    assert _backfill(connector, resources=["orders"]) == [("orders", "failed", 0)]
+    _lose_staged_lines(connector)
+    _every_order_arrives_whole(connector, store)
 
 
 def test_a_backfill_that_lost_its_staged_lines_while_queuing_queues_the_rest_with_all_their_lines(
@@ -162,11 +167,7 @@ def test_a_backfill_that_lost_its_staged_lines_while_queuing_queues_the_rest_wit
     assert (status, queued) == ("failed", 20)
     _lose_staged_lines(connector)
     monkeypatch.setattr(backfill, "insert_new", queue_chunk)
-    assert _backfill(connector, resources=["orders"]) == [("orders", "done", len(store.orders))]
-    connector.sync()
-    assert _count(connector, "orders") == len(store.orders)
-    assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
-    assert _count(connector, "backfill_rows") == 0
+    _every_order_arrives_whole(connector, store)
 
 
 def test_a_failed_bulk_operation_is_reported_with_shopifys_reason_and_runs_again(
