@@ -20,8 +20,10 @@ again on the next run; a revoked token pauses the shop.
 
 On PostgreSQL the staged lines are an UNLOGGED table (migration 0016): written without the write-ahead log, a
 file costs the server a fraction of the work, and a crash of the database server empties the table. So a file's
-first chunk comes with a marker line (`MARKER_LINE`): a resumed backfill whose marker is gone lost its staged
-lines, and stages the file again from its first line (objects it had queued already are no-ops when queued again).
+first chunk comes with a marker line (`MARKER_LINE`), and every later chunk staged or queued checks, in its own
+commit, that the marker is still there. When it is gone, the run stops with that reason, and the next run reads
+the history again with a new bulk query (not the old file: it would bring back customers erased since), queuing
+again what was queued (as no-ops).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector import jsontext
@@ -182,16 +185,16 @@ def _stage_and_queue(engine: Engine, client: ShopifyClient, domain: str, runs: d
     no pause between two resources: a worker applying it meanwhile would take such a pause for the end of the
     history, and build and send every buyer it has so far (customers without their orders) once too often."""
     for step in ("stage", "queue"):
-        if step == "queue":
-            with unit_of_work(engine) as session:  # the files just staged: their lines are taken by index
-                refresh_statistics(session, BackfillRow.__table__)  # type: ignore[attr-defined]
+        if step == "queue":  # the files just staged: their lines are taken by index
+            refresh_statistics(engine, BackfillRow.__table__)  # type: ignore[attr-defined]
         for name in wanted:
             if name in results:
                 continue
             run = runs[name]
             try:
                 if step == "stage":
-                    run = _staged_lines_kept(engine, run)
+                    if _staged_lines_lost(engine, run):
+                        run = _read_again(engine, client, run, RESOURCES[name], sleep=sleep)
                     if run.status == "started":
                         run = _wait(engine, client, run, report, poll_seconds=poll_seconds, sleep=sleep,
                                     timeout_seconds=timeout_seconds, clock=clock)
@@ -282,35 +285,56 @@ def _wait(engine: Engine, client: ShopifyClient, run: Backfill, report: Progress
     return _save(engine, run, status="staging", url=status.url, lines=status.objects)
 
 
-def _staged_lines_kept(engine: Engine, run: Backfill) -> Backfill:
-    """A backfill resumed after its staged lines were lost (PostgreSQL empties an unlogged table when it
-    recovers from a crash, and a standby that takes over has none) stages its file again from the first line."""
+class StagedLinesLost(BackfillError):
+    """The database lost the staged lines (PostgreSQL empties its unlogged table when it recovers from a crash)."""
+
+    def __init__(self) -> None:
+        super().__init__("the staged lines of the bulk file were lost (the database restarted): "
+                         "the next run reads the history again with a new bulk query")
+
+
+def _marker_kept(session: Session, run: Backfill) -> bool:
+    return session.execute(sa.select(col(BackfillRow.line)).where(
+        col(BackfillRow.backfill_id) == run.id, col(BackfillRow.line) == MARKER_LINE["line"])).first() is not None
+
+
+def _staged_lines_lost(engine: Engine, run: Backfill) -> bool:
+    """Whether this unfinished run had staged lines that are gone (see the module's docstring)."""
     if run.status not in ("staging", "queuing") or not run.staged or run.id is None:
-        return run
+        return False
     with unit_of_work(engine) as session:
-        kept = session.execute(sa.select(col(BackfillRow.line)).where(
-            col(BackfillRow.backfill_id) == run.id, col(BackfillRow.line) == MARKER_LINE["line"])).first()
-    if kept is not None:
-        return run
-    if run.url is None:
-        raise BackfillError("the staged lines of the bulk file were lost and its address is not known: "
-                            "run the backfill again with --restart")
-    log.warning("backfill of %s: the %d staged lines were lost (the database recovered from a crash); "
-                "staging the file again from its first line", run.resource, run.staged)
-    with unit_of_work(engine) as session:  # whatever is left of them would collide with the same lines again
+        return not _marker_kept(session, run)
+
+
+def _read_again(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resource, *,
+                sleep: Callable[[float], None]) -> Backfill:
+    """A new bulk query for the resource, from the first line: what Shopify holds now."""
+    log.warning("backfill of %s: its %d staged lines were lost (the database restarted); reading the history "
+                "again with a new bulk query", run.resource, run.staged)
+    with unit_of_work(engine) as session:  # whatever is left of them would collide with the new file's lines
         session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
-    return _save(engine, run, status="staging", staged=0)
+    run = _save(engine, run, status="started", operation_id=None, url=None, error=None, lines=0, staged=0,
+                queued=0, last_queued_line=0)
+    _start(engine, client, run, resource, sleep=sleep)
+    return run
 
 
 def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: ProgressFn) -> Backfill:
     assert run.url is not None and run.id is not None
-    # The marker goes in with the file's first chunk, in the same commit.
-    batch: list[dict[str, object]] = [] if run.staged else [{"backfill_id": run.id, **MARKER_LINE}]
+    fresh = not run.staged
+    if fresh:  # a marker committed alone (the file's first line was cut off) would collide with the new one
+        with unit_of_work(engine) as session:
+            session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
+    # The marker goes in with the file's first chunk, in the same commit; each later chunk checks it is there.
+    batch: list[dict[str, object]] = [{"backfill_id": run.id, **MARKER_LINE}] if fresh else []
     staged = run.staged
 
     def flush() -> None:
-        nonlocal batch
+        nonlocal batch, fresh
         with unit_of_work(engine) as session:
+            if not fresh and not _marker_kept(session, run):
+                raise StagedLinesLost()
+            fresh = False
             insert_rows(session, BackfillRow.__table__, batch)  # type: ignore[attr-defined]
             session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(staged=staged))
         run.staged, batch = staged, []
@@ -347,6 +371,8 @@ def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, repor
     left = _left(engine, run)
     while True:
         with unit_of_work(engine) as session:
+            if run.staged and not _marker_kept(session, run):  # else what is gone would look like the end
+                raise StagedLinesLost()
             # Ordered by (parent, line), the index's order: every parent is NULL, so that is line order, and
             # PostgreSQL walks the index from where it stopped (ordered by line alone, it read and sorted every
             # parent line left in the file for each chunk).

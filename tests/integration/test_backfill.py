@@ -4,6 +4,7 @@ store's JSONL over loopback, the worker applies it as history, the simulated Bre
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -142,12 +143,19 @@ def _every_order_arrives_whole(connector: Connector, store: SimulatedStore) -> N
     assert _count(connector, "backfill_rows") == 0
 
 
-def test_staged_lines_lost_in_a_database_crash_are_staged_again_and_nothing_is_missing(
+def _bulk_queries(connector: Connector) -> int:
+    return connector.shopify.calls.count("bulkOperationRunQuery")
+
+
+def test_staged_lines_lost_in_a_database_crash_are_read_again_with_a_new_bulk_query_and_nothing_is_missing(
         connector: Connector, store: SimulatedStore) -> None:
     connector.shopify.bulk_faults.append("truncate")
     assert _backfill(connector, resources=["orders"]) == [("orders", "failed", 0)]
     _lose_staged_lines(connector)
+    queries = _bulk_queries(connector)
     _every_order_arrives_whole(connector, store)
+    # Not the old file again: it would bring back customers erased since it was made.
+    assert _bulk_queries(connector) == queries + 1
 
 
 def test_a_backfill_that_lost_its_staged_lines_while_queuing_queues_the_rest_with_all_their_lines(
@@ -167,6 +175,42 @@ def test_a_backfill_that_lost_its_staged_lines_while_queuing_queues_the_rest_wit
     assert (status, queued) == ("failed", 20)
     _lose_staged_lines(connector)
     monkeypatch.setattr(backfill, "insert_new", queue_chunk)
+    _every_order_arrives_whole(connector, store)
+
+
+def test_staged_lines_lost_while_the_backfill_runs_stop_it_with_the_reason_instead_of_a_short_history(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The database restarts between two chunks: the rest of the file is gone, which must not read as its end.
+    monkeypatch.setattr(backfill, "QUEUE_CHUNK", 10)
+    chunks: list[int] = []
+
+    def after_each_chunk(progress: backfill.Progress) -> None:
+        if progress.step == "queuing":
+            chunks.append(progress.done)
+            if len(chunks) == 2:
+                _lose_staged_lines(connector)
+
+    [result] = run_backfill(connector.engine, _client(connector), SHOP, resources=["orders"], poll_seconds=0.02,
+                            progress=after_each_chunk)
+    assert result.status == "failed" and "staged lines of the bulk file were lost" in (result.error or "")
+    assert result.queued == 20
+    _every_order_arrives_whole(connector, store)
+
+
+def test_a_file_whose_first_line_was_cut_off_is_read_again_from_its_start(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = ShopifyClient.bulk_lines
+    downloads: list[str] = []
+
+    def cut_at_first_line(self: ShopifyClient, url: str, *, skip: int = 0) -> Iterator[tuple[int, bytes]]:
+        downloads.append(url)
+        if len(downloads) == 1:
+            yield 1, b'{"id": "gid://shopify/Order/1", "na'
+            return
+        yield from whole(self, url, skip=skip)
+
+    monkeypatch.setattr(ShopifyClient, "bulk_lines", cut_at_first_line)
+    assert _backfill(connector, resources=["orders"]) == [("orders", "failed", 0)]
     _every_order_arrives_whole(connector, store)
 
 
