@@ -5,8 +5,8 @@ Revises: 0015
 A bulk file is staged line by line (about 1.4 million lines, 1.7 GB, at 100,000 customers) and each line is
 deleted once its object is queued: all of it went through the write-ahead log too, for lines that live minutes.
 An UNLOGGED table is emptied when PostgreSQL recovers from a crash; the backfill finds that out from its marker
-line and stages the file again (`sync.backfill`). A file staged by an earlier version has no marker: it is staged
-again once. SQLite has no such tables: nothing changes there.
+line and reads the resource again with a new bulk query (`sync.backfill`). A file staged by an earlier version
+has no marker: it is read again once. SQLite has no such tables: nothing changes there.
 """
 from alembic import op
 
