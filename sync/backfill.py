@@ -311,8 +311,7 @@ def _read_again(engine: Engine, client: ShopifyClient, run: Backfill, resource: 
     """A new bulk query for the resource, from the first line: what Shopify holds now."""
     log.warning("backfill of %s: its %d staged lines were lost (the database restarted); reading the history "
                 "again with a new bulk query", run.resource, run.staged)
-    with unit_of_work(engine) as session:  # whatever is left of them would collide with the new file's lines
-        session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
+    # What is left of the old lines goes when the new file's staging starts from its first line (`_stage`).
     run = _save(engine, run, status="started", operation_id=None, url=None, error=None, lines=0, staged=0,
                 queued=0, last_queued_line=0)
     _start(engine, client, run, resource, sleep=sleep)
@@ -322,7 +321,7 @@ def _read_again(engine: Engine, client: ShopifyClient, run: Backfill, resource: 
 def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: ProgressFn) -> Backfill:
     assert run.url is not None and run.id is not None
     fresh = not run.staged
-    if fresh:  # a marker committed alone (the file's first line was cut off) would collide with the new one
+    if fresh:  # leftovers (a marker committed alone, lines of a lost file) would collide with the new lines
         with unit_of_work(engine) as session:
             session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
     # The marker goes in with the file's first chunk, in the same commit; each later chunk checks it is there.
