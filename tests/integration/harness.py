@@ -65,8 +65,8 @@ class Connector:
     def worker(self, **kwargs: Any) -> Worker:
         return Worker(self.engine, self.settings, policy=self.policy, **kwargs)
 
-    def sync(self) -> Worker:
-        worker = self.worker()
+    def sync(self, **kwargs: Any) -> Worker:
+        worker = self.worker(**kwargs)
         worker.run(until_idle=True, idle_sleep=0.05)
         return worker
 
