@@ -292,7 +292,6 @@ class Contact(SQLModel, table=True):
         sa.Index("ix_contacts_push", "shop_id", "push_state"),
         sa.Index("ix_contacts_lifecycle", "shop_id", "lifecycle_due_at"),
         sa.Index("ix_contacts_phone", "shop_id", "phone"),
-        sa.Index("ix_contacts_visible", "shop_id", "visible_at"),
     )
 
     shop_id: int = Field(primary_key=True)
