@@ -1,4 +1,5 @@
-"""`insert_rows` (COPY on PostgreSQL, executemany on SQLite) stores every value as an ORM insert would."""
+"""`insert_rows` (COPY on PostgreSQL, executemany on SQLite) stores every value as an ORM insert would;
+`insert_new` leaves the keys already there alone."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from connector.database import insert_rows, unit_of_work
-from connector.models import Contact, Order
+from connector.database import insert_new, insert_rows, unit_of_work
+from connector.models import Contact, InboxEntry, Order
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
 
@@ -63,3 +64,18 @@ def test_a_bulk_insert_that_breaks_a_key_fails_and_writes_nothing(engine: Engine
         insert_rows(session, Order.__table__, [row, dict(row)])  # type: ignore[attr-defined]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 0
+
+
+def test_inserting_new_rows_skips_the_keys_already_there_and_keeps_the_order_given(engine: Engine) -> None:
+    def rows(ids: list[int]) -> list[dict[str, object]]:
+        return [{"shop_domain": "s.myshopify.com", "event_id": f"e{i}", "topic": "orders/create",
+                 "body": f'{{"id": {i}}}', "status": "pending", "received_at": WHEN} for i in ids]
+
+    with unit_of_work(engine) as session:
+        insert_new(session, InboxEntry, rows([3, 2, 1]), ["shop_domain", "event_id"])
+    with unit_of_work(engine) as session:  # a replay, and a key twice in one batch
+        insert_new(session, InboxEntry, rows([4, 3, 2, 4, 5]), ["shop_domain", "event_id"])
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT event_id, body FROM inbox ORDER BY id")).all()
+    assert [e for e, _ in stored] == ["e3", "e2", "e1", "e4", "e5"]  # ids follow the order given
+    assert all(body == f'{{"id": {e[1:]}}}' for e, body in stored)
