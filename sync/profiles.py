@@ -337,11 +337,14 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[t
     if shop.config.segment_lists:  # membership follows the segment; leaving a list is pushed too
         body["listIds"] = sorted(list_id for segment, list_id in shop.config.segment_lists.items()
                                  if rfm is not None and segment == rfm.segment)
-    digest = body_hash(body)
     consent_memory = {"shopify_email": buyer.email_opted_out, "shopify_sms": buyer.sms_opted_out,
                       "told_email": body.get("emailBlacklisted", told.email_blacklisted),
                       "told_sms": body.get("smsBlacklisted", told.sms_blacklisted)}
-    if digest == contact.sent_hash or digest == contact.pending_hash:
+    # Hashed without the blacklist flags: a flag goes out once, as a change of its own, and the next build of the
+    # same buyer, which leaves it out, is the same contact, not a change to send again.
+    consent = {"emailBlacklisted", "smsBlacklisted"} & body.keys()
+    digest = body_hash({name: value for name, value in body.items() if name not in consent})
+    if not consent and digest in (contact.sent_hash, contact.pending_hash):
         return facts
     body["_consent"] = consent_memory
     contact.pending, contact.pending_hash = body, digest

@@ -187,6 +187,21 @@ def test_an_email_unsubscribe_in_shopify_blacklists_the_brevo_contact(connector:
     assert [(h.channel, h.state) for h in history] == [("email", "subscribed"), ("email", "unsubscribed")]
 
 
+def test_a_buyer_rebuilt_unchanged_after_their_opt_out_was_sent_is_not_sent_again(connector: Connector) -> None:
+    # The opt-out goes to Brevo once; the next build leaves the flag out, and is still the same contact.
+    connector.post("customers/create", customer(1, "ana@example.com"))
+    connector.post("customers_email_marketing_consent/update", email_consent(1, "ana@example.com", "unsubscribed",
+                                                                             at=1))
+    connector.sync()
+    assert connector.contact("ana@example.com")["emailBlacklisted"] is True
+    calls = len(connector.brevo.calls)
+    connector.post("customers/update", customer(1, "ana@example.com", updated=5))  # a newer version, same facts
+    connector.sync()
+    [contact] = connector.rows("SELECT dirty, push_state FROM contacts")
+    assert (contact.dirty, contact.push_state) == (False, "idle")  # it was built again
+    assert [c.path for c in connector.brevo.calls[calls:] if c.method != "GET"] == []
+
+
 def test_an_abandoned_checkout_sets_the_cart_and_a_later_order_clears_it(connector: Connector) -> None:
     connector.post("customers/create", customer(1, "ana@example.com"))
     connector.post("checkouts/update", checkout(501, email="ana@example.com", customer_id=1, total="80.00"))
