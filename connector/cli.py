@@ -560,8 +560,8 @@ def backfill(shop: ShopOption,
                                                          "checkouts")] = "customers,products,orders,checkouts",
              restart: Annotated[bool, typer.Option(help="start over instead of resuming an unfinished run")] = False,
              ) -> None:
-    """Read the shop's history from Shopify with bulk queries and queue it for the worker, as history: contacts
-    get their totals, no automation fires. Resumable: run it again after a failure or a kill."""
+    """Read the shop's history from Shopify with bulk queries and stage it for the workers, which apply it as
+    history: contacts get their totals, no automation fires. Resumable: run it again after a failure or a kill."""
     from datetime import UTC, datetime
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -595,12 +595,12 @@ def backfill(shop: ShopOption,
         except BackfillError as exc:
             raise _fail(str(exc)) from None
     for result in results:
-        line = f"{result.resource}: {result.status}, {result.queued} objects queued ({result.lines_read} lines read)"
+        line = f"{result.resource}: {result.status}, {result.objects} objects ({result.lines_read} lines read)"
         line += f": {result.error}" if result.error else ""
         console.print(line + (f"; {result.notice}" if result.notice else ""), highlight=False, soft_wrap=True)
-    if any(r.status != "done" for r in results):
+    if any(r.status != "staged" for r in results):
         raise _fail("the backfill is not complete; run it again to resume", code=1)
-    console.print("queued as history: the worker applies it (no automation fires)")
+    console.print("staged as history: the workers apply it (no automation fires)")
 
 
 @app.command()

@@ -448,7 +448,7 @@ class DeadLetter(SQLModel, table=True):
 class Backfill(SQLModel, table=True):
     """One resource's history read from Shopify with a bulk query, and how far it got (a killed backfill
     resumes from here: the operation is not run again while its file is there, staged lines are not read
-    again, objects already queued are not queued twice)."""
+    again; a worker applies the staged objects from the last one applied)."""
 
     __tablename__ = "backfills"
     __table_args__ = (sa.UniqueConstraint("shop_id", "resource", name="uq_backfill_resource"),)
@@ -456,20 +456,21 @@ class Backfill(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     shop_id: int
     resource: str = Field(max_length=20)  # customers | orders | products | checkouts
-    status: str = Field(default="started", max_length=20)  # started | staging | queuing | done | failed
+    status: str = Field(default="started", max_length=20)  # started | staging | staged | done | failed
     since: datetime | None = _ts()
     operation_id: str | None = Field(default=None, max_length=200)
     url: str | None = Field(default=None, sa_type=sa.Text)
     lines: int = 0  # in Shopify's file: objects and their nested rows
     staged: int = 0  # lines of it stored
-    queued: int = 0  # objects handed to the applier
-    last_queued_line: int = 0
+    queued: int = 0  # objects applied by the workers
+    last_queued_line: int = 0  # the line of the last object applied
     error: str | None = Field(default=None, sa_type=sa.Text)
     notice: str | None = Field(default=None, sa_type=sa.Text)  # what the merchant should know (orders: 60 days)
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
-    # When it last queued a chunk of objects; cleared when it stops. While recent, workers leave the buyers
-    # history made dirty alone: they are built once, with all of their history.
+    # When the backfill last said it was running (every few seconds); cleared when it stops. While recent,
+    # workers apply none of the shop's staged history and leave the buyers history made dirty alone: they are
+    # built once, with all of their history.
     queued_at: datetime | None = _ts()
 
 

@@ -1,4 +1,4 @@
-"""A shop's history read from Shopify with bulk queries and handed to the applier as history.
+"""A shop's history read from Shopify with bulk queries, staged, and applied by the workers as history.
 
 Per resource (customers, products, orders, abandoned checkouts), in three resumable steps:
 1. **Run**: one `bulkOperationRunQuery` (the resources run side by side: Shopify allows five per shop), then its
@@ -8,22 +8,25 @@ Per resource (customers, products, orders, abandoned checkouts), in three resuma
    of lines stored, in the same commit. Shopify writes nested rows (an order's line items) as lines of their own
    that point at their parent with `__parentId`, not necessarily next to it, so objects are reassembled only once
    the whole file is staged. A line cut off by a broken download is refused with its number; the next run
-   reads the file again from the first line not stored.
-3. **Queue**: each object, with its nested rows, becomes the webhook payload its topic carries
-   (`mappings.shopify_graphql`) and an inbox row with source `backfill`: the worker applies it through the same
-   parsers and handlers as a webhook, as history (no events: history fires no automation), last write wins on
-   `updated_at`, and the row's id (resource, object, `updatedAt`) makes a replay a no-op. Every file is staged
-   before the first object is queued, so the history reaches the inbox without a pause between resources.
+   reads the file again from the first line not stored. That is where `run_backfill` (`connector backfill`) stops.
+3. **Apply**: a worker holding the shop's lease takes the staged objects a chunk at a time (`take_history`),
+   each with its nested rows, as the webhook payload its topic carries (`mappings.shopify_graphql`), and applies
+   them through the same parsers and handlers as a webhook, as history (no events: history fires no automation),
+   last write wins on `updated_at`. The chunk's mirror rows, the removal of its staged lines and the checkpoint
+   (the last line applied) commit together, so a killed worker resumes at the next chunk, and nothing is applied
+   twice. Resources are applied in `ORDER` (buyers before their orders), and only once the backfill has staged
+   every file and stopped: applying meanwhile, a worker would build buyers before all their history is in.
 
 A bulk operation that fails or expires, or a file that is gone, is reported with Shopify's reason and started
-again on the next run; a revoked token pauses the shop.
+again on the next run; a revoked token pauses the shop. An object no handler can read is set aside as a failed
+inbox delivery with a dead letter, as a webhook would be.
 
 On PostgreSQL the staged lines are an UNLOGGED table (migration 0016): written without the write-ahead log, a
 file costs the server a fraction of the work, and a crash of the database server empties the table. So a file's
-first chunk comes with a marker line (`MARKER_LINE`), and every later chunk staged or queued checks, in its own
-commit, that the marker is still there. When it is gone, the run stops with that reason, and the next run reads
-the history again with a new bulk query (not the old file: it would bring back customers erased since), queuing
-again what was queued (as no-ops).
+first chunk comes with a marker line (`MARKER_LINE`), and every later chunk staged or applied checks, in its own
+commit, that the marker is still there. When it is gone, the resource's backfill stops with that reason, and the
+next run reads the history again with a new bulk query (not the old file: it would bring back customers erased
+since), applying again what was applied (last write wins: the same versions change nothing).
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,8 +46,8 @@ from sqlmodel import col
 
 from connector import jsontext
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import insert_new, insert_rows, refresh_statistics, unit_of_work
-from connector.models import Backfill, BackfillRow, InboxEntry, Shop
+from connector.database import insert_rows, refresh_statistics, unit_of_work
+from connector.models import Backfill, BackfillRow, Shop
 from connector.shopify import (
     BulkBusy,
     BulkFileGone,
@@ -60,7 +63,10 @@ from sync.push import ShopPaused, pause_shop
 log = logging.getLogger("connector.backfill")
 
 STAGE_CHUNK = 10_000  # lines per commit while staging
-QUEUE_CHUNK = 2000  # objects per commit while queuing
+HISTORY_CHUNK = 1000  # objects a worker applies per unit of work
+# A running backfill says so (`Backfill.queued_at`) at least this often; one silent for `SILENCE` was killed.
+HEARTBEAT_SECONDS = 5.0
+SILENCE = timedelta(seconds=60)
 # Line 0 of a staged file: no object (its parent "" matches no parent and no `parent IS NULL`), only the sign
 # that the lines staged with it are still there (see the module's docstring).
 MARKER_LINE = {"line": 0, "parent": "", "body": ""}
@@ -82,7 +88,7 @@ class BulkOperationFailed(BackfillError):
 @dataclass
 class Progress:
     resource: str
-    step: str  # waiting | staging | queuing | done | failed
+    step: str  # waiting | staging | staged | failed
     done: int
     total: int
 
@@ -93,9 +99,9 @@ ProgressFn = Callable[[Progress], None]
 @dataclass(frozen=True)
 class ResourceResult:
     resource: str
-    status: str
+    status: str  # staged (the workers apply it) | failed
     lines_read: int
-    queued: int
+    objects: int  # in the staged file, each with its nested rows: what the workers apply
     error: str | None
     notice: str | None = None
 
@@ -149,7 +155,8 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
             scopes = None  # unknown: nothing to say
         runs["orders"] = _save(engine, runs["orders"],
                                notice=SIXTY_DAYS if scopes is not None and "read_all_orders" not in scopes else None)
-    report = progress or (lambda _: None)
+    report = _beating(engine, [run.id for run in runs.values() if run.id is not None], progress or (lambda _: None),
+                      clock)
     results: dict[str, ResourceResult] = {}
     # Start every operation first (they run side by side in Shopify), then take the files one by one.
     for name in wanted:
@@ -161,56 +168,70 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
             results[name] = _failed(engine, runs[name], exc, clock.now())
             report(Progress(name, "failed", 0, 0))
     try:
-        _stage_and_queue(engine, client, domain, runs, wanted, results, report, clock=clock,
-                         poll_seconds=poll_seconds, sleep=sleep, timeout_seconds=timeout_seconds)
-    finally:  # it queues nothing more: workers may build the buyers it brought
-        _stopped_queuing(engine, [run.id for run in runs.values() if run.id is not None])
+        _stage_all(engine, client, runs, wanted, results, report, clock=clock, poll_seconds=poll_seconds,
+                   sleep=sleep, timeout_seconds=timeout_seconds)
+    finally:  # it stages nothing more: workers may apply what it staged
+        _stopped(engine, [run.id for run in runs.values() if run.id is not None])
     return [results[name] for name in wanted]
 
 
-def _stopped_queuing(engine: Engine, ids: list[int]) -> None:
-    """These backfills queue nothing more (see `Backfill.queued_at`)."""
+def _beating(engine: Engine, ids: list[int], report: ProgressFn, clock: Clock) -> ProgressFn:
+    """`report`, which also records, every few seconds, that these backfills are still running (see
+    `Backfill.queued_at`): workers apply no staged history of the shop until the backfill has stopped."""
+    with unit_of_work(engine) as session:
+        session.execute(sa.update(Backfill).where(col(Backfill.id).in_(ids)).values(queued_at=clock.now()))
+    last = time.monotonic()
+
+    def beat(step: Progress) -> None:
+        nonlocal last
+        if time.monotonic() - last >= HEARTBEAT_SECONDS:
+            last = time.monotonic()
+            with unit_of_work(engine) as session:
+                session.execute(sa.update(Backfill).where(col(Backfill.id).in_(ids)).values(queued_at=clock.now()))
+        report(step)
+
+    return beat
+
+
+def _stopped(engine: Engine, ids: list[int]) -> None:
+    """These backfills stage nothing more (see `Backfill.queued_at`)."""
     try:
         with unit_of_work(engine) as session:
             session.execute(sa.update(Backfill).where(col(Backfill.id).in_(ids)).values(queued_at=None))
     except sa.exc.SQLAlchemyError:  # the database is what stopped it: its own error is the one to see
-        log.warning("could not record that the backfill stopped queuing; workers wait a minute for it",
+        log.warning("could not record that the backfill stopped; workers wait a minute before applying it",
                     exc_info=True)
 
 
-def _stage_and_queue(engine: Engine, client: ShopifyClient, domain: str, runs: dict[str, Backfill],
-                     wanted: list[str], results: dict[str, ResourceResult], report: ProgressFn, *, clock: Clock,
-                     poll_seconds: float, sleep: Callable[[float], None], timeout_seconds: float) -> None:
-    """Every file is staged before any object is queued, so that the history reaches the inbox in one run, with
-    no pause between two resources: a worker applying it meanwhile would take such a pause for the end of the
-    history, and build and send every buyer it has so far (customers without their orders) once too often."""
-    for step in ("stage", "queue"):
-        if step == "queue":  # the files just staged: their lines are taken by index
-            refresh_statistics(engine, BackfillRow.__table__)  # type: ignore[attr-defined]
-        for name in wanted:
-            if name in results:
-                continue
+def _stage_all(engine: Engine, client: ShopifyClient, runs: dict[str, Backfill], wanted: list[str],
+               results: dict[str, ResourceResult], report: ProgressFn, *, clock: Clock, poll_seconds: float,
+               sleep: Callable[[float], None], timeout_seconds: float) -> None:
+    """Every file is staged; the workers apply them once the backfill has stopped (see `take_history`)."""
+    for name in wanted:
+        if name in results:
+            continue
+        run = runs[name]
+        try:
+            if _staged_lines_lost(engine, run):
+                run = _read_again(engine, client, run, RESOURCES[name], sleep=sleep)
+            if run.status == "started":
+                run = _wait(engine, client, run, report, poll_seconds=poll_seconds, sleep=sleep,
+                            timeout_seconds=timeout_seconds, clock=clock)
+            if run.status == "staging":
+                run = _stage(engine, client, run, report)
+        except ShopifyAuthFailed:
+            raise
+        except (BackfillError, ShopifyError) as exc:
+            results[name] = _failed(engine, run, exc, clock.now())
+            report(Progress(name, "failed", run.staged, run.lines))
+        runs[name] = run
+    refresh_statistics(engine, BackfillRow.__table__)  # type: ignore[attr-defined]  # workers take them by index
+    for name in wanted:
+        if name not in results:
             run = runs[name]
-            try:
-                if step == "stage":
-                    if _staged_lines_lost(engine, run):
-                        run = _read_again(engine, client, run, RESOURCES[name], sleep=sleep)
-                    if run.status == "started":
-                        run = _wait(engine, client, run, report, poll_seconds=poll_seconds, sleep=sleep,
-                                    timeout_seconds=timeout_seconds, clock=clock)
-                    if run.status == "staging":
-                        run = _stage(engine, client, run, report)
-                else:
-                    if run.status == "queuing":
-                        run = _queue(engine, run, RESOURCES[name], domain, report, clock=clock)
-                    results[name] = ResourceResult(name, run.status, run.staged, run.queued, None, run.notice)
-                    report(Progress(name, "done", run.queued, run.queued))
-            except ShopifyAuthFailed:
-                raise
-            except (BackfillError, ShopifyError) as exc:
-                results[name] = _failed(engine, run, exc, clock.now())
-                report(Progress(name, "failed", run.staged, run.lines))
-            runs[name] = run
+            objects = run.queued + _left(engine, run)
+            results[name] = ResourceResult(name, "staged", run.staged, objects, None, run.notice)
+            report(Progress(name, "staged", objects, objects))
 
 
 def _prepare(engine: Engine, shop_id: int, resource: str, *, since: datetime | None, restart: bool,
@@ -245,13 +266,13 @@ def _save(engine: Engine, run: Backfill, **values: object) -> Backfill:
 
 
 def _failed(engine: Engine, run: Backfill, exc: Exception, now: datetime) -> ResourceResult:
-    """Recorded with the reason; the staged lines and the count of queued objects are kept for the next run."""
+    """Recorded with the reason; the staged lines are kept for the next run."""
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, (BulkFileGone, BulkOperationFailed)):
         _save(engine, run, status="failed", error=reason, finished_at=now)  # the query must run again
     else:
         _save(engine, run, error=reason)  # resumable as it stands
-    return ResourceResult(run.resource, "failed", run.staged, run.queued, reason)
+    return ResourceResult(run.resource, "failed", run.staged, 0, reason)
 
 
 def _start(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resource, *,
@@ -281,16 +302,17 @@ def _wait(engine: Engine, client: ShopifyClient, run: Backfill, report: Progress
         raise BulkOperationFailed(f"Shopify's bulk operation {status.id} ended {status.status}"
                             + (f" ({status.error_code})" if status.error_code else "") + ": it runs again next time")
     if not status.url:  # nothing matched: an empty history
-        return _save(engine, run, status="queuing", lines=0)
+        return _save(engine, run, status="staged", lines=0)
     return _save(engine, run, status="staging", url=status.url, lines=status.objects)
 
 
 class StagedLinesLost(BackfillError):
     """The database lost the staged lines (PostgreSQL empties its unlogged table when it recovers from a crash)."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: int = 0) -> None:
         super().__init__("the staged lines of the bulk file were lost (the database restarted): "
                          "the next run reads the history again with a new bulk query")
+        self.run_id = run_id
 
 
 def _marker_kept(session: Session, run: Backfill) -> bool:
@@ -300,7 +322,7 @@ def _marker_kept(session: Session, run: Backfill) -> bool:
 
 def _staged_lines_lost(engine: Engine, run: Backfill) -> bool:
     """Whether this unfinished run had staged lines that are gone (see the module's docstring)."""
-    if run.status not in ("staging", "queuing") or not run.staged or run.id is None:
+    if run.status not in ("staging", "staged") or not run.staged or run.id is None:
         return False
     with unit_of_work(engine) as session:
         return not _marker_kept(session, run)
@@ -358,60 +380,89 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
         if len(batch) >= STAGE_CHUNK:
             flush()
     flush()
-    return _save(engine, run, status="queuing", lines=max(run.lines, staged))
+    return _save(engine, run, status="staged", lines=max(run.lines, staged))
 
 
-def _queue(engine: Engine, run: Backfill, resource: Resource, domain: str, report: ProgressFn, *,
-           clock: Clock) -> Backfill:
-    """Reassemble each object with its nested rows and queue it for the applier, a chunk per commit."""
-    assert run.id is not None
-    now = clock.now()
+@dataclass
+class HistoryChunk:
+    """Staged objects of one resource's backfill, taken by a worker in its unit of work (`take_history`): each
+    with its id as history (`history_id`) and its webhook-shaped payload."""
+
+    resource: Resource
+    objects: list[tuple[str, dict[str, Any]]]
+
+
+def _applying(session: Session, shop_id: int, now: datetime) -> list[Backfill]:
+    """The shop's staged backfills, in `ORDER`, once no backfill of the shop is still running (or it was killed:
+    silent for a minute)."""
+    runs = list(session.execute(sa.select(Backfill).where(col(Backfill.shop_id) == shop_id)).scalars())
+    running = [as_utc(run.queued_at) for run in runs if run.queued_at is not None]
+    if any(at > now - SILENCE for at in running if at is not None):
+        return []
+    return sorted((run for run in runs if run.status == "staged"), key=lambda run: ORDER.index(run.resource))
+
+
+def history_pending(session: Session, shop_id: int) -> bool:
+    """Whether the shop has staged history not yet applied."""
+    return session.execute(sa.select(col(Backfill.id)).where(
+        col(Backfill.shop_id) == shop_id, col(Backfill.status) == "staged").limit(1)).first() is not None
+
+
+def take_history(session: Session, shop_id: int, *, now: datetime,
+                 limit: int = HISTORY_CHUNK) -> HistoryChunk | None:
+    """The next chunk of the shop's staged history, in the caller's unit of work: its nested rows taken (read and
+    deleted), its own lines deleted, and the backfill's checkpoint moved past it, all committed with whatever the
+    caller writes from it. A backfill with nothing left is marked done here. None when nothing is ready.
+
+    Raises StagedLinesLost when the database lost the staged lines; `history_lost` records it."""
     staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
-    left = _left(engine, run)
-    while True:
-        with unit_of_work(engine) as session:
-            if run.staged and not _marker_kept(session, run):  # else what is gone would look like the end
-                raise StagedLinesLost()
-            # Ordered by (parent, line), the index's order: every parent is NULL, so that is line order, and
-            # PostgreSQL walks the index from where it stopped (ordered by line alone, it read and sorted every
-            # parent line left in the file for each chunk).
-            parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
-                col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
-                col(BackfillRow.line) > run.last_queued_line)
-                .order_by(col(BackfillRow.parent), col(BackfillRow.line))
-                .limit(QUEUE_CHUNK)).tuples().all()
-            if not parents:  # what is left: lines whose parent was not in the file
-                session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
-                session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
-                    status="done", finished_at=now, error=None))
-                run.status, run.finished_at, run.error = "done", now, None
-                return run
-            nodes = [jsontext.loads(body) for _, body in parents]
-            children: dict[str, list[dict[str, Any]]] = {str(node["id"]): [] for node in nodes}
-            if resource.child_type:
-                # Taken (read and deleted in one statement) by their parents' ids, and sorted here, not in SQL:
-                # ordered by line, SQLite would walk every staged line of the file by its primary key for each
-                # chunk (quadratic in the file) instead of taking these parents' index.
-                found = sorted(session.execute(sa.delete(staged).where(
-                    staged.c.backfill_id == run.id, staged.c.parent.in_(list(children)))
-                    .returning(staged.c.line, staged.c.body)).tuples())
-                for _, body in found:
-                    child = jsontext.loads(body)
-                    children[str(child["__parentId"])].append(child)
-            rows = list(history_rows(resource, domain, ((node, children.get(str(node["id"]), [])) for node in nodes),
-                                     "backfill", now))
-            insert_new(session, InboxEntry, rows, ["shop_domain", "event_id"])  # a replay is a no-op
-            last = parents[-1][0]
-            # The chunk's lines go with it, while their pages are in the cache (the inbox rows written next
-            # reuse them), instead of in one sweep at the end that reads the whole staged file back.
-            session.execute(sa.delete(staged).where(staged.c.backfill_id == run.id, staged.c.parent.is_(None),
-                                                    staged.c.line <= last))
-            queued = run.queued + len(nodes)
+    for run in _applying(session, shop_id, now):
+        resource = RESOURCES[run.resource]
+        if run.staged and not _marker_kept(session, run):  # else what is gone would look like the end
+            raise StagedLinesLost(run.id or 0)
+        # Ordered by (parent, line), the index's order: every parent is NULL, so that is line order, and
+        # PostgreSQL walks the index from where it stopped (ordered by line alone, it read and sorted every
+        # parent line left in the file for each chunk).
+        parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
+            col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
+            col(BackfillRow.line) > run.last_queued_line)
+            .order_by(col(BackfillRow.parent), col(BackfillRow.line))
+            .limit(limit)).tuples().all()
+        if not parents:  # what is left: lines whose parent was not in the file
+            session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
             session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
-                last_queued_line=last, queued=queued, queued_at=clock.now()))
-        run.last_queued_line, run.queued = last, queued
-        left -= len(nodes)
-        report(Progress(run.resource, "queuing", queued, queued + left))
+                status="done", finished_at=now, error=None))
+            continue
+        nodes = [jsontext.loads(body) for _, body in parents]
+        children: dict[str, list[dict[str, Any]]] = {str(node["id"]): [] for node in nodes}
+        if resource.child_type:
+            # Taken (read and deleted in one statement) by their parents' ids, and sorted here, not in SQL:
+            # ordered by line, SQLite would walk every staged line of the file by its primary key for each
+            # chunk (quadratic in the file) instead of taking these parents' index.
+            found = sorted(session.execute(sa.delete(staged).where(
+                staged.c.backfill_id == run.id, staged.c.parent.in_(list(children)))
+                .returning(staged.c.line, staged.c.body)).tuples())
+            for _, body in found:
+                child = jsontext.loads(body)
+                children[str(child["__parentId"])].append(child)
+        last = parents[-1][0]
+        session.execute(sa.delete(staged).where(staged.c.backfill_id == run.id, staged.c.parent.is_(None),
+                                                staged.c.line <= last))
+        session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
+            last_queued_line=last, queued=run.queued + len(nodes)))
+        return HistoryChunk(resource, [
+            (history_id(resource, node), to_payload(resource.name, node, children[str(node["id"])]))
+            for node in nodes])
+    return None
+
+
+def history_lost(engine: Engine, error: StagedLinesLost, now: datetime) -> None:
+    """A staged backfill whose lines the database lost ends failed, with the reason: the next run reads the
+    history again with a new bulk query."""
+    log.warning("backfill %d: %s", error.run_id, error)
+    with unit_of_work(engine) as session:
+        session.execute(sa.update(Backfill).where(col(Backfill.id) == error.run_id).values(
+            status="failed", error=str(error), finished_at=now))
 
 
 def _left(engine: Engine, run: Backfill) -> int:
@@ -421,6 +472,11 @@ def _left(engine: Engine, run: Backfill) -> int:
             col(BackfillRow.line) > run.last_queued_line)).scalar_one())
 
 
+def history_id(resource: Resource, node: Mapping[str, Any]) -> str:
+    """An object's id as history: its version (resource, id, `updatedAt`), whoever read it."""
+    return f"history:{resource.name}:{legacy_id(node.get('id'))}:{node.get('updatedAt') or ''}"
+
+
 def history_rows(resource: Resource, domain: str, objects: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]],
                  source: str, now: datetime) -> Iterable[dict[str, object]]:
     """Inbox rows of objects read from Shopify (each with its nested rows), as their webhook topic's payload.
@@ -428,7 +484,6 @@ def history_rows(resource: Resource, domain: str, objects: Iterable[tuple[dict[s
     see the same version queue it once."""
     for node, children in objects:
         payload = to_payload(resource.name, node, children)
-        ident = legacy_id(node.get("id"))
-        yield {"shop_domain": domain, "event_id": f"history:{resource.name}:{ident}:{node.get('updatedAt') or ''}",
+        yield {"shop_domain": domain, "event_id": history_id(resource, node),
                "topic": resource.topic, "source": source, "body": jsontext.dumps(payload),
                "status": "pending", "received_at": now}

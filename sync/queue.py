@@ -33,6 +33,7 @@ _DUE = """
         OR s.status = 'active' AND (
         (s.brevo_ready_at IS NULL AND (s.setup_due_at IS NULL OR s.setup_due_at <= :now))
         OR EXISTS (SELECT 1 FROM inbox i WHERE i.shop_domain = s.domain AND i.status = 'pending')
+        OR EXISTS (SELECT 1 FROM backfills b WHERE b.shop_id = s.id AND b.status = 'staged')
         OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.dirty)
         OR EXISTS (SELECT 1 FROM contacts c WHERE c.shop_id = s.id AND c.import_process IS NOT NULL
                    AND c.visible_at <= :now)

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector import jsontext
@@ -31,7 +32,7 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import chunked, forget_erased, refresh_statistics, unit_of_work
+from connector.database import chunked, forget_erased, insert_new, refresh_statistics, unit_of_work
 from connector.models import (
     Backfill,
     Checkout,
@@ -57,6 +58,7 @@ from mappings.identity import normalise_phone
 from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
+from sync import backfill
 from sync.apply import TOPICS, ApplyContext, Topic, wanted_by, write_events
 from sync.compliance import (
     CustomerRequest,
@@ -83,9 +85,7 @@ HISTORY_BATCH = 1000  # a batch that starts with history
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
 UNKNOWN_SHOPS_EVERY = 300.0  # seconds between two looks for privacy deliveries of shops not held here
 POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
-# A backfill that has queued nothing for this long has stopped (killed: a backfill that ends says so itself).
-BACKFILL_SILENCE = timedelta(seconds=60)
-BACKFILL_HOLD = 1.0  # seconds a shop rests when all it waits for is a running backfill's next objects
+BACKFILL_HOLD = 1.0  # seconds a shop rests when all it waits for is a running backfill
 # PostgreSQL's statistics of the tables the applier fills are refreshed after this worker has applied this many
 # deliveries, then each time that count has doubled (see `refresh_statistics`): a database's first backfill is
 # planned from what its tables hold, not from empty tables (measured at 100,000 customers: a buyer batch's
@@ -100,9 +100,10 @@ HISTORY_SOURCES = ("backfill", "poll")  # inbox sources read from Shopify's past
 
 @dataclass(slots=True)
 class Delivery:
-    """A pending inbox row as the applier reads it, and the outcome it records for it."""
+    """A pending inbox row as the applier reads it, or an object of a staged backfill (no id, its payload
+    already read), and the outcome it records for it."""
 
-    id: int
+    id: int | None
     event_id: str
     topic: str
     source: str
@@ -111,6 +112,7 @@ class Delivery:
     received_at: datetime | None
     status: str = "pending"
     error: str | None = None
+    payload: dict[str, Any] | None = None
 
 
 @dataclass
@@ -175,6 +177,8 @@ class Worker:
                 + (SELECT count(*) FROM outbox o JOIN shops s ON s.id = o.shop_id
                      WHERE o.status = 'pending' AND (s.status = 'active' OR o.target = 'erase'
                        AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now)))
+                + (SELECT count(*) FROM backfills b JOIN shops s ON s.id = b.shop_id
+                     WHERE b.status = 'staged' AND s.status = 'active')
                 + (SELECT count(*) FROM shops s WHERE s.status = 'active' AND s.brevo_ready_at IS NULL)
                 + (SELECT count(*) FROM shops s WHERE s.status = 'active'
                      AND (s.rfm_due_at IS NULL OR s.rfm_due_at <= :now))
@@ -326,8 +330,8 @@ class Worker:
             after, handled = self._lifecycle(lease)
             if after is None or after.status != "active":
                 return  # erased or uninstalled: nothing more is done for this shop
-            if not handled:
-                break
+            if not handled and not self.apply_history(lease, shop):
+                break  # deliveries first: the staged history of a backfill when none is waiting
         now = self.clock.now()
         with unit_of_work(self.engine) as session:
             mark_due_lifecycle(session, lease.shop_id, now)
@@ -467,25 +471,24 @@ class Worker:
         return row
 
     def _history_queued(self, lease: Lease) -> bool:
-        """Deliveries read as history (backfill, polls) still wait in the shop's inbox, or a backfill is queuing
-        more. When the inbox is empty and only a backfill's next chunk is awaited, the shop rests a moment when
-        released (see `run_once`)."""
+        """History is still to come: a backfill is running, or has staged history not applied yet, or deliveries
+        read as history (polls) wait in the shop's inbox. When all it waits for is a running backfill, the shop
+        rests a moment when released (see `run_once`)."""
         now = self.clock.now()
-        with self.engine.connect() as conn:
-            # The backfill first: on PostgreSQL each statement sees its own snapshot, and a backfill that said it
-            # stopped had committed its last chunk before, so the inbox read next sees that chunk.
-            queuing = conn.execute(sa.select(col(Backfill.id)).where(
+        with Session(self.engine) as session:
+            running = session.execute(sa.select(col(Backfill.id)).where(
                 col(Backfill.shop_id) == lease.shop_id,
-                col(Backfill.queued_at) > now - BACKFILL_SILENCE).limit(1)).first() is not None
+                col(Backfill.queued_at) > now - backfill.SILENCE).limit(1)).first() is not None
+            staged = backfill.history_pending(session, lease.shop_id)
             # In id order: the pending index's own order, which PostgreSQL then walks whatever its statistics say
             # (counting many pending rows, it read the whole inbox from the start for the first one instead).
             pending = sa.select(col(InboxEntry.id)).where(col(InboxEntry.shop_domain) == lease.domain,
                                                          col(InboxEntry.status) == "pending").order_by(
                 col(InboxEntry.id)).limit(1)
-            history = conn.execute(pending.where(col(InboxEntry.source).in_(HISTORY_SOURCES))).first() is not None
-            if queuing and not history and conn.execute(pending).first() is None:
+            history = session.execute(pending.where(col(InboxEntry.source).in_(HISTORY_SOURCES))).first() is not None
+            if running and not history and session.execute(pending).first() is None:
                 self.held.add(lease.shop_id)  # nothing else waits in its inbox either
-        return queuing or history
+        return running or staged or history
 
     def _build_profiles(self, lease: Lease, shop: Shop, now: datetime, *, live_only: bool = False) -> Shop:
         with unit_of_work(self.engine) as session:
@@ -565,16 +568,28 @@ class Worker:
         it fail, that unit of work is rolled back and the batch applied again one delivery at a time, each
         in a savepoint, so that the failing delivery is quarantined with its error and the others land.
         """
+        return self._apply(lease, shop, self._inbox_batch)
+
+    def apply_history(self, lease: Lease, shop: Shop) -> int:
+        """Apply the next chunk of the shop's staged backfill (`backfill.take_history`) as `apply_inbox` applies a
+        batch, the chunk's checkpoint in the same unit of work; returns the chunk's size (0: none is ready)."""
+        try:
+            return self._apply(lease, shop, self._history_batch)
+        except backfill.StagedLinesLost as exc:
+            backfill.history_lost(self.engine, exc, self.clock.now())
+            return 1  # the shop's next backfill, if any, is taken next
+
+    def _apply(self, lease: Lease, shop: Shop, take: Callable[[sa.orm.Session, Lease], list[Delivery]]) -> int:
         try:
             with unit_of_work(self.engine) as session:
-                size, tally = self._apply_batch(session, lease, shop, one_by_one=False)
-        except LeaseLost:
+                size, tally = self._apply_batch(session, lease, shop, take(session, lease), one_by_one=False)
+        except (LeaseLost, backfill.StagedLinesLost):
             raise
         except Exception as exc:
             log.info("shop %s: a delivery of the batch failed (%s: %s); applying one at a time",
                      lease.domain, type(exc).__name__, exc)
             with unit_of_work(self.engine) as session:
-                size, tally = self._apply_batch(session, lease, shop, one_by_one=True)
+                size, tally = self._apply_batch(session, lease, shop, take(session, lease), one_by_one=True)
         self.stats.applied += tally.applied
         self.stats.failed += tally.failed
         self.stats.ignored += tally.ignored
@@ -583,13 +598,9 @@ class Worker:
             self.statistics_due = 2 * self.stats.applied
         return size
 
-    def _apply_batch(self, session: sa.orm.Session, lease: Lease, shop: Shop, *,
-                     one_by_one: bool) -> tuple[int, WorkerStats]:
-        now = self.clock.now()
-        window = timedelta(hours=self.settings.event_freshness_hours)
-        config = ShopConfig.from_dict(shop.config)
-        tally = WorkerStats()
-        # Up to the first pending lifecycle or privacy delivery: those are applied in their turn (_lifecycle).
+    def _inbox_batch(self, session: sa.orm.Session, lease: Lease) -> list[Delivery]:
+        """The shop's next pending deliveries, up to the first pending lifecycle or privacy delivery: those are
+        applied in their turn (`_lifecycle`)."""
         first_lifecycle = sa.select(sa.func.min(InboxEntry.id)).where(
             col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.status) == "lifecycle").scalar_subquery()
         pending = sa.select(
@@ -599,10 +610,26 @@ class Worker:
             col(InboxEntry.id) < sa.func.coalesce(first_lifecycle, 2 ** 62)).order_by(col(InboxEntry.id))
         entries = [Delivery(*row) for row in session.execute(pending.limit(INBOX_BATCH))]
         if HISTORY_BATCH > len(entries) == INBOX_BATCH and all(e.source in HISTORY_SOURCES for e in entries):
-            # History (a backfill, a poll) goes in larger batches: nobody waits on it, and each batch's fixed
-            # cost (its lookups, its commit) is then shared by more deliveries.
+            # History (a poll) goes in larger batches: nobody waits on it, and each batch's fixed cost (its
+            # lookups, its commit) is then shared by more deliveries.
             entries += [Delivery(*row) for row in session.execute(
                 pending.where(col(InboxEntry.id) > entries[-1].id).limit(HISTORY_BATCH - INBOX_BATCH))]
+        return entries
+
+    def _history_batch(self, session: sa.orm.Session, lease: Lease) -> list[Delivery]:
+        now = self.clock.now()
+        chunk = backfill.take_history(session, lease.shop_id, now=now, limit=HISTORY_BATCH)
+        if chunk is None:
+            return []
+        return [Delivery(None, event_id, chunk.resource.topic, "backfill", "", None, now, payload=payload)
+                for event_id, payload in chunk.objects]
+
+    def _apply_batch(self, session: sa.orm.Session, lease: Lease, shop: Shop, entries: list[Delivery], *,
+                     one_by_one: bool) -> tuple[int, WorkerStats]:
+        now = self.clock.now()
+        window = timedelta(hours=self.settings.event_freshness_hours)
+        config = ShopConfig.from_dict(shop.config)
+        tally = WorkerStats()
         parsed: list[tuple[Delivery, Topic, Any]] = []
         for entry in entries:
             topic = TOPICS.get(entry.topic)
@@ -611,7 +638,7 @@ class Worker:
                 tally.ignored += 1
                 continue
             try:
-                payload = jsontext.loads(entry.body)
+                payload = entry.payload if entry.payload is not None else jsontext.loads(entry.body)
                 if not isinstance(payload, dict):
                     raise PayloadError("the body is not a JSON object")
                 parsed.append((entry, topic, topic.parse(payload)))
@@ -648,7 +675,7 @@ class Worker:
                     dirty.clear()
                     continue
                 except Exception as exc:  # a bug must not stop the shop: keep the delivery, show the error
-                    log.exception("applying inbox %s failed", entry.id)
+                    log.exception("applying %s failed", entry.event_id if entry.payload else f"inbox {entry.id}")
                     self._quarantine(session, entry, lease, f"internal error applying {entry.topic}: "
                                                             f"{type(exc).__name__}: {exc}", tally)
                     dirty.clear()
@@ -656,11 +683,13 @@ class Worker:
             entry.status = "applied" if outcome == "applied" else "superseded"
             tally.applied += 1
         batch.write()
-        # Each delivery's outcome: one statement per outcome (nearly always one: "applied") for a list of ids, not
-        # one per delivery (PostgreSQL runs each of those on its own: about 27 ms a batch of 1,000).
+        # Each inbox delivery's outcome: one statement per outcome (nearly always one: "applied") for a list of
+        # ids, not one per delivery (PostgreSQL runs each of those on its own: about 27 ms a batch of 1,000).
+        # An object of a staged backfill has no inbox row (one set aside got one: `_quarantine`).
         outcomes: dict[tuple[str, str | None], list[int]] = defaultdict(list)
         for e in entries:
-            outcomes[(e.status, e.error)].append(e.id)
+            if e.id is not None and e.payload is None:
+                outcomes[(e.status, e.error)].append(e.id)
         inbox = InboxEntry.__table__  # type: ignore[attr-defined]
         for (status, error), ids in outcomes.items():
             for chunk in chunked(ids):
@@ -672,6 +701,15 @@ class Worker:
     def _quarantine(self, session: sa.orm.Session, entry: InboxEntry | Delivery, lease: Lease, reason: str,
                     tally: WorkerStats) -> None:
         entry.status, entry.error = "failed", reason
+        if isinstance(entry, Delivery) and entry.payload is not None:
+            # An object of a staged backfill: kept as a failed inbox delivery, which `dead-letters retry` applies
+            # again like any other (its staged lines are gone with its chunk).
+            insert_new(session, InboxEntry, [{
+                "shop_domain": lease.domain, "event_id": entry.event_id, "topic": entry.topic,
+                "source": entry.source, "body": jsontext.dumps(entry.payload), "status": "failed", "error": reason,
+                "received_at": entry.received_at, "processed_at": self.clock.now()}], ["shop_domain", "event_id"])
+            entry.id = session.execute(sa.select(col(InboxEntry.id)).where(
+                col(InboxEntry.shop_domain) == lease.domain, col(InboxEntry.event_id) == entry.event_id)).scalar_one()
         session.add(DeadLetter(shop_id=lease.shop_id, shop_domain=lease.domain, source="inbox",
                                reference=f"inbox:{entry.id}:{entry.event_id}", topic=entry.topic, reason=reason,
                                created_at=self.clock.now()))

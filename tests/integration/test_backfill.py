@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from connector.clock import FixedClock
 from connector.sandbox.shopify import SimulatedStore, StoreSize
 from connector.sandbox.shopify_bulk import birth_date
 from connector.shopify import ShopifyClient
@@ -42,7 +44,7 @@ def _client(connector: Connector, token: str = ADMIN_TOKEN) -> ShopifyClient:
 def _backfill(connector: Connector, **kwargs: object) -> list[tuple[str, str, int]]:
     results = run_backfill(connector.engine, _client(connector), SHOP, poll_seconds=0.02,
                            **kwargs)  # type: ignore[arg-type]
-    return [(r.resource, r.status, r.queued) for r in results]
+    return [(r.resource, r.status, r.objects) for r in results]
 
 
 def _count(connector: Connector, table: str) -> int:
@@ -52,11 +54,15 @@ def _count(connector: Connector, table: str) -> int:
 def test_a_backfill_brings_every_buyer_with_correct_totals_and_fires_no_automation(
         connector: Connector, store: SimulatedStore) -> None:
     abandoned = [c for c in store.checkouts if not c.get("completed_at")]
-    assert _backfill(connector) == [("customers", "done", len(store.customers)),
-                                    ("products", "done", len(store.products)),
-                                    ("orders", "done", len(store.orders)),
-                                    ("checkouts", "done", len(abandoned))]
+    assert _backfill(connector) == [("customers", "staged", len(store.customers)),
+                                    ("products", "staged", len(store.products)),
+                                    ("orders", "staged", len(store.orders)),
+                                    ("checkouts", "staged", len(abandoned))]
+    assert _count(connector, "inbox") == 0  # the workers apply the staged objects themselves
     connector.sync()
+    assert connector.rows("SELECT resource, status, queued FROM backfills ORDER BY id") == [
+        ("customers", "done", len(store.customers)), ("products", "done", len(store.products)),
+        ("orders", "done", len(store.orders)), ("checkouts", "done", len(abandoned))]
     assert _count(connector, "orders") == len(store.orders)
     assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
     assert _count(connector, "refunds") == sum(len(o.get("refunds") or []) for o in store.orders)
@@ -73,7 +79,7 @@ def test_a_backfill_brings_every_buyer_with_correct_totals_and_fires_no_automati
     assert sent and all(o["historical"] and o["batchId"] for o in sent)
     assert sorted(int(o["id"]) for o in sent) == sorted(
         o["id"] for o in store.orders if not o["test"] and (o.get("email") or o.get("phone") or o.get("customer")))
-    assert _count(connector, "backfill_rows") == 0  # the staged file is gone once queued
+    assert _count(connector, "backfill_rows") == 0  # the staged file is gone once applied
     collections = connector.rows("SELECT collections FROM products WHERE product_type IS NOT NULL")
     assert collections and all(row[0] for row in collections)
     birthdays = {row.customer_id: row.birthday for row in connector.rows("SELECT customer_id, birthday FROM customers")}
@@ -92,28 +98,47 @@ def test_a_webhook_without_metafields_keeps_the_birthday_a_backfill_read(
     assert row.birthday == birth_date(customer["id"])
 
 
-def test_every_file_is_staged_before_any_object_is_queued_so_history_reaches_the_inbox_without_a_pause(
-        connector: Connector, store: SimulatedStore) -> None:
-    # A worker applying history alongside the backfill takes an empty inbox for its end: customers must not
-    # wait there, alone, while the orders' file is still being read.
+def test_every_file_is_staged_then_applied_resource_after_resource_buyers_before_their_orders(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     steps: list[tuple[str, str]] = []
     run_backfill(connector.engine, _client(connector), SHOP, poll_seconds=0.02,
                  progress=lambda p: steps.append((p.resource, p.step)))
-    staged = [i for i, (_, step) in enumerate(steps) if step == "staging"]
-    queued = [i for i, (_, step) in enumerate(steps) if step == "queuing"]
+    staging = [i for i, (_, step) in enumerate(steps) if step == "staging"]
+    staged = [i for i, (_, step) in enumerate(steps) if step == "staged"]
     assert {r for r, step in steps if step == "staging"} == {"customers", "products", "orders", "checkouts"}
-    assert max(staged) < min(queued)
-    assert [r for r, step in steps if step == "done"] == ["customers", "products", "orders", "checkouts"]
+    assert max(staging) < min(staged)
+    assert [r for r, step in steps if step == "staged"] == ["customers", "products", "orders", "checkouts"]
+    taken: list[str] = []
+    take = backfill.take_history
+
+    def taking(*args: Any, **kwargs: Any) -> Any:
+        chunk = take(*args, **kwargs)
+        if chunk is not None:
+            taken.append(chunk.resource.name)
+        return chunk
+
+    monkeypatch.setattr(backfill, "take_history", taking)
+    monkeypatch.setattr("sync.worker.HISTORY_BATCH", 7)  # each file in several chunks
+    connector.sync()
+    order = [name for n, name in enumerate(taken) if n == 0 or taken[n - 1] != name]
+    assert order == ["customers", "products", "orders", "checkouts"] and len(taken) > 8
 
 
 def test_running_a_finished_backfill_again_changes_nothing(connector: Connector, store: SimulatedStore) -> None:
-    _backfill(connector, resources=["customers", "orders"])
-    connector.sync()
-    inbox, brevo_calls = _count(connector, "inbox"), len(connector.brevo.calls)
-    _backfill(connector, resources=["customers", "orders"])
-    assert _count(connector, "inbox") == inbox  # the same objects: the same deliveries, already there
-    connector.sync()
-    assert len([c for c in connector.brevo.calls[brevo_calls:] if c.path.startswith("/v3/contacts")]) == 0
+    clock = FixedClock(datetime.now(UTC))  # RFM recency moves with time: that would be news of its own
+    connector.policy = replace(connector.policy, import_settle_seconds=0.0)  # imports count at once, time still
+    _backfill(connector, resources=["customers", "orders"], clock=clock)
+    connector.sync(clock=clock)
+    tables = ("customers", "orders", "order_lines", "refunds", "contacts", "outbox", "consent_history")
+    counts, brevo_calls = [_count(connector, t) for t in tables], len(connector.brevo.calls)
+    bodies = connector.rows("SELECT contact_key, sent_hash FROM contacts ORDER BY contact_key")
+    assert _backfill(connector, resources=["customers", "orders"], clock=clock) == [
+        ("customers", "staged", len(store.customers)), ("orders", "staged", len(store.orders))]
+    connector.sync(clock=clock)
+    assert [_count(connector, t) for t in tables] == counts
+    assert connector.rows("SELECT contact_key, sent_hash FROM contacts ORDER BY contact_key") == bodies
+    assert [c.path for c in connector.brevo.calls[brevo_calls:] if c.path.startswith(("/v3/contacts", "/v3/orders"))
+            and c.method != "GET"] == []
 
 
 def test_a_download_cut_off_mid_line_is_refused_and_the_next_run_reads_on(
@@ -123,7 +148,9 @@ def test_a_download_cut_off_mid_line_is_refused_and_the_next_run_reads_on(
     assert (resource, status, queued) == ("orders", "failed", 0)
     [row] = connector.rows("SELECT status, staged, error FROM backfills WHERE resource = 'orders'")
     assert row.status == "staging" and row.staged > 0 and "cut off" in row.error
-    assert _backfill(connector, resources=["orders"]) == [("orders", "done", len(store.orders))]
+    connector.sync()
+    assert _count(connector, "orders") == 0  # a file not staged whole is not applied
+    assert _backfill(connector, resources=["orders"]) == [("orders", "staged", len(store.orders))]
     connector.sync()
     assert _count(connector, "orders") == len(store.orders)
 
@@ -136,7 +163,7 @@ def _lose_staged_lines(connector: Connector) -> None:
 
 def _every_order_arrives_whole(connector: Connector, store: SimulatedStore) -> None:
     """The orders' backfill, run again, finishes; once applied, every order is there with all its lines."""
-    assert _backfill(connector, resources=["orders"]) == [("orders", "done", len(store.orders))]
+    assert _backfill(connector, resources=["orders"]) == [("orders", "staged", len(store.orders))]
     connector.sync()
     assert _count(connector, "orders") == len(store.orders)
     assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
@@ -158,34 +185,37 @@ def test_staged_lines_lost_in_a_database_crash_are_read_again_with_a_new_bulk_qu
     assert _bulk_queries(connector) == queries + 1
 
 
-def test_a_backfill_that_lost_its_staged_lines_while_queuing_queues_the_rest_with_all_their_lines(
+def test_staged_lines_lost_while_a_worker_applies_them_end_the_backfill_with_the_reason_and_a_new_run_brings_the_rest(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backfill, "QUEUE_CHUNK", 10)
-    queue_chunk = backfill.insert_new
-    chunks = []
+    assert _backfill(connector, resources=["orders"]) == [("orders", "staged", len(store.orders))]
+    monkeypatch.setattr("sync.worker.HISTORY_BATCH", 10)
+    take = backfill.take_history
+    chunks: list[int] = []
 
-    def stopping_after_two_chunks(*args: Any, **kwargs: Any) -> None:
+    def losing_after_two_chunks(*args: Any, **kwargs: Any) -> Any:
         if len(chunks) == 2:
-            raise BackfillError("stopped")
-        chunks.append(1)
-        queue_chunk(*args, **kwargs)
+            _lose_staged_lines(connector)  # the database restarted between two chunks
+        chunk = take(*args, **kwargs)
+        chunks.append(len(chunk.objects) if chunk else 0)
+        return chunk
 
-    monkeypatch.setattr(backfill, "insert_new", stopping_after_two_chunks)
-    [(_, status, queued)] = _backfill(connector, resources=["orders"])
-    assert (status, queued) == ("failed", 20)
-    _lose_staged_lines(connector)
-    monkeypatch.setattr(backfill, "insert_new", queue_chunk)
+    monkeypatch.setattr(backfill, "take_history", losing_after_two_chunks)
+    connector.sync()
+    [row] = connector.rows("SELECT status, queued, error FROM backfills")
+    assert (row.status, row.queued) == ("failed", 20) and "staged lines of the bulk file were lost" in row.error
+    assert _count(connector, "orders") == 20  # what was applied stays; the rest was not taken for the end
+    monkeypatch.setattr(backfill, "take_history", take)
     _every_order_arrives_whole(connector, store)
 
 
 def test_staged_lines_lost_while_the_backfill_runs_stop_it_with_the_reason_instead_of_a_short_history(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The database restarts between two chunks: the rest of the file is gone, which must not read as its end.
-    monkeypatch.setattr(backfill, "QUEUE_CHUNK", 10)
+    # The database restarts between two chunks: what was staged is gone, which must not read as a shorter file.
+    monkeypatch.setattr(backfill, "STAGE_CHUNK", 10)
     chunks: list[int] = []
 
     def after_each_chunk(progress: backfill.Progress) -> None:
-        if progress.step == "queuing":
+        if progress.step == "staging":
             chunks.append(progress.done)
             if len(chunks) == 2:
                 _lose_staged_lines(connector)
@@ -193,7 +223,8 @@ def test_staged_lines_lost_while_the_backfill_runs_stop_it_with_the_reason_inste
     [result] = run_backfill(connector.engine, _client(connector), SHOP, resources=["orders"], poll_seconds=0.02,
                             progress=after_each_chunk)
     assert result.status == "failed" and "staged lines of the bulk file were lost" in (result.error or "")
-    assert result.queued == 20
+    connector.sync()
+    assert _count(connector, "orders") == 0
     _every_order_arrives_whole(connector, store)
 
 
@@ -219,7 +250,7 @@ def test_a_failed_bulk_operation_is_reported_with_shopifys_reason_and_runs_again
     connector.shopify.bulk_faults.append("fail")
     results = run_backfill(connector.engine, _client(connector), SHOP, resources=["customers"], poll_seconds=0.02)
     assert results[0].status == "failed" and "ended FAILED (INTERNAL_SERVER_ERROR)" in (results[0].error or "")
-    assert _backfill(connector, resources=["customers"]) == [("customers", "done", len(store.customers))]
+    assert _backfill(connector, resources=["customers"]) == [("customers", "staged", len(store.customers))]
 
 
 def test_a_revoked_token_pauses_the_shop_with_the_reason(connector: Connector, store: SimulatedStore) -> None:
@@ -237,13 +268,14 @@ def test_the_backfill_command_reports_each_resource_and_resumes_after_a_failure(
     connector.shopify.bulk_faults.append("fail")
     first = _connector("backfill", "--shop", SHOP, "--resources", "customers,products", env=env, cwd=tmp_path)
     assert first.returncode == 1
-    assert "customers: failed, 0 objects queued (0 lines read): Shopify's bulk operation" in first.stdout
+    assert "customers: failed, 0 objects (0 lines read): Shopify's bulk operation" in first.stdout
     assert "ended FAILED (INTERNAL_SERVER_ERROR)" in first.stdout
-    assert f"products: done, {len(store.products)} objects queued" in first.stdout
+    assert f"products: staged, {len(store.products)} objects" in first.stdout
     assert first.stderr.strip() == "error: the backfill is not complete; run it again to resume"
     second = _connector("backfill", "--shop", SHOP, "--resources", "customers", env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert f"customers: done, {len(store.customers)} objects queued" in second.stdout
+    assert f"customers: staged, {len(store.customers)} objects" in second.stdout
+    assert "staged as history: the workers apply it" in second.stdout
     unknown = _connector("backfill", "--shop", SHOP, "--resources", "carts", env=env, cwd=tmp_path)
     assert unknown.returncode == 2 and "unknown resource 'carts'" in unknown.stderr
 
@@ -255,13 +287,13 @@ def test_without_read_all_orders_the_backfill_says_only_60_days_of_orders_were_v
     since = datetime.now(UTC) - timedelta(days=60)
     recent = [o for o in store.orders if datetime.fromisoformat(o["created_at"].replace("Z", "+00:00")) >= since]
     assert 0 < len(recent) < len(store.orders)
-    assert (orders.status, orders.queued) == ("done", len(recent))
+    assert (orders.status, orders.objects) == ("staged", len(recent))
     assert orders.notice and "60 days" in orders.notice and "read_all_orders" in orders.notice
 
     connector.shopify.scopes.add("read_all_orders")  # the merchant granted it
     [orders] = run_backfill(connector.engine, _client(connector), SHOP, resources=["orders"], poll_seconds=0.02,
                             restart=True)
-    assert (orders.queued, orders.notice) == (len(store.orders), None)
+    assert (orders.objects, orders.notice) == (len(store.orders), None)
 
 
 def test_history_learnt_over_several_turns_moves_segments_without_announcing_it(connector: Connector) -> None:
@@ -338,21 +370,22 @@ def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return built
 
 
-def test_a_worker_running_beside_a_backfill_builds_each_buyer_once_after_the_backfill_has_queued_everything(
+def test_a_worker_running_beside_a_backfill_applies_its_history_once_it_has_stopped_and_builds_each_buyer_once(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sync.backfill.QUEUE_CHUNK", 10)  # the history reaches the inbox in many chunks
+    monkeypatch.setattr(backfill, "STAGE_CHUNK", 10)  # the files are staged in many chunks
+    monkeypatch.setattr(backfill, "HEARTBEAT_SECONDS", 0.0)
     monkeypatch.setattr("sync.worker.BACKFILL_HOLD", 0.0)  # the worker looks after every chunk
     built = _counting_builds(monkeypatch)
     worker = connector.worker()
     turns: list[int] = []
 
     def alongside(progress: Any) -> None:  # as `connector run` does beside `connector backfill`
-        if progress.step == "queuing":
-            turns.append(worker.run_once())  # applies what is queued so far, then finds the inbox empty
+        if progress.step == "staging":
+            turns.append(worker.run_once())
 
     _backfill(connector, progress=alongside)
-    assert len(turns) > 10 and all(turns)
-    assert not built  # no buyer was built while the backfill was still queuing their history
+    assert len(turns) > 10
+    assert _count(connector, "customers") == 0  # nothing was applied while the backfill was staging
     connector.sync()
     keys = [k for (k,) in connector.rows("SELECT contact_key FROM contacts WHERE merged_into IS NULL")]
     assert sorted(built) == sorted(keys) and set(built.values()) == {1}
@@ -365,19 +398,19 @@ def test_a_shop_waiting_only_for_a_running_backfill_rests_a_moment_instead_of_be
         connector: Connector, store: SimulatedStore) -> None:
     _backfill(connector, resources=["customers"])
     now = datetime.now(UTC)
-    # The backfill said it stopped: nothing holds the buyers.
+    # The backfill said it stopped: nothing holds its history.
     assert connector.rows("SELECT queued_at FROM backfills") == [(None,)]
-    with connector.engine.begin() as conn:  # as a backfill still queuing leaves it
+    with connector.engine.begin() as conn:  # as a backfill still running leaves it
         conn.execute(sa.text("UPDATE backfills SET queued_at = :at"), {"at": now})
     worker = connector.worker()
-    assert worker.run_once() == 1  # the customers are applied; their buyers wait for the rest of the history
+    assert worker.run_once() == 1  # the shop has staged history, which waits for the backfill to stop
     assert worker.run_once() == 0  # and the shop rests before it is looked at again
     [shop] = connector.rows("SELECT lease_owner, lease_expires_at FROM shops")
     assert shop.lease_owner is None and shop.lease_expires_at is not None
-    assert connector.rows("SELECT count(*) FROM contacts WHERE dirty") == [(len(store.customers),)]
+    assert _count(connector, "customers") == 0
 
 
-def test_a_backfill_killed_while_queuing_holds_the_buyers_it_brought_for_a_minute_at_most(
+def test_a_backfill_killed_while_staging_holds_its_history_for_a_minute_at_most(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     _backfill(connector, resources=["customers"])
     with connector.engine.begin() as conn:  # killed: it could not say it stopped
@@ -399,17 +432,35 @@ def test_the_planners_statistics_are_refreshed_as_a_backfill_fills_the_tables(
         seen.append("refreshed " + " ".join(t.name for t in tables))
 
     def step(progress: backfill.Progress) -> None:
-        if progress.step in ("staging", "queuing") and (not seen or seen[-1] != progress.step):
+        if progress.step in ("staging", "staged") and (not seen or seen[-1] != progress.step):
             seen.append(progress.step)
 
     monkeypatch.setattr(backfill, "refresh_statistics", refresh)
     monkeypatch.setattr(worker_module, "refresh_statistics", refresh)
     monkeypatch.setattr(worker_module, "STATISTICS_FIRST", 10)
     run_backfill(connector.engine, _client(connector), SHOP, poll_seconds=0.02, progress=step)
-    assert seen == ["staging", "refreshed backfill_rows", "queuing"]  # the staged files, before they are queued
+    assert seen == ["staging", "refreshed backfill_rows", "staged"]  # the staged files, before they are applied
     worker = connector.sync()
     by_worker = seen[3:]
     assert by_worker and {"inbox", "orders", "order_lines", "contacts", "outbox"} <= set(by_worker[-1].split())
     # after 10 deliveries, then at each doubling: a few times for the whole history, not once per batch
     assert len(by_worker) <= worker.stats.applied.bit_length()
     assert worker.statistics_due > worker.stats.applied
+
+
+def test_a_staged_object_no_handler_can_read_is_set_aside_with_a_dead_letter_and_the_rest_is_applied(
+        connector: Connector, store: SimulatedStore) -> None:
+    _backfill(connector, resources=["customers"])
+    with connector.engine.begin() as conn:  # one customer's id is not Shopify's
+        [(line, body)] = conn.execute(sa.text(
+            "SELECT line, body FROM backfill_rows WHERE line > 0 ORDER BY line LIMIT 1")).all()
+        broken = body.replace('"gid://shopify/Customer/', '"gid://shopify/Customer/x')
+        conn.execute(sa.text("UPDATE backfill_rows SET body = :body WHERE line = :line"), {"body": broken, "line": line})
+    connector.sync()
+    assert _count(connector, "customers") == len(store.customers) - 1
+    [letter] = connector.rows("SELECT source, reference, topic, reason FROM dead_letters")
+    assert (letter.source, letter.topic) == ("inbox", "customers/update") and "unreadable" in letter.reason
+    [entry] = connector.rows("SELECT id, source, status, body FROM inbox")
+    assert (entry.source, entry.status) == ("backfill", "failed") and letter.reference.startswith(f"inbox:{entry.id}:")
+    assert "gid://shopify/Customer/x" in entry.body  # kept whole, for `dead-letters retry` once it is fixed
+    assert connector.rows("SELECT status, queued FROM backfills") == [("done", len(store.customers))]
