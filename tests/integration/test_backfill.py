@@ -455,7 +455,8 @@ def test_a_staged_object_no_handler_can_read_is_set_aside_with_a_dead_letter_and
         [(line, body)] = conn.execute(sa.text(
             "SELECT line, body FROM backfill_rows WHERE line > 0 ORDER BY line LIMIT 1")).all()
         broken = body.replace('"gid://shopify/Customer/', '"gid://shopify/Customer/x')
-        conn.execute(sa.text("UPDATE backfill_rows SET body = :body WHERE line = :line"), {"body": broken, "line": line})
+        conn.execute(sa.text("UPDATE backfill_rows SET body = :body WHERE line = :line"),
+                     {"body": broken, "line": line})
     connector.sync()
     assert _count(connector, "customers") == len(store.customers) - 1
     [letter] = connector.rows("SELECT source, reference, topic, reason FROM dead_letters")
