@@ -155,23 +155,23 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
             scopes = None  # unknown: nothing to say
         runs["orders"] = _save(engine, runs["orders"],
                                notice=SIXTY_DAYS if scopes is not None and "read_all_orders" not in scopes else None)
-    report = _beating(engine, [run.id for run in runs.values() if run.id is not None], progress or (lambda _: None),
-                      clock)
+    ids = [run.id for run in runs.values() if run.id is not None]
+    report = _beating(engine, ids, progress or (lambda _: None), clock)
     results: dict[str, ResourceResult] = {}
-    # Start every operation first (they run side by side in Shopify), then take the files one by one.
-    for name in wanted:
-        try:
-            _start(engine, client, runs[name], RESOURCES[name], sleep=sleep)
-        except ShopifyAuthFailed:
-            raise
-        except (BackfillError, ShopifyError) as exc:
-            results[name] = _failed(engine, runs[name], exc, clock.now())
-            report(Progress(name, "failed", 0, 0))
     try:
+        # Start every operation first (they run side by side in Shopify), then take the files one by one.
+        for name in wanted:
+            try:
+                _start(engine, client, runs[name], RESOURCES[name], sleep=sleep)
+            except ShopifyAuthFailed:
+                raise
+            except (BackfillError, ShopifyError) as exc:
+                results[name] = _failed(engine, runs[name], exc, clock.now())
+                report(Progress(name, "failed", 0, 0))
         _stage_all(engine, client, runs, wanted, results, report, clock=clock, poll_seconds=poll_seconds,
                    sleep=sleep, timeout_seconds=timeout_seconds)
     finally:  # it stages nothing more: workers may apply what it staged
-        _stopped(engine, [run.id for run in runs.values() if run.id is not None])
+        _stopped(engine, ids)
     return [results[name] for name in wanted]
 
 

@@ -675,7 +675,7 @@ class Worker:
                     dirty.clear()
                     continue
                 except Exception as exc:  # a bug must not stop the shop: keep the delivery, show the error
-                    log.exception("applying %s failed", entry.event_id if entry.payload else f"inbox {entry.id}")
+                    log.exception("applying %s failed", f"inbox {entry.id}" if entry.id else entry.event_id)
                     self._quarantine(session, entry, lease, f"internal error applying {entry.topic}: "
                                                             f"{type(exc).__name__}: {exc}", tally)
                     dirty.clear()
