@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -219,18 +220,27 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def forget_erased(engine: Engine) -> None:
+def forget_erased(engine: Engine, *, attempts: int = 50, pause: float = 0.1) -> bool:
     """After an erasure: on SQLite, copy the write-ahead log into the database file and empty it, so the erased
-    rows' old pages are nowhere on disk (secure_delete zeroed them in the file). A reader holding an old snapshot
-    can keep the log from emptying; the next erasure or checkpoint finishes it. PostgreSQL reclaims the space of
-    deleted rows through autovacuum."""
+    rows' old pages are nowhere on disk (secure_delete zeroed them in the file). SQLite refuses at once (busy)
+    while another connection checkpoints or holds a snapshot the log still serves, so it is tried again, for up
+    to `attempts` x `pause` seconds; failing that, it says so, and the next erasure or checkpoint finishes it.
+    Returns whether the log was emptied. PostgreSQL reclaims the space of deleted rows through autovacuum."""
     if not is_sqlite(engine):
-        return
+        return True
     raw = engine.raw_connection()
     try:
-        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(pause)
+            busy, _, _ = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return True
     finally:
         raw.close()
+    log.warning("the write-ahead log still holds erased rows: another connection kept it busy for %.0f s; the "
+                "next erasure or checkpoint empties it", attempts * pause)
+    return False
 
 
 def alembic_config(url: str) -> Config:
