@@ -162,7 +162,7 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
         # Start every operation first (they run side by side in Shopify), then take the files one by one.
         for name in wanted:
             try:
-                _start(engine, client, runs[name], RESOURCES[name], sleep=sleep)
+                _start(engine, client, runs[name], RESOURCES[name], report, sleep=sleep)
             except ShopifyAuthFailed:
                 raise
             except (BackfillError, ShopifyError) as exc:
@@ -213,7 +213,7 @@ def _stage_all(engine: Engine, client: ShopifyClient, runs: dict[str, Backfill],
         run = runs[name]
         try:
             if _staged_lines_lost(engine, run):
-                run = _read_again(engine, client, run, RESOURCES[name], sleep=sleep)
+                run = _read_again(engine, client, run, RESOURCES[name], report, sleep=sleep)
             if run.status == "started":
                 run = _wait(engine, client, run, report, poll_seconds=poll_seconds, sleep=sleep,
                             timeout_seconds=timeout_seconds, clock=clock)
@@ -275,7 +275,7 @@ def _failed(engine: Engine, run: Backfill, exc: Exception, now: datetime) -> Res
     return ResourceResult(run.resource, "failed", run.staged, 0, reason)
 
 
-def _start(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resource, *,
+def _start(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resource, report: ProgressFn, *,
            sleep: Callable[[float], None]) -> None:
     if run.status != "started" or run.operation_id:
         return
@@ -286,6 +286,7 @@ def _start(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resou
             return
         except BulkBusy as exc:
             sleep(exc.retry_after or 5.0)
+            report(Progress(run.resource, "waiting", 0, 0))  # still running: its heartbeat goes on (`_beating`)
     raise BackfillError("Shopify kept refusing a new bulk operation: the shop's bulk query slots stay busy")
 
 
@@ -328,7 +329,7 @@ def _staged_lines_lost(engine: Engine, run: Backfill) -> bool:
         return not _marker_kept(session, run)
 
 
-def _read_again(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resource, *,
+def _read_again(engine: Engine, client: ShopifyClient, run: Backfill, resource: Resource, report: ProgressFn, *,
                 sleep: Callable[[float], None]) -> Backfill:
     """A new bulk query for the resource, from the first line: what Shopify holds now."""
     log.warning("backfill of %s: its %d staged lines were lost (the database restarted); reading the history "
@@ -336,7 +337,7 @@ def _read_again(engine: Engine, client: ShopifyClient, run: Backfill, resource: 
     # What is left of the old lines goes when the new file's staging starts from its first line (`_stage`).
     run = _save(engine, run, status="started", operation_id=None, url=None, error=None, lines=0, staged=0,
                 queued=0, last_queued_line=0)
-    _start(engine, client, run, resource, sleep=sleep)
+    _start(engine, client, run, resource, report, sleep=sleep)
     return run
 
 

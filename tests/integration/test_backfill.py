@@ -3,6 +3,7 @@ store's JSONL over loopback, the worker applies it as history, the simulated Bre
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,10 +15,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connector.clock import FixedClock
+from connector.clock import FixedClock, as_utc
+from connector.models import Backfill
 from connector.sandbox.shopify import SimulatedStore, StoreSize
 from connector.sandbox.shopify_bulk import birth_date
 from connector.shopify import ShopifyClient
+from mappings.shopify_graphql import RESOURCES
 from sync import backfill, profiles
 from sync import worker as worker_module
 from sync.backfill import BackfillError, run_backfill
@@ -420,6 +423,30 @@ def test_a_backfill_killed_while_staging_holds_its_history_for_a_minute_at_most(
     connector.sync()
     assert len(built) == len(store.customers)
     assert connector.rows("SELECT count(*) FROM contacts WHERE dirty") == [(0,)]
+
+
+def test_a_backfill_waiting_minutes_for_a_free_bulk_query_slot_still_holds_its_history(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backfill, "HEARTBEAT_SECONDS", 0.0)
+    client = _client(connector)
+    connector.shopify.bulk_seconds = 1.0
+    for _ in range(5):  # another app's bulk queries hold every slot the shop has
+        client.run_bulk_query(RESOURCES["products"].bulk_query(None))
+    connector.shopify.bulk_seconds = 0.05
+    clock = FixedClock(began := datetime.now(UTC))
+    silent: list[timedelta] = []
+
+    def sleep(seconds: float) -> None:  # each wait of Shopify's `retry_after` (5 s) passes at once on the clock
+        clock.advance(seconds=seconds)
+        time.sleep(0.02)
+        with connector.engine.connect() as conn:
+            beats = conn.execute(sa.select(Backfill.queued_at)).scalars().all()  # type: ignore[call-overload]
+        silent.append(clock.now() - min(as_utc(at) for at in beats))
+
+    results = run_backfill(connector.engine, client, SHOP, clock=clock, poll_seconds=0.02, sleep=sleep)
+    assert [r.status for r in results] == ["staged"] * 4
+    assert clock.now() - began > 2 * backfill.SILENCE  # it waited minutes for a slot
+    assert max(silent) < backfill.SILENCE  # and never looked killed to a worker
 
 
 def test_the_planners_statistics_are_refreshed_as_a_backfill_fills_the_tables(
