@@ -447,8 +447,11 @@ def take_history(session: Session, shop_id: int, *, now: datetime,
                 child = jsontext.loads(body)
                 children[str(child["__parentId"])].append(child)
         last = parents[-1][0]
+        # Bounded below too: PostgreSQL keeps the index entries of lines deleted by earlier chunks until a vacuum,
+        # and `line <= last` alone walked all of them again for every chunk (measured: the server's largest cost
+        # of applying a 100,000-customer history).
         session.execute(sa.delete(staged).where(staged.c.backfill_id == run.id, staged.c.parent.is_(None),
-                                                staged.c.line <= last))
+                                                staged.c.line > run.last_queued_line, staged.c.line <= last))
         session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
             last_queued_line=last, queued=run.queued + len(nodes)))
         return HistoryChunk(resource, [
