@@ -429,16 +429,19 @@ def test_a_backfill_waiting_minutes_for_a_free_bulk_query_slot_still_holds_its_h
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backfill, "HEARTBEAT_SECONDS", 0.0)
     client = _client(connector)
-    connector.shopify.bulk_seconds = 1.0
-    for _ in range(5):  # another app's bulk queries hold every slot the shop has
-        client.run_bulk_query(RESOURCES["products"].bulk_query(None))
+    connector.shopify.bulk_seconds = 3600.0
+    # another app's bulk queries hold every slot the shop has, for three minutes on the clock
+    held = [client.run_bulk_query(RESOURCES["products"].bulk_query(None)) for _ in range(5)]
     connector.shopify.bulk_seconds = 0.05
     clock = FixedClock(began := datetime.now(UTC))
     silent: list[timedelta] = []
 
     def sleep(seconds: float) -> None:  # each wait of Shopify's `retry_after` (5 s) passes at once on the clock
         clock.advance(seconds=seconds)
-        time.sleep(0.02)
+        time.sleep(0.01)
+        if clock.now() - began > 3 * backfill.SILENCE:
+            for operation in held:
+                connector.shopify.operations[operation].failed = True  # the other app's queries end
         with connector.engine.connect() as conn:
             beats = conn.execute(sa.select(Backfill.queued_at)).scalars().all()  # type: ignore[call-overload]
         silent.append(clock.now() - min(as_utc(at) for at in beats))
