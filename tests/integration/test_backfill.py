@@ -3,7 +3,6 @@ store's JSONL over loopback, the worker applies it as history, the simulated Bre
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlmodel import col
 
 from connector.clock import FixedClock, as_utc
 from connector.models import Backfill
@@ -438,12 +438,11 @@ def test_a_backfill_waiting_minutes_for_a_free_bulk_query_slot_still_holds_its_h
 
     def sleep(seconds: float) -> None:  # each wait of Shopify's `retry_after` (5 s) passes at once on the clock
         clock.advance(seconds=seconds)
-        time.sleep(0.01)
         if clock.now() - began > 3 * backfill.SILENCE:
             for operation in held:
                 connector.shopify.operations[operation].failed = True  # the other app's queries end
         with connector.engine.connect() as conn:
-            beats = conn.execute(sa.select(Backfill.queued_at)).scalars().all()  # type: ignore[call-overload]
+            beats = conn.execute(sa.select(col(Backfill.queued_at))).scalars().all()
         silent.append(clock.now() - min(as_utc(at) for at in beats))
 
     results = run_backfill(connector.engine, client, SHOP, clock=clock, poll_seconds=0.02, sleep=sleep)
