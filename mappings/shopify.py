@@ -52,7 +52,7 @@ def money(value: Any, name: str) -> Decimal:
     if isinstance(value, (bool, float)):
         raise PayloadError(f"'{name}' must be a decimal string, got {value!r}")
     try:
-        amount = Decimal(str(value))
+        amount = Decimal(value if type(value) is str else str(value))
     except InvalidOperation:
         raise PayloadError(f"'{name}' must be a decimal amount, got {value!r}") from None
     if not amount.is_finite():
@@ -63,14 +63,14 @@ def money(value: Any, name: str) -> Decimal:
 def shop_money(payload: Mapping[str, Any], key: str) -> Decimal:
     """The shop-currency amount of `key` (`key_set.shop_money` when present, else the plain field)."""
     money_set = payload.get(f"{key}_set")
-    if isinstance(money_set, Mapping) and isinstance(money_set.get("shop_money"), Mapping):
+    if isinstance(money_set, dict) and isinstance(money_set.get("shop_money"), dict):
         return money(money_set["shop_money"].get("amount"), f"{key}_set.shop_money.amount")
     return money(payload.get(key), key)
 
 
 def _shop_currency(payload: Mapping[str, Any], key: str) -> str | None:
     money_set = payload.get(f"{key}_set")
-    if isinstance(money_set, Mapping) and isinstance(money_set.get("shop_money"), Mapping):
+    if isinstance(money_set, dict) and isinstance(money_set.get("shop_money"), dict):
         code = money_set["shop_money"].get("currency_code")
         return str(code) if code else None
     return None
@@ -94,6 +94,8 @@ def _text(payload: Mapping[str, Any], key: str) -> str | None:
     value = payload.get(key)
     if value is None:
         return None
+    if type(value) is str:  # nearly always: no conversion
+        return value.strip() or None
     if isinstance(value, (dict, list)):
         raise PayloadError(f"'{key}' must be text, got {type(value).__name__}")
     text = str(value).strip()
@@ -113,7 +115,7 @@ def _object(payload: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     value = payload.get(key)
     if value is None:
         return None
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         raise PayloadError(f"'{key}' must be an object")
     return value
 
@@ -351,7 +353,7 @@ class OrderRecord:
         currency = _shop_currency(payload, "total_price") or _text(payload, "currency")
         order_id = _id(payload) or 0
         discount_codes = tuple(str(d.get("code")) for d in _list(payload, "discount_codes")
-                               if isinstance(d, Mapping) and d.get("code"))
+                               if isinstance(d, dict) and d.get("code"))
         shipping = payload.get("total_shipping_price_set")
         refunds = tuple(RefundRecord.from_payload(r, order_id=order_id, shop_currency=currency)
                         for r in _list(payload, "refunds"))
@@ -378,7 +380,7 @@ class OrderRecord:
             total_tax=shop_money(payload, "total_tax"),
             total_discounts=shop_money(payload, "total_discounts"),
             total_shipping=(money(shipping["shop_money"].get("amount"), "total_shipping_price_set")
-                            if isinstance(shipping, Mapping) and isinstance(shipping.get("shop_money"), Mapping)
+                            if isinstance(shipping, dict) and isinstance(shipping.get("shop_money"), dict)
                             else Decimal("0")),
             financial_status=_text(payload, "financial_status"),
             fulfillment_status=_text(payload, "fulfillment_status"),
@@ -392,7 +394,7 @@ class OrderRecord:
             cancelled_at=timestamp(payload.get("cancelled_at"), "cancelled_at"),
             updated_at=updated_at,
             lines=tuple(LineRecord.from_payload(line, i) for i, line in enumerate(_list(payload, "line_items"))
-                        if isinstance(line, Mapping)),
+                        if isinstance(line, dict)),
             refunds=refunds,
             customer=customer,
             source_name=source_name,
@@ -413,8 +415,8 @@ def _points_basis(payload: Mapping[str, Any]) -> Decimal:
     subtotal = shop_money(payload, "subtotal_price")
     if not payload.get("taxes_included"):
         return max(subtotal, Decimal("0"))
-    taxes = sum((shop_money(tax, "price") for line in _list(payload, "line_items") if isinstance(line, Mapping)
-                 for tax in _list(line, "tax_lines") if isinstance(tax, Mapping)), Decimal("0"))
+    taxes = sum((shop_money(tax, "price") for line in _list(payload, "line_items") if isinstance(line, dict)
+                 for tax in _list(line, "tax_lines") if isinstance(tax, dict)), Decimal("0"))
     return max(subtotal - taxes, Decimal("0"))
 
 
@@ -429,7 +431,7 @@ def subscription_signals(source_name: str | None, tags: str | None, lines: list[
     order when it is a rebill, has a tag mentioning subscriptions, or a line bought under a selling plan."""
     tag_set = {t.strip().lower() for t in (tags or "").split(",") if t.strip()}
     rebill = (source_name or "").lower().startswith("subscription_contract") or bool(tag_set & REBILL_TAGS)
-    selling_plan = any(isinstance(li, Mapping) and (li.get("selling_plan_allocation") or li.get("selling_plan_id"))
+    selling_plan = any(isinstance(li, dict) and (li.get("selling_plan_allocation") or li.get("selling_plan_id"))
                        for li in lines)
     return rebill, rebill or selling_plan or any("subscription" in t for t in tag_set)
 
@@ -438,7 +440,7 @@ def _fulfilled_at(payload: Mapping[str, Any], updated_at: datetime | None) -> da
     """When the order was first fulfilled: its earliest successful fulfilment, else (when Shopify says
     the order is fulfilled without listing fulfilments) its last update."""
     moments = [timestamp(f.get("created_at"), "fulfillments.created_at") for f in _list(payload, "fulfillments")
-               if isinstance(f, Mapping) and f.get("status") in (None, "success")]
+               if isinstance(f, dict) and f.get("status") in (None, "success")]
     known = [m for m in moments if m is not None]
     if known:
         return min(known)
@@ -461,18 +463,18 @@ class RefundRecord:
         line_amount = Decimal("0")
         has_shop_money = False
         for i, rli in enumerate(_list(payload, "refund_line_items")):
-            if not isinstance(rli, Mapping):
+            if not isinstance(rli, dict):
                 raise PayloadError(f"refund_line_items[{i}] must be an object")
             line_id = rli.get("line_item_id")
             if line_id is not None:
                 lines.append((as_id(line_id, "line_item_id"), _quantity(rli.get("quantity", 0), "quantity")))
-            has_shop_money = has_shop_money or isinstance(rli.get("subtotal_set"), Mapping)
+            has_shop_money = has_shop_money or isinstance(rli.get("subtotal_set"), dict)
             line_amount += shop_money(rli, "subtotal") + shop_money(rli, "total_tax")
         for adj in _list(payload, "order_adjustments"):
-            if isinstance(adj, Mapping):
+            if isinstance(adj, dict):
                 # Adjustments are negative when money goes back to the buyer (shipping refunds).
                 line_amount -= shop_money(adj, "amount") + shop_money(adj, "tax_amount")
-        transactions = [t for t in _list(payload, "transactions") if isinstance(t, Mapping)
+        transactions = [t for t in _list(payload, "transactions") if isinstance(t, dict)
                         and t.get("kind") == "refund" and t.get("status") in (None, "success")]
         tx_currencies = {t.get("currency") for t in transactions if t.get("currency")}
         # Transactions are the money actually moved, but in presentment currency: use them only when
@@ -504,7 +506,7 @@ class ProductRecord:
         image = _object(payload, "image")
         images = _list(payload, "images")
         image_url = (_text(image, "src") if image else None) or (
-            _text(images[0], "src") if images and isinstance(images[0], Mapping) else None)
+            _text(images[0], "src") if images and isinstance(images[0], dict) else None)
         tags = payload.get("tags")
         return cls(
             product_id=_id(payload) or 0,
@@ -525,7 +527,7 @@ def _cart_lines(payload: Mapping[str, Any]) -> tuple[tuple[dict[str, Any], ...],
     lines: list[dict[str, Any]] = []
     total = Decimal("0")
     for i, line in enumerate(_list(payload, "line_items")):
-        if not isinstance(line, Mapping):
+        if not isinstance(line, dict):
             raise PayloadError(f"line_items[{i}] must be an object")
         quantity = _quantity(line.get("quantity", 0), f"line_items[{i}].quantity")
         price = shop_money(line, "price")

@@ -98,9 +98,8 @@ class Resource:
         if not self.nested:
             return obj, []
         connection = obj.pop(self.nested, None) or {}
-        edges = connection.get("edges") if isinstance(connection, Mapping) else None
-        return obj, [dict(e["node"]) for e in edges or [] if isinstance(e, Mapping) and isinstance(e.get("node"),
-                                                                                                    Mapping)]
+        edges = connection.get("edges") if isinstance(connection, dict) else None
+        return obj, [dict(e["node"]) for e in edges or [] if isinstance(e, dict) and isinstance(e.get("node"), dict)]
 
 
 RESOURCES: dict[str, Resource] = {r.name: r for r in (
@@ -121,7 +120,7 @@ def legacy_id(gid: Any) -> int | None:
 
 def _ref_id(value: Any) -> int | None:
     """The numeric id of a referenced object (`product { id }`), or None."""
-    return legacy_id(value.get("id")) if isinstance(value, Mapping) else None
+    return legacy_id(value.get("id")) if isinstance(value, dict) else None
 
 
 def _lower(value: Any) -> str | None:
@@ -130,12 +129,12 @@ def _lower(value: Any) -> str | None:
 
 def _money_set(value: Any) -> JSON | None:
     """GraphQL `MoneyBag` -> REST `*_set` (`shop_money`/`presentment_money`)."""
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return None
     out: JSON = {}
     for graphql, rest in (("shopMoney", "shop_money"), ("presentmentMoney", "presentment_money")):
         money = value.get(graphql)
-        if isinstance(money, Mapping):
+        if isinstance(money, dict):
             out[rest] = {"amount": money.get("amount"), "currency_code": money.get("currencyCode")}
     return out
 
@@ -146,14 +145,14 @@ def _amount(value: Any) -> Any:
 
 
 def _address(value: Any) -> JSON | None:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return None
     return {"first_name": value.get("firstName"), "last_name": value.get("lastName"), "phone": value.get("phone"),
             "city": value.get("city"), "country_code": value.get("countryCodeV2")}
 
 
 def _consent(value: Any, channel: str) -> JSON | None:
-    if not isinstance(value, Mapping) or not value.get("marketingState"):
+    if not isinstance(value, dict) or not value.get("marketingState"):
         return None
     consent: JSON = {"state": _lower(value.get("marketingState")),
                      "opt_in_level": _lower(value.get("marketingOptInLevel")),
@@ -164,8 +163,8 @@ def _consent(value: Any, channel: str) -> JSON | None:
 
 
 def _contact(value: Any, key: str, field: str) -> Any:
-    inner = value.get(key) if isinstance(value, Mapping) else None
-    return inner.get(field) if isinstance(inner, Mapping) else None
+    inner = value.get(key) if isinstance(value, dict) else None
+    return inner.get(field) if isinstance(inner, dict) else None
 
 
 def _tags(value: Any) -> Any:
@@ -189,7 +188,7 @@ def customer_payload(node: Mapping[str, Any]) -> JSON:
 
 
 def _embedded_customer(value: Any) -> JSON | None:
-    if not isinstance(value, Mapping) or not value.get("id"):
+    if not isinstance(value, dict) or not value.get("id"):
         return None
     return {"id": legacy_id(value.get("id")), "admin_graphql_api_id": value.get("id"),
             "first_name": value.get("firstName"), "last_name": value.get("lastName"),
@@ -210,7 +209,7 @@ def _order_line(node: Mapping[str, Any]) -> JSON:
         "price_set": _money_set(node.get("originalUnitPriceSet")),
         "total_discount_set": _money_set(node.get("totalDiscountSet")),
         "tax_lines": [{"price_set": _money_set(t.get("priceSet"))} for t in node.get("taxLines") or []
-                      if isinstance(t, Mapping)],
+                      if isinstance(t, dict)],
     }
 
 
@@ -219,7 +218,7 @@ def order_payload(node: Mapping[str, Any], lines: Sequence[Mapping[str, Any]]) -
     currency = node.get("currencyCode")
     refunds = []
     for refund in node.get("refunds") or []:
-        if not isinstance(refund, Mapping):
+        if not isinstance(refund, dict):
             continue
         # The refunded total in shop money, as one successful refund transaction in the shop's currency.
         refunds.append({"id": legacy_id(refund.get("id")), "admin_graphql_api_id": refund.get("id"),
@@ -248,7 +247,7 @@ def order_payload(node: Mapping[str, Any], lines: Sequence[Mapping[str, Any]]) -
         "billing_address": _address(node.get("billingAddress")),
         "shipping_address": _address(node.get("shippingAddress")),
         "fulfillments": [{"created_at": f.get("createdAt"), "status": _lower(f.get("status"))}
-                         for f in node.get("fulfillments") or [] if isinstance(f, Mapping)],
+                         for f in node.get("fulfillments") or [] if isinstance(f, dict)],
         "refunds": refunds,
         "line_items": [_order_line(line) for line in lines],
     }

@@ -13,7 +13,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_attribute
 from sqlmodel import col
 
 from connector.clock import as_utc
@@ -30,6 +29,7 @@ from connector.models import (
     OutboxEntry,
     Product,
     Refund,
+    update_row,
 )
 from mappings import ecommerce
 from mappings import events as ev
@@ -82,18 +82,18 @@ class ApplyContext:
                                       created_at=self.happened or self.now)
         else:
             # History alone since the last rebuild: any other cause (news, a rescoring) makes it news again.
-            contact.history = history and (contact.history or not contact.dirty)
-            contact.dirty = True
+            values: dict[str, Any] = {"history": history and (contact.history or not contact.dirty), "dirty": True}
             if contact.merged_into:
-                contact.merged_into = None
+                values["merged_into"] = None
             if customer_id:
-                contact.customer_id = customer_id
+                values["customer_id"] = customer_id
             if email:
-                contact.email = email
+                values["email"] = email
             if phone:
-                contact.phone = phone
+                values["phone"] = phone
             if first_name:
-                contact.first_name, contact.last_name = first_name, last_name
+                values["first_name"], values["last_name"] = first_name, last_name
+            update_row(contact, values)
         self.dirty[key] = contact
 
     def resolve(self, key: str | None) -> str | None:
@@ -211,17 +211,16 @@ def apply_customer(ctx: ApplyContext, rec: CustomerRecord, *, created: bool = Fa
         return "stale"
     if row is None:
         row = ctx.mirror.new(Customer, shop_id=ctx.shop_id, customer_id=rec.customer_id, contact_key=key)
-    row.email, row.phone = rec.email, rec.phone
-    row.first_name, row.last_name, row.locale = rec.first_name, rec.last_name, rec.locale
-    row.country_code, row.city, row.state = rec.country_code, rec.city, rec.state
+    values: dict[str, Any] = {
+        "email": rec.email, "phone": rec.phone, "first_name": rec.first_name, "last_name": rec.last_name,
+        "locale": rec.locale, "country_code": rec.country_code, "city": rec.city, "state": rec.state,
+        "note": rec.note, "deleted": False, "created_at_src": rec.created_at or row.created_at_src,
+        "updated_at_src": rec.updated_at or row.updated_at_src}
     if rec.tags is not None:
-        row.tags = rec.tags
-    row.note = rec.note
+        values["tags"] = rec.tags
     if rec.birthday is not None:  # a webhook without the metafield keeps the birthday a GraphQL read stored
-        row.birthday = rec.birthday
-    row.deleted = False
-    row.created_at_src = rec.created_at or row.created_at_src
-    row.updated_at_src = rec.updated_at or row.updated_at_src
+        values["birthday"] = rec.birthday
+    update_row(row, values)
     for consent in (rec.email_consent, rec.sms_consent):
         if consent is not None:
             _set_consent(ctx, row, consent, "customer")
@@ -315,8 +314,7 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
     if row is None:
         row = ctx.mirror.new(Order, shop_id=ctx.shop_id, order_id=rec.order_id, **values)
     else:
-        for name, value in values.items():
-            set_attribute(row, name, value)  # SQLAlchemy's own setter: SQLModel's would set each value twice
+        update_row(row, values)
     ctx.mirror.replace_lines(row, [
         {"shop_id": ctx.shop_id, "order_id": rec.order_id, "line_id": line.line_id or i + 1,
          "product_id": line.product_id, "variant_id": line.variant_id, "title": line.title,

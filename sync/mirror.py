@@ -293,8 +293,9 @@ class BatchMirror:
             rows = self._new.pop(model, None)
             if rows:
                 table = _table(model)
-                insert_rows(self.session, table, [{c.name: row.__dict__[c.name] for c in table.columns}
-                                                  for row in rows])
+                names = table.columns.keys()
+                insert_rows(self.session, table, [{name: state[name] for name in names}
+                                                  for state in (row.__dict__ for row in rows)])
                 self._written += rows
         for appended, values in self._appended.items():
             insert_rows(self.session, _table(appended), values)
