@@ -203,10 +203,13 @@ class ShopConfig:
         return self._rename(canonical_types)
 
     def _rename(self, values: Mapping[str, _V]) -> dict[str, _V]:
-        renamed: dict[str, _V] = {}
-        for name, value in values.items():
-            if name in ATTRIBUTE_NAMES and (brevo := self.brevo_name(name)) is not None:
-                renamed[brevo] = value
+        if not self.renamed and not self.disabled_attributes:  # most shops: every name is its own
+            renamed = {name: value for name, value in values.items() if name in ATTRIBUTE_NAMES}
+        else:
+            renamed = {}
+            for name, value in values.items():
+                if name in ATTRIBUTE_NAMES and (brevo := self.brevo_name(name)) is not None:
+                    renamed[brevo] = value
         # An unknown key that happens to equal a renamed attribute's new name must not overwrite it.
         for name, value in values.items():
             if name not in ATTRIBUTE_NAMES:

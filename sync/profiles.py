@@ -16,7 +16,7 @@ from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
 from connector.database import chunked
-from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop
+from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop, update_row
 from loyalty import program as lp
 from loyalty.store import append_many, stored_entries
 from mappings import events as ev
@@ -299,16 +299,16 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[t
     the buyer's new ledger entries to `ledger`."""
     buyer, profile, rfm = view.buyer, view.profile, view.rfm
     catching_up = contact.history  # only history changed: segment moves and ledger corrections are not news
-    contact.dirty, contact.history = False, False
-    contact.email, contact.phone = buyer.email, buyer.phone
-    contact.order_count, contact.total_spent = profile.order_count, profile.total_spent
-    contact.last_order_at, contact.days_between_orders = profile.last_order_at, profile.days_between_orders
     armed = as_utc(contact.created_at) or shop.now
-    contact.created_at = armed
+    # Through `update_row`: SQLModel's setter costs about a tenth of building a buyer over these twenty columns.
+    update_row(contact, {"dirty": False, "history": False, "email": buyer.email, "phone": buyer.phone,
+                         "order_count": profile.order_count, "total_spent": profile.total_spent,
+                         "last_order_at": profile.last_order_at, "days_between_orders": profile.days_between_orders,
+                         "created_at": armed})
     facts: list[ev.EventFact] = []
     identity = _event_buyer(buyer)
     previous_segment = contact.rfm_segment
-    contact.rfm_score, contact.rfm_segment = (rfm.code, rfm.segment) if rfm else (None, None)
+    update_row(contact, {"rfm_score": rfm.code if rfm else None, "rfm_segment": rfm.segment if rfm else None})
     if (identity is not None and rfm is not None and previous_segment and previous_segment != rfm.segment
             and not catching_up):
         props = {"from": previous_segment, "to": rfm.segment, "rfm_score": rfm.code}
@@ -323,8 +323,8 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[t
         for moment in due_between(view.moments, after, shop.now):
             facts.append(ev.lifecycle_event(moment.name, f"{shop.domain}:{moment.key}", identity, moment.due_at,
                                             moment.properties))
-    contact.lifecycle_scanned_at = max(after, shop.now)
-    contact.lifecycle_due_at = next_due(view.moments, contact.lifecycle_scanned_at)
+    scanned = max(after, shop.now)
+    update_row(contact, {"lifecycle_scanned_at": scanned, "lifecycle_due_at": next_due(view.moments, scanned)})
     if view.loyalty is not None:
         facts.extend(_settle_loyalty(shop, contact, view.loyalty, identity, buyer.shop_currency, ledger,
                                      catching_up=catching_up))
@@ -347,8 +347,8 @@ def _settle(shop: ShopContext, contact: Contact, view: BuyerView, ledger: list[t
     if not consent and digest in (contact.sent_hash, contact.pending_hash):
         return facts
     body["_consent"] = consent_memory
-    contact.pending, contact.pending_hash = body, digest
-    contact.push_state, contact.attempts, contact.next_attempt_at = "pending", 0, None
+    update_row(contact, {"pending": body, "pending_hash": digest, "push_state": "pending", "attempts": 0,
+                         "next_attempt_at": None})
     return facts
 
 
@@ -369,7 +369,7 @@ def _settle_loyalty(shop: ShopContext, contact: Contact, loyalty: LoyaltyView, i
         facts = loyalty_events(loyalty, shop_domain=shop.domain, buyer=identity, previous_tier=contact.loyalty_tier,
                                recomputing=recomputing, since=max(shop.now - shop.freshness, program.rules_at),
                                now=shop.now, rules=program.rules, currency=currency)
-    contact.loyalty_tier, contact.loyalty_rules_at = loyalty.state.tier.name, program.rules_at
+    update_row(contact, {"loyalty_tier": loyalty.state.tier.name, "loyalty_rules_at": program.rules_at})
     if loyalty.next_at is not None and (contact.lifecycle_due_at is None
                                         or loyalty.next_at < as_utc(contact.lifecycle_due_at)):  # type: ignore[operator]
         contact.lifecycle_due_at = loyalty.next_at
