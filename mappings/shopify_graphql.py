@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-JSON = dict[str, Any]
+JSON = dict[str, Any]  # a JSON object: a dict, and checked as one here (see `mappings.shopify`)
 
 _MONEY = "shopMoney { amount currencyCode } presentmentMoney { amount currencyCode }"
 _ADDRESS = "firstName lastName phone city countryCodeV2"
