@@ -163,14 +163,21 @@ class Pusher:
 
     def _load_contacts(self, keys: Sequence[str], now: datetime) -> list[Contact]:
         """These contacts, if still due, in the order of `keys`: plain rows of the columns sending reads (an
-        import's ten thousand ORM objects would hold twice the memory)."""
+        import's ten thousand ORM objects would hold twice the memory).
+
+        Read by primary key alone, and judged due here: with the due conditions in the query, SQLite looked the
+        keys up through the push-state index instead, that is, it read every pending contact of the shop for each
+        chunk of keys (measured at 100,000 customers: about 17 s of the 53 s the contact imports took)."""
         found: dict[str, Contact] = {}
         with unit_of_work(self.engine) as session:
             for part in chunked(keys):
-                found.update((c.contact_key, c) for c in cast(list[Contact], session.execute(sa.select(
-                    col(Contact.shop_id), col(Contact.contact_key), col(Contact.pending), col(Contact.pending_hash),
-                    col(Contact.sent), col(Contact.brevo_email), col(Contact.attempts)).where(
-                    *self._due_contacts(now), col(Contact.contact_key).in_(part))).all()))
+                for row in session.execute(sa.select(
+                        col(Contact.shop_id), col(Contact.contact_key), col(Contact.pending), col(Contact.pending_hash),
+                        col(Contact.sent), col(Contact.brevo_email), col(Contact.attempts), col(Contact.push_state),
+                        col(Contact.next_attempt_at)).where(
+                        col(Contact.shop_id) == self.lease.shop_id, col(Contact.contact_key).in_(part))):
+                    if row.push_state == "pending" and due(row.next_attempt_at, now):
+                        found[row.contact_key] = cast(Contact, row)
         return [found[key] for key in keys if key in found]
 
     def _import_chunks(self, planned: Sequence[tuple[str, int]]) -> list[list[str]]:
@@ -296,17 +303,20 @@ class Pusher:
 
     def _mark_contacts_sent(self, contacts: Sequence[Contact], *, visible_at: datetime,
                             process: int | None = None) -> None:
-        """What Brevo now holds, in one statement for the chunk; a contact rebuilt meanwhile stays pending."""
+        """What Brevo now holds, in one statement for the chunk; a contact rebuilt meanwhile stays pending.
+
+        The body sent is the one pending, as its hash says: the table copies it (`sent = pending`) rather than
+        being sent each body again (an import's 8 MB, serialised and bound row by row)."""
         now = self.clock.now()
         table = Contact.__table__  # type: ignore[attr-defined]
         statement = sa.update(table).where(
             table.c.shop_id == sa.bindparam("b_shop"), table.c.contact_key == sa.bindparam("b_key"),
             table.c.pending_hash == sa.bindparam("b_hash")).values(
-            sent=sa.bindparam("b_sent", type_=table.c.sent.type), sent_hash=sa.bindparam("b_hash"), pending=None,
+            sent=table.c.pending, sent_hash=sa.bindparam("b_hash"), pending=None,
             pending_hash=None, push_state="idle", attempts=0, next_attempt_at=None, last_error=None,
             pushed_at=now, visible_at=visible_at, brevo_email=sa.bindparam("b_email"), import_process=process,
             one_by_one=False)
-        rows = [{"b_shop": c.shop_id, "b_key": c.contact_key, "b_hash": c.pending_hash, "b_sent": c.pending or {},
+        rows = [{"b_shop": c.shop_id, "b_key": c.contact_key, "b_hash": c.pending_hash,
                  "b_email": (c.pending or {}).get("email") or c.brevo_email} for c in contacts]
         with unit_of_work(self.engine) as session:
             if rows:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from connector.brevo import BrevoClient
 from connector.sandbox.brevo import BrevoLimits
+from mappings.profile import body_hash
 from sync.push import PushPolicy
 from tests.integration.harness import BREVO_KEY, Connector, iter_connector
 from tests.payloads import customer, email_consent, order
@@ -43,6 +47,48 @@ def test_opted_out_buyers_in_a_backlog_go_out_in_their_own_blacklisting_import(c
     with connector.brevo.lock:
         out = sorted(c["email"] for c in connector.brevo.contacts.values() if c["emailBlacklisted"])
     assert out == sorted(f"buyer{i}@example.com" for i in range(1, 11))
+
+
+def _stored_json(value: object) -> dict:
+    """A JSON column as `Connector.rows` reads it: text on SQLite, decoded on PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else dict(value)  # type: ignore[call-overload]
+
+
+def test_an_imported_contact_records_the_very_body_it_was_sent_with(connector: Connector) -> None:
+    _orders(connector, 60)
+    connector.sync()
+    rows = connector.rows("SELECT push_state, pending, sent, brevo_email FROM contacts")
+    assert len(rows) == 60
+    for row in rows:
+        sent = _stored_json(row.sent)
+        assert row.push_state == "idle" and row.pending in (None, "null") and row.brevo_email == sent["email"]
+        held = connector.contact(sent["email"])["attributes"]
+        assert {name: held[name] for name in sent["attributes"] if name in held} == \
+            {name: value for name, value in sent["attributes"].items() if name in held}
+        assert held["ORDER_COUNT"] == 1
+
+
+def test_a_contact_rebuilt_while_its_import_was_in_flight_stays_pending_and_goes_next(
+        connector: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    _orders(connector, 60)
+    forward = BrevoClient.import_contacts
+
+    def rebuilt_meanwhile(client: BrevoClient, rows: Any, list_id: int, **kwargs: Any) -> Any:
+        monkeypatch.setattr(BrevoClient, "import_contacts", forward)  # once
+        with connector.engine.begin() as conn:  # another body for buyer 7 is pending by the time Brevo answers
+            [pending] = conn.execute(sa.text("SELECT pending FROM contacts WHERE contact_key = 'c:7'")).scalars()
+            body = _stored_json(pending)
+            body["attributes"]["ORDER_COUNT"] = 99
+            conn.execute(sa.text("UPDATE contacts SET pending = :body, pending_hash = :hash "
+                                 "WHERE contact_key = 'c:7'"),
+                         {"body": json.dumps(body), "hash": body_hash(body)})
+        return forward(client, rows, list_id, **kwargs)
+
+    monkeypatch.setattr(BrevoClient, "import_contacts", rebuilt_meanwhile)
+    connector.sync()
+    [row] = connector.rows("SELECT push_state, sent FROM contacts WHERE contact_key = 'c:7'")
+    assert row.push_state == "idle" and _stored_json(row.sent)["attributes"]["ORDER_COUNT"] == 99
+    assert connector.contact("buyer7@example.com")["attributes"]["ORDER_COUNT"] == 99  # sent on its own after
 
 
 def test_a_small_backlog_goes_out_as_single_calls(connector: Connector) -> None:
