@@ -154,7 +154,8 @@ def settle_history_figures(session: Session, shop: ShopContext, *, after: str = 
         for order in mine:
             orders[order.contact_key or ""].append(order)
         for ids in chunked(o.order_id for o in mine):
-            for order_id, amount in session.execute(sa.select(col(Refund.order_id), col(Refund.amount)).where(
+            for order_id, amount in session.connection().execute(sa.select(
+                    col(Refund.order_id), col(Refund.amount)).where(
                     col(Refund.shop_id) == shop.shop_id, col(Refund.order_id).in_(ids))).tuples():
                 refunded[order_id] += amount
     rows = []
@@ -200,8 +201,12 @@ M = TypeVar("M", bound=SQLModel)
 
 def _read(session: Session, model: type[M], *where: Any) -> Iterator[M]:
     """The model's rows matching `where`, for reading only: plain rows, whose attributes are the model's, instead
-    of ORM objects, which cost several times more to load (the type says what they stand for)."""
-    rows = session.execute(sa.select(*model.__table__.columns).where(*where))  # type: ignore[attr-defined]
+    of ORM objects, which cost several times more to load (the type says what they stand for).
+
+    Read on the session's connection, not through the session: the ORM's own loading of plain columns costs a
+    fifth to a third more per row than the connection's (measured on 100,000 orders, SQLite), and these tables
+    hold nothing the session has yet to write (the builder changes contacts, which it does not read here)."""
+    rows = session.connection().execute(sa.select(*model.__table__.columns).where(*where))  # type: ignore[attr-defined]
     return cast(Iterator[M], iter(rows))
 
 

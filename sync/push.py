@@ -143,7 +143,7 @@ class Pusher:
         read on from, or None at the end."""
         singles: list[str] = []
         with unit_of_work(self.engine) as session:
-            page = session.execute(sa.select(
+            page = session.connection().execute(sa.select(
                 col(Contact.contact_key), col(Contact.pending), col(Contact.sent), col(Contact.brevo_email),
                 col(Contact.one_by_one)).where(*self._due_contacts(now), col(Contact.contact_key) > after)
                 .order_by(col(Contact.contact_key)).limit(PLAN_PAGE)).all()
@@ -171,7 +171,7 @@ class Pusher:
         found: dict[str, Contact] = {}
         with unit_of_work(self.engine) as session:
             for part in chunked(keys):
-                for row in session.execute(sa.select(
+                for row in session.connection().execute(sa.select(
                         col(Contact.shop_id), col(Contact.contact_key), col(Contact.pending), col(Contact.pending_hash),
                         col(Contact.sent), col(Contact.brevo_email), col(Contact.attempts), col(Contact.push_state),
                         col(Contact.next_attempt_at)).where(
@@ -442,7 +442,7 @@ class Pusher:
                    col(Contact.visible_at) > now)).offset(0).exists()
         with unit_of_work(self.engine) as session:
             # Plain rows, whose attributes are the entry's: read only, and several times cheaper than ORM objects.
-            rows = cast(list[OutboxEntry], session.execute(sa.select(
+            rows = cast(list[OutboxEntry], session.connection().execute(sa.select(
                 *OutboxEntry.__table__.columns).where(  # type: ignore[attr-defined]
                 col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.status) == "pending",
                 col(OutboxEntry.target) == target,
