@@ -95,6 +95,12 @@ STATISTICS_FIRST = 20_000
 MIRROR_TABLES = tuple(model.__table__ for model in (  # type: ignore[union-attr]
     InboxEntry, Customer, Product, Order, OrderLine, Refund, Checkout, Contact, LoyaltyEntry, ConsentChange,
     OutboxEntry))
+# The same for the tables the builder fills, by buyers built: a backfill's buyers are built after its history is
+# applied, and their loyalty ledgers grow from nothing then. Planned from the empty ledger, each batch's ledgers
+# were read by scanning the whole shop's (measured at 100,000 customers, 848,000 entries: 281 ms a batch of 500
+# buyers instead of 6 ms).
+BUILT_STATISTICS_FIRST = 2_000
+BUILT_TABLES = tuple(model.__table__ for model in (Contact, LoyaltyEntry, OutboxEntry))  # type: ignore[union-attr]
 HISTORY_SOURCES = ("backfill", "poll")  # inbox sources read from Shopify's past, not announced by a webhook
 
 
@@ -122,6 +128,7 @@ class WorkerStats:
     ignored: int = 0
     contacts_pushed: int = 0
     events_pushed: int = 0
+    built: int = 0  # dirty contacts looked at by the builder
 
 
 class Worker:
@@ -140,6 +147,7 @@ class Worker:
         self.unknown_due = 0.0  # monotonic: when to settle deliveries for shops not held here
         self.stats = WorkerStats()
         self.statistics_due = STATISTICS_FIRST  # deliveries applied by this worker when they are next refreshed
+        self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables' are
         self.wake = threading.Event()
 
     # --- loop -----------------------------------------------------------------------------------
@@ -500,6 +508,10 @@ class Worker:
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             if not built:
                 return shop
+            self.stats.built += built
+            if self.stats.built >= self.built_statistics_due:
+                refresh_statistics(self.engine, *BUILT_TABLES)
+                self.built_statistics_due = 2 * self.stats.built
 
     def _settle_history_figures(self, lease: Lease, shop: Shop, now: datetime) -> bool:
         """The RFM figures of the contacts only history made dirty (see `settle_history_figures`); whether
