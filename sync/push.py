@@ -305,8 +305,8 @@ class Pusher:
                             process: int | None = None) -> None:
         """What Brevo now holds, in one statement for the chunk; a contact rebuilt meanwhile stays pending.
 
-        The body sent is the one pending, as its hash says: the table copies it (`sent = pending`) rather than
-        being sent each body again (an import's 8 MB, serialised and bound row by row)."""
+        The body sent is the one pending, as its hash says: the table copies it (`sent = pending`) instead of the
+        connector serialising and binding each body again (an import's 8 MB, row by row)."""
         now = self.clock.now()
         table = Contact.__table__  # type: ignore[attr-defined]
         statement = sa.update(table).where(

@@ -147,7 +147,7 @@ class Worker:
         self.unknown_due = 0.0  # monotonic: when to settle deliveries for shops not held here
         self.stats = WorkerStats()
         self.statistics_due = STATISTICS_FIRST  # deliveries applied by this worker when they are next refreshed
-        self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables' are
+        self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables are next
         self.wake = threading.Event()
 
     # --- loop -----------------------------------------------------------------------------------

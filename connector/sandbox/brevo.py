@@ -1613,8 +1613,8 @@ class BrevoSandbox:
         historical = body.get("historical", True)  # Brevo's default: historical, no automation triggered
         with self.lock:
             batch_id = next(self._ids["batch"])
-            # Each order is kept as parsed from this request: nothing else holds it, so no copy is needed (a
-            # deep copy of every order cost the simulator more than the connector spent sending a backfill's).
+            # Each order is kept as parsed from this request: nothing else holds it, so no copy is needed (deep
+            # copies of a 100,000-customer backfill's orders took the simulator about 13 s of CPU).
             for order in orders:
                 self.orders.append({**order, "historical": historical, "batchId": batch_id})
         return _json_ok({"batchId": batch_id, "count": len(orders)}, 202)
