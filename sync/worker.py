@@ -509,9 +509,7 @@ class Worker:
             if not built:
                 return shop
             self.stats.built += built
-            if self.stats.built >= self.built_statistics_due:
-                refresh_statistics(self.engine, *BUILT_TABLES)
-                self.built_statistics_due = 2 * self.stats.built
+            self.built_statistics_due = self._statistics(self.stats.built, self.built_statistics_due, BUILT_TABLES)
 
     def _settle_history_figures(self, lease: Lease, shop: Shop, now: datetime) -> bool:
         """The RFM figures of the contacts only history made dirty (see `settle_history_figures`); whether
@@ -605,10 +603,16 @@ class Worker:
         self.stats.applied += tally.applied
         self.stats.failed += tally.failed
         self.stats.ignored += tally.ignored
-        if self.stats.applied >= self.statistics_due:
-            refresh_statistics(self.engine, *MIRROR_TABLES)
-            self.statistics_due = 2 * self.stats.applied
+        self.statistics_due = self._statistics(self.stats.applied, self.statistics_due, MIRROR_TABLES)
         return size
+
+    def _statistics(self, done: int, due: int, tables: tuple[sa.Table, ...]) -> int:
+        """Refresh PostgreSQL's statistics of `tables` once `done` (deliveries applied, buyers built) has reached
+        `due`; returns the count at which they are next due: twice `done`."""
+        if done < due:
+            return due
+        refresh_statistics(self.engine, *tables)
+        return 2 * done
 
     def _inbox_batch(self, session: sa.orm.Session, lease: Lease) -> list[Delivery]:
         """The shop's next pending deliveries, up to the first pending lifecycle or privacy delivery: those are
