@@ -195,8 +195,11 @@ def run(customers: int, database: str, *, alongside: bool, keep: bool = False) -
     else:
         backfill = _backfill(url, served)
     queued = started + backfill["seconds"]
-    worker.run(until_idle=True, idle_sleep=0.05)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker.run(until_idle=True, idle_sleep=0.05)  # ends with its helper process, if one ran
     applied = time.monotonic()
+    helper = resource.getrusage(resource.RUSAGE_CHILDREN)
+    helper_cpu = helper.ru_utime + helper.ru_stime - children.ru_utime - children.ru_stime
     for line in backfill["results"]:
         print(f"  {line}")
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -222,7 +225,9 @@ def run(customers: int, database: str, *, alongside: bool, keep: bool = False) -
     print(f"peak RSS: worker {rss:.0f} MB, backfill {backfill['rss']:.0f} MB" if alongside else
           f"peak RSS of the connector (backfill, then worker, in one process): {rss:.0f} MB")
     print(f"CPU time (user and system: on a shared machine steadier than wall time): backfill {backfill['cpu']:.1f} s, "
-          f"worker {cpu - (0 if alongside else backfill['cpu']):.1f} s; the simulated Shopify and Brevo "
+          f"worker {cpu - (0 if alongside else backfill['cpu']):.1f} s and its helper process reading the staged "
+          f"history {helper_cpu:.1f} s (peak RSS {helper.ru_maxrss / 1024:.0f} MB"
+          f"{', or the backfill process' if alongside else ''}); the simulated Shopify and Brevo "
           f"{calls['cpu']:.1f} s (their process shares the two cores)")
     print(f"Shopify queries: {dict(calls['shopify'])}")
     print(f"Brevo calls: {dict(calls['brevo'])}")

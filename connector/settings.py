@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, alias="CONNECTOR_LEASE_SECONDS")
     # Each shop's reconciliation polls (what webhooks missed) run this often; 0 turns them off.
     reconcile_minutes: float = Field(default=5.0, ge=0, alias="CONNECTOR_RECONCILE_MINUTES")
+    # A worker reads a backfill's next chunk of history in a helper process while it applies the current one.
+    read_ahead: bool = Field(default=True, alias="CONNECTOR_READ_AHEAD")
 
     @field_validator("shopify_shop")
     @classmethod

@@ -8,9 +8,11 @@ reads a delivery. The queries below ask for exactly the fields these functions r
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from connector import jsontext
 
 JSON = dict[str, Any]  # a JSON object: a dict, and checked as one here (see `mappings.shopify`)
 
@@ -305,3 +307,33 @@ def to_payload(resource: str, node: Mapping[str, Any], children: Sequence[Mappin
     if resource == "checkouts":
         return checkout_payload(node, children)
     raise ValueError(f"unknown resource {resource!r}")
+
+
+def history_id(resource: Resource, node: Mapping[str, Any]) -> str:
+    """An object's id as history: its version (resource, id, `updatedAt`), whoever read it."""
+    return f"history:{resource.name}:{legacy_id(node.get('id'))}:{node.get('updatedAt') or ''}"
+
+
+def assemble(resource: Resource, nodes: Sequence[JSON], children: Sequence[str]) -> list[tuple[str, JSON]]:
+    """Objects of a bulk file and their nested rows' lines (in file order) -> each object's history id and
+    webhook-shaped payload, with its nested rows put back in it."""
+    nested: dict[str, list[JSON]] = {str(node["id"]): [] for node in nodes}
+    for body in children:
+        child = jsontext.loads(body)
+        nested[str(child["__parentId"])].append(child)
+    return [(history_id(resource, node), to_payload(resource.name, node, nested[str(node["id"])])) for node in nodes]
+
+
+def parse_staged(resource: Resource, parse: Callable[[JSON], Any], parents: Sequence[str],
+                 children: Sequence[str]) -> list[tuple[str, JSON | None, Any]]:
+    """`assemble`, then each payload read by its topic's parser: (history id, None, record), or (history id,
+    payload, None) for a payload the parser refuses, which the applier reads again to set it aside with the
+    parser's reason. Run in a helper process (`sync.backfill.HistoryReader`), so its result is what crosses
+    back: the records, not the larger payloads."""
+    parsed: list[tuple[str, JSON | None, Any]] = []
+    for object_id, payload in assemble(resource, [jsontext.loads(body) for body in parents], children):
+        try:
+            parsed.append((object_id, None, parse(payload)))
+        except ValueError:
+            parsed.append((object_id, payload, None))
+    return parsed

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,7 +59,8 @@ from connector.shopify import (
     ShopifyError,
     ShopifyRejected,
 )
-from mappings.shopify_graphql import RESOURCES, Resource, legacy_id, to_payload
+from mappings.shopify_graphql import RESOURCES, Resource, assemble, history_id, parse_staged, to_payload
+from sync.apply import TOPICS
 from sync.push import ShopPaused, pause_shop
 
 log = logging.getLogger("connector.backfill")
@@ -387,10 +390,101 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
 @dataclass
 class HistoryChunk:
     """Staged objects of one resource's backfill, taken by a worker in its unit of work (`take_history`): each
-    with its id as history (`history_id`) and its webhook-shaped payload."""
+    with its id as history (`history_id`) and either its webhook-shaped payload, for the applier to read, or the
+    record its topic's parser already read from it (`HistoryReader`)."""
 
     resource: Resource
-    objects: list[tuple[str, dict[str, Any]]]
+    objects: list[tuple[str, dict[str, Any] | None, Any]]  # (history id, payload, record): one of the two
+
+
+@dataclass
+class _Ahead:
+    """The chunk after the one just taken, being read in the helper process: where the backfill stood when it
+    was looked up (`_position`), its objects' ids and last line, and how many nested lines came with them."""
+
+    position: tuple[Any, ...]
+    future: Future[list[tuple[str, dict[str, Any] | None, Any]]]
+    parent_ids: list[str]
+    last: int
+    children: int
+
+
+class HistoryReader:
+    """Reads the next chunk of a shop's staged history (its JSON, the webhook payloads, the topic's parser) in a
+    helper process while the worker applies the chunk before it, so that on two cores applying a backfill does
+    not also wait for reading it (measured at 20,000 customers: reading is about half the applier's time).
+
+    Only the reading moves: the worker still takes each chunk in its own unit of work, and uses what the helper
+    read only when the backfill still stands where it stood when the chunk was looked up, and the same lines are
+    there to delete (else it reads the chunk itself, as without a helper). A helper that fails is logged and
+    given up: the worker reads for itself from then on. `close` ends the helper; a new one starts with the next
+    backfill."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._ahead: dict[int, _Ahead] = {}  # by backfill
+        self.broken = False
+
+    def read(self, session: Session, run: Backfill, resource: Resource, *, after: int, limit: int) -> None:
+        """Look up the chunk after line `after` (the run's new checkpoint) and have the helper read it."""
+        if self.broken:
+            return
+        parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
+            col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
+            col(BackfillRow.line) > after).order_by(col(BackfillRow.parent), col(BackfillRow.line))
+            .limit(limit)).tuples().all()
+        if not parents:
+            return
+        bodies = [body for _, body in parents]
+        parent_ids = [str(jsontext.loads(body)["id"]) for body in bodies]
+        children: list[str] = []
+        if resource.child_type:
+            found = sorted(session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
+                col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).in_(parent_ids))).tuples())
+            children = [body for _, body in found]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        future = self._pool.submit(parse_staged, resource, TOPICS[resource.topic].parse, bodies, children)
+        self._ahead[run.id or 0] = _Ahead(_position(run, after), future, parent_ids, parents[-1][0], len(children))
+
+    def take(self, run: Backfill) -> _Ahead | None:
+        """What the helper read for the chunk at the run's checkpoint; None when it read another, or failed."""
+        ahead = self._ahead.pop(run.id or 0, None)
+        if ahead is None:
+            return None
+        if ahead.position != _position(run, run.last_queued_line):
+            ahead.future.cancel()
+            return None
+        try:
+            ahead.future.result()
+        except Exception:
+            log.warning("the helper process reading staged history failed; the worker reads it itself from now on",
+                        exc_info=True)
+            self.broken = True
+            self.close()
+            return None
+        return ahead
+
+    @property
+    def reading(self) -> bool:
+        """Whether a chunk read ahead waits to be taken."""
+        return bool(self._ahead)
+
+    def close(self) -> None:
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # at most the chunk it is reading
+            self._pool = None
+
+
+def _position(run: Backfill, line: int) -> tuple[Any, ...]:
+    """Where a run's application stands: after `line`. A run read again (`_read_again`) or started again
+    (`_prepare`) has another operation or start, so the same line of another file never passes for this one."""
+    return run.id, run.operation_id, as_utc(run.started_at), line
+
+
+class StagedLinesChanged(BackfillError):
+    """The lines the helper read are no longer all there to take: the chunk is read again."""
 
 
 def _applying(session: Session, shop_id: int, now: datetime) -> list[Backfill]:
@@ -409,11 +503,14 @@ def history_pending(session: Session, shop_id: int) -> bool:
         col(Backfill.shop_id) == shop_id, col(Backfill.status) == "staged").limit(1)).first() is not None
 
 
-def take_history(session: Session, shop_id: int, *, now: datetime,
-                 limit: int = HISTORY_CHUNK) -> HistoryChunk | None:
+def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = HISTORY_CHUNK,
+                 reader: HistoryReader | None = None) -> HistoryChunk | None:
     """The next chunk of the shop's staged history, in the caller's unit of work: its nested rows taken (read and
     deleted), its own lines deleted, and the backfill's checkpoint moved past it, all committed with whatever the
     caller writes from it. A backfill with nothing left is marked done here. None when nothing is ready.
+
+    With a reader, the chunk the helper read ahead is taken when it is the one due, and the chunk after this one
+    is handed to the helper before returning.
 
     Raises StagedLinesLost when the database lost the staged lines; `history_lost` records it."""
     staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
@@ -421,42 +518,54 @@ def take_history(session: Session, shop_id: int, *, now: datetime,
         resource = RESOURCES[run.resource]
         if run.staged and not _marker_kept(session, run):  # else what is gone would look like the end
             raise StagedLinesLost(run.id or 0)
-        # Ordered by (parent, line), the index's order: every parent is NULL, so that is line order, and
-        # PostgreSQL walks the index from where it stopped (ordered by line alone, it read and sorted every
-        # parent line left in the file for each chunk).
-        parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
-            col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
-            col(BackfillRow.line) > run.last_queued_line)
-            .order_by(col(BackfillRow.parent), col(BackfillRow.line))
-            .limit(limit)).tuples().all()
-        if not parents:  # what is left: lines whose parent was not in the file
-            session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
-            session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
-                status="done", finished_at=now, error=None))
-            continue
-        nodes = [jsontext.loads(body) for _, body in parents]
-        children: dict[str, list[dict[str, Any]]] = {str(node["id"]): [] for node in nodes}
-        if resource.child_type:
-            # Taken (read and deleted in one statement) by their parents' ids, and sorted here, not in SQL:
-            # ordered by line, SQLite would walk every staged line of the file by its primary key for each
-            # chunk (quadratic in the file) instead of taking these parents' index.
-            found = sorted(session.execute(sa.delete(staged).where(
-                staged.c.backfill_id == run.id, staged.c.parent.in_(list(children)))
-                .returning(staged.c.line, staged.c.body)).tuples())
-            for _, body in found:
-                child = jsontext.loads(body)
-                children[str(child["__parentId"])].append(child)
-        last = parents[-1][0]
+        ahead = reader.take(run) if reader is not None else None
+        if ahead is not None:
+            objects = ahead.future.result()
+            last = ahead.last
+            if resource.child_type:
+                taken = session.connection().execute(sa.delete(staged).where(
+                    staged.c.backfill_id == run.id, staged.c.parent.in_(ahead.parent_ids))).rowcount
+                if taken != ahead.children:
+                    raise StagedLinesChanged(f"{taken} nested lines instead of {ahead.children}")
+        else:
+            # Ordered by (parent, line), the index's order: every parent is NULL, so that is line order, and
+            # PostgreSQL walks the index from where it stopped (ordered by line alone, it read and sorted every
+            # parent line left in the file for each chunk).
+            parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
+                col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
+                col(BackfillRow.line) > run.last_queued_line)
+                .order_by(col(BackfillRow.parent), col(BackfillRow.line))
+                .limit(limit)).tuples().all()
+            if not parents:  # what is left: lines whose parent was not in the file
+                session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
+                session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
+                    status="done", finished_at=now, error=None))
+                continue
+            nodes = [jsontext.loads(body) for _, body in parents]
+            found: list[tuple[int, str]] = []
+            if resource.child_type:
+                # Taken (read and deleted in one statement) by their parents' ids, and sorted here, not in SQL:
+                # ordered by line, SQLite would walk every staged line of the file by its primary key for each
+                # chunk (quadratic in the file) instead of taking these parents' index.
+                found = sorted(session.execute(sa.delete(staged).where(
+                    staged.c.backfill_id == run.id, staged.c.parent.in_([str(node["id"]) for node in nodes]))
+                    .returning(staged.c.line, staged.c.body)).tuples())
+            last = parents[-1][0]
+            objects = [(object_id, payload, None) for object_id, payload in assemble(
+                resource, nodes, [body for _, body in found])]
         # Bounded below too: PostgreSQL keeps the index entries of lines deleted by earlier chunks until a vacuum,
         # and `line <= last` alone walked all of them again for every chunk (measured: the server's largest cost
         # of applying a 100,000-customer history).
-        session.execute(sa.delete(staged).where(staged.c.backfill_id == run.id, staged.c.parent.is_(None),
-                                                staged.c.line > run.last_queued_line, staged.c.line <= last))
+        taken = session.connection().execute(sa.delete(staged).where(
+            staged.c.backfill_id == run.id, staged.c.parent.is_(None), staged.c.line > run.last_queued_line,
+            staged.c.line <= last)).rowcount
+        if taken != len(objects):
+            raise StagedLinesChanged(f"{taken} lines instead of {len(objects)}")
         session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
-            last_queued_line=last, queued=run.queued + len(nodes)))
-        return HistoryChunk(resource, [
-            (history_id(resource, node), to_payload(resource.name, node, children[str(node["id"])]))
-            for node in nodes])
+            last_queued_line=last, queued=run.queued + len(objects)))
+        if reader is not None and len(objects) == limit:  # more may follow: the helper reads them meanwhile
+            reader.read(session, run, resource, after=last, limit=limit)
+        return HistoryChunk(resource, objects)
     return None
 
 
@@ -474,11 +583,6 @@ def _left(engine: Engine, run: Backfill) -> int:
         return int(session.execute(sa.select(sa.func.count()).select_from(BackfillRow).where(
             col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
             col(BackfillRow.line) > run.last_queued_line)).scalar_one())
-
-
-def history_id(resource: Resource, node: Mapping[str, Any]) -> str:
-    """An object's id as history: its version (resource, id, `updatedAt`), whoever read it."""
-    return f"history:{resource.name}:{legacy_id(node.get('id'))}:{node.get('updatedAt') or ''}"
 
 
 def history_rows(resource: Resource, domain: str, objects: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]],

@@ -119,6 +119,7 @@ class Delivery:
     status: str = "pending"
     error: str | None = None
     payload: dict[str, Any] | None = None
+    record: Any = None  # a staged object its topic's parser already read (`backfill.HistoryReader`)
 
 
 @dataclass
@@ -149,22 +150,31 @@ class Worker:
         self.statistics_due = STATISTICS_FIRST  # deliveries applied by this worker when they are next refreshed
         self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables are next
         self.wake = threading.Event()
+        self.reader = backfill.HistoryReader() if settings.read_ahead else None
 
     # --- loop -----------------------------------------------------------------------------------
 
     def run(self, *, until_idle: bool = False, stop: threading.Event | None = None, idle_sleep: float = 0.2,
             on_cycle: Callable[[WorkerStats], None] | None = None) -> WorkerStats:
-        while stop is None or not stop.is_set():
-            worked = self.run_once()
-            if on_cycle is not None:
-                on_cycle(self.stats)
-            if worked:
-                continue
-            if until_idle and not self._has_pending_work():
-                break
-            self.wake.wait(idle_sleep)
-            self.wake.clear()
+        try:
+            while stop is None or not stop.is_set():
+                worked = self.run_once()
+                if on_cycle is not None:
+                    on_cycle(self.stats)
+                if worked:
+                    continue
+                if until_idle and not self._has_pending_work():
+                    break
+                self.wake.wait(idle_sleep)
+                self.wake.clear()
+        finally:
+            self.close()
         return self.stats
+
+    def close(self) -> None:
+        """End the helper process that reads staged history, if one runs (the next backfill starts another)."""
+        if self.reader is not None:
+            self.reader.close()
 
     def _forget_erased(self) -> None:
         """After an erasure: the erased rows' pages gone from the disk, and the numbers this process remembers
@@ -584,22 +594,26 @@ class Worker:
         """Apply the next chunk of the shop's staged backfill (`backfill.take_history`) as `apply_inbox` applies a
         batch, the chunk's checkpoint in the same unit of work; returns the chunk's size (0: none is ready)."""
         try:
-            return self._apply(lease, shop, self._history_batch)
+            size = self._apply(lease, shop, self._history_batch)
         except backfill.StagedLinesLost as exc:
             backfill.history_lost(self.engine, exc, self.clock.now())
             return 1  # the shop's next backfill, if any, is taken next
+        if not size and self.reader is not None and not self.reader.reading:
+            self.reader.close()  # no history left to read here: its helper process ends
+        return size
 
-    def _apply(self, lease: Lease, shop: Shop, take: Callable[[sa.orm.Session, Lease], list[Delivery]]) -> int:
+    def _apply(self, lease: Lease, shop: Shop,
+               take: Callable[[sa.orm.Session, Lease, bool], list[Delivery]]) -> int:
         try:
             with unit_of_work(self.engine) as session:
-                size, tally = self._apply_batch(session, lease, shop, take(session, lease), one_by_one=False)
+                size, tally = self._apply_batch(session, lease, shop, take(session, lease, False), one_by_one=False)
         except (LeaseLost, backfill.StagedLinesLost):
             raise
         except Exception as exc:
             log.info("shop %s: a delivery of the batch failed (%s: %s); applying one at a time",
                      lease.domain, type(exc).__name__, exc)
             with unit_of_work(self.engine) as session:
-                size, tally = self._apply_batch(session, lease, shop, take(session, lease), one_by_one=True)
+                size, tally = self._apply_batch(session, lease, shop, take(session, lease, True), one_by_one=True)
         self.stats.applied += tally.applied
         self.stats.failed += tally.failed
         self.stats.ignored += tally.ignored
@@ -614,7 +628,7 @@ class Worker:
         refresh_statistics(self.engine, *tables)
         return 2 * done
 
-    def _inbox_batch(self, session: sa.orm.Session, lease: Lease) -> list[Delivery]:
+    def _inbox_batch(self, session: sa.orm.Session, lease: Lease, one_by_one: bool) -> list[Delivery]:
         """The shop's next pending deliveries, up to the first pending lifecycle or privacy delivery: those are
         applied in their turn (`_lifecycle`)."""
         first_lifecycle = sa.select(sa.func.min(InboxEntry.id)).where(
@@ -632,13 +646,16 @@ class Worker:
                 pending.where(col(InboxEntry.id) > entries[-1].id).limit(HISTORY_BATCH - INBOX_BATCH))]
         return entries
 
-    def _history_batch(self, session: sa.orm.Session, lease: Lease) -> list[Delivery]:
+    def _history_batch(self, session: sa.orm.Session, lease: Lease, one_by_one: bool) -> list[Delivery]:
+        """The shop's next chunk of staged history. Applied one object at a time (after a failure), each object
+        comes with its payload, read here: one the applier cannot take is set aside with it."""
         now = self.clock.now()
-        chunk = backfill.take_history(session, lease.shop_id, now=now, limit=HISTORY_BATCH)
+        chunk = backfill.take_history(session, lease.shop_id, now=now, limit=HISTORY_BATCH,
+                                      reader=None if one_by_one else self.reader)
         if chunk is None:
             return []
-        return [Delivery(None, event_id, chunk.resource.topic, "backfill", "", None, now, payload=payload)
-                for event_id, payload in chunk.objects]
+        return [Delivery(None, event_id, chunk.resource.topic, "backfill", "", None, now, payload=payload,
+                         record=record) for event_id, payload, record in chunk.objects]
 
     def _apply_batch(self, session: sa.orm.Session, lease: Lease, shop: Shop, entries: list[Delivery], *,
                      one_by_one: bool) -> tuple[int, WorkerStats]:
@@ -652,6 +669,9 @@ class Worker:
             if topic is None:
                 entry.status = "ignored"
                 tally.ignored += 1
+                continue
+            if entry.record is not None:  # read by the helper process
+                parsed.append((entry, topic, entry.record))
                 continue
             try:
                 payload = entry.payload if entry.payload is not None else jsontext.loads(entry.body)

@@ -499,3 +499,98 @@ def test_a_staged_object_no_handler_can_read_is_set_aside_with_a_dead_letter_and
     assert (entry.source, entry.status) == ("backfill", "failed") and letter.reference.startswith(f"inbox:{entry.id}:")
     assert "gid://shopify/Customer/x" in entry.body  # kept whole, for `dead-letters retry` once it is fixed
     assert connector.rows("SELECT status, queued FROM backfills") == [("done", len(store.customers))]
+
+
+def _reading_ahead(monkeypatch: pytest.MonkeyPatch, after_read: Any = None) -> list[bool]:
+    """Small chunks, so the helper process reads ahead; returns, chunk after chunk, whether the worker took what
+    the helper read. `after_read(reader, session)` runs after each chunk is handed to the helper."""
+    monkeypatch.setattr("sync.worker.HISTORY_BATCH", 7)
+    taken: list[bool] = []
+    take, read = backfill.HistoryReader.take, backfill.HistoryReader.read
+
+    def taking(self: backfill.HistoryReader, run: Backfill) -> Any:
+        ahead = take(self, run)
+        taken.append(ahead is not None)
+        return ahead
+
+    def reading(self: backfill.HistoryReader, session: Any, *args: Any, **kwargs: Any) -> None:
+        read(self, session, *args, **kwargs)
+        if after_read is not None:
+            after_read(self, session)
+
+    monkeypatch.setattr(backfill.HistoryReader, "take", taking)
+    monkeypatch.setattr(backfill.HistoryReader, "read", reading)
+    return taken
+
+
+def _every_buyer_has_their_totals(connector: Connector, store: SimulatedStore) -> None:
+    assert _count(connector, "orders") == len(store.orders)
+    assert _count(connector, "refunds") == sum(len(o.get("refunds") or []) for o in store.orders)
+    refunded = Counter(o["email"] for o in store.orders if o["financial_status"] == "refunded"
+                       and o["cancelled_at"] is None and not o["test"])
+    for email, totals in store.expected().buyers.items():
+        attributes = connector.contact(email)["attributes"]
+        assert attributes["ORDER_COUNT"] == totals.order_count - refunded[email], email
+        assert Decimal(str(attributes["TOTAL_SPENT"])) == totals.total_spent, email
+    assert _count(connector, "dead_letters") == 0 and connector.events() == []
+
+
+def test_history_a_helper_process_reads_ahead_lands_as_history_the_worker_reads_itself(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = _reading_ahead(monkeypatch)
+    _backfill(connector)
+    connector.sync()
+    assert taken.count(True) > 10  # most chunks were read by the helper
+    _every_buyer_has_their_totals(connector, store)
+    assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
+    assert _count(connector, "customers") == len(store.customers)
+    assert _count(connector, "backfill_rows") == 0
+    assert [row.status for row in connector.rows("SELECT status FROM backfills")] == ["done"] * 4
+
+
+def test_without_read_ahead_the_worker_reads_every_chunk_itself(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = _reading_ahead(monkeypatch)
+    connector.settings = connector.settings.model_copy(update={"read_ahead": False})
+    _backfill(connector)
+    connector.sync()
+    assert taken == []
+    _every_buyer_has_their_totals(connector, store)
+
+
+def test_a_helper_process_that_dies_is_given_up_and_the_worker_reads_the_rest_itself(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def kill_the_second(reader: backfill.HistoryReader, session: Any) -> None:
+        if reader._pool is not None and len(taken) == 2:
+            for process in list(reader._pool._processes.values()):  # as the kernel's OOM killer would
+                process.kill()
+                process.join()
+
+    taken = _reading_ahead(monkeypatch, kill_the_second)
+    _backfill(connector, resources=["customers", "orders"])
+    connector.sync()
+    assert "the helper process reading staged history failed" in caplog.text
+    assert taken[:2] == [False, True] and True not in taken[3:]  # given up: none read ahead after it died
+    _every_buyer_has_their_totals(connector, store)
+    assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
+
+
+def test_lines_gone_after_the_helper_read_them_are_not_taken_from_its_reading(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    gone: list[int] = []
+
+    def drop_a_line_once(reader: backfill.HistoryReader, session: Any) -> None:
+        if not gone and reader._ahead:  # one nested line of the chunk looked up vanishes before it is taken
+            [ahead] = reader._ahead.values()
+            gone.extend(session.execute(sa.text(
+                "DELETE FROM backfill_rows WHERE parent = :p RETURNING line"), {"p": ahead.parent_ids[0]}).scalars())
+
+    _reading_ahead(monkeypatch, drop_a_line_once)
+    _backfill(connector, resources=["orders"])
+    connector.sync()
+    assert gone
+    # The chunk is read again from what is staged: every order lands, with the lines still there.
+    assert _count(connector, "orders") == len(store.orders)
+    assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders) - len(gone)
+    assert _count(connector, "dead_letters") == 0 and _count(connector, "backfill_rows") == 0

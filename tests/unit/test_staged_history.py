@@ -1,0 +1,44 @@
+"""Staged bulk lines read as their webhook topic's records: what the helper process of a backfill returns."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from decimal import Decimal
+
+from mappings.shopify import CustomerRecord, OrderRecord
+from mappings.shopify_graphql import RESOURCES, assemble, parse_staged
+
+ORDER = {"id": "gid://shopify/Order/5001", "name": "#1001", "number": 1001, "email": "Ada@Example.com",
+         "createdAt": "2026-05-01T10:00:00Z", "updatedAt": "2026-05-02T10:00:00Z", "currencyCode": "EUR",
+         "totalPriceSet": {"shopMoney": {"amount": "30.00", "currencyCode": "EUR"}},
+         "subtotalPriceSet": {"shopMoney": {"amount": "25.00", "currencyCode": "EUR"}},
+         "refunds": [{"id": "gid://shopify/Refund/9", "createdAt": "2026-05-03T10:00:00Z",
+                      "totalRefundedSet": {"shopMoney": {"amount": "5.00", "currencyCode": "EUR"}}}]}
+LINES = [{"id": f"gid://shopify/LineItem/{n}", "title": f"Mug {n}", "quantity": n, "product": {"id": "gid://shopify/Product/7"},
+          "originalUnitPriceSet": {"shopMoney": {"amount": "12.50", "currencyCode": "EUR"}},
+          "__parentId": "gid://shopify/Order/5001"} for n in (1, 2)]
+
+
+def _lines(*objects: dict[str, object]) -> list[str]:
+    return [json.dumps(o) for o in objects]
+
+
+def test_a_staged_order_and_its_lines_are_read_as_the_webhook_parser_reads_its_payload() -> None:
+    orders = RESOURCES["orders"]
+    [(object_id, payload)] = assemble(orders, [ORDER], _lines(*LINES))
+    [(same_id, no_payload, record)] = parse_staged(orders, OrderRecord.from_payload, _lines(ORDER), _lines(*LINES))
+    assert object_id == same_id == "history:orders:5001:2026-05-02T10:00:00Z"
+    assert no_payload is None and record == OrderRecord.from_payload(payload)
+    assert [line.quantity for line in record.lines] == [1, 2] and record.refunds[0].amount == Decimal("5.00")
+    assert pickle.loads(pickle.dumps(record)) == record  # what crosses back from the helper process
+
+
+def test_an_object_the_parser_refuses_comes_back_with_its_payload_to_be_set_aside() -> None:
+    broken = {"id": "gid://shopify/Customer/8", "updatedAt": "not a time", "defaultEmailAddress": {
+        "emailAddress": "grace@example.com"}}
+    fine = {"id": "gid://shopify/Customer/9", "updatedAt": "2026-05-02T10:00:00Z"}
+    [(_, payload, none), (_, no_payload, record)] = parse_staged(
+        RESOURCES["customers"], CustomerRecord.from_payload, _lines(broken, fine), [])
+    assert none is None and payload is not None and payload["email"] == "grace@example.com"
+    assert no_payload is None and record.customer_id == 9
