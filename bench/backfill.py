@@ -225,10 +225,11 @@ def run(customers: int, database: str, *, alongside: bool, keep: bool = False) -
     print(f"peak RSS: worker {rss:.0f} MB, backfill {backfill['rss']:.0f} MB" if alongside else
           f"peak RSS of the connector (backfill, then worker, in one process): {rss:.0f} MB")
     print(f"CPU time (user and system: on a shared machine steadier than wall time): backfill {backfill['cpu']:.1f} s, "
-          f"worker {cpu - (0 if alongside else backfill['cpu']):.1f} s and its helper process reading the staged "
-          f"history {helper_cpu:.1f} s (peak RSS {helper.ru_maxrss / 1024:.0f} MB"
-          f"{', or the backfill process' if alongside else ''}); the simulated Shopify and Brevo "
-          f"{calls['cpu']:.1f} s (their process shares the two cores)")
+          f"worker {cpu - (0 if alongside else backfill['cpu']):.1f} s"
+          + (f" and its helper process reading the staged history {helper_cpu:.1f} s (peak RSS "
+             f"{helper.ru_maxrss / 1024:.0f} MB{', or the backfill process' if alongside else ''})"
+             if helper_cpu else "")
+          + f"; the simulated Shopify and Brevo {calls['cpu']:.1f} s (their process shares the two cores)")
     print(f"Shopify queries: {dict(calls['shopify'])}")
     print(f"Brevo calls: {dict(calls['brevo'])}")
     print(f"contacts delivered {contacts:,} (Brevo holds {calls['brevo_contacts']:,}) in {contact_calls} contact "

@@ -8,7 +8,8 @@ reads a delivery. The queries below ask for exactly the fields these functions r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -314,14 +315,16 @@ def history_id(resource: Resource, node: Mapping[str, Any]) -> str:
     return f"history:{resource.name}:{legacy_id(node.get('id'))}:{node.get('updatedAt') or ''}"
 
 
-def assemble(resource: Resource, nodes: Sequence[JSON], children: Sequence[str]) -> list[tuple[str, JSON]]:
+def assemble(resource: Resource, nodes: Iterable[JSON], children: Sequence[str]) -> Iterator[tuple[str, JSON]]:
     """Objects of a bulk file and their nested rows' lines (in file order) -> each object's history id and
-    webhook-shaped payload, with its nested rows put back in it."""
-    nested: dict[str, list[JSON]] = {str(node["id"]): [] for node in nodes}
+    webhook-shaped payload, with its nested rows put back in it. One object at a time: a caller that keeps only
+    what it makes of each payload holds one payload at a time."""
+    nested: dict[str, list[JSON]] = defaultdict(list)
     for body in children:
         child = jsontext.loads(body)
         nested[str(child["__parentId"])].append(child)
-    return [(history_id(resource, node), to_payload(resource.name, node, nested[str(node["id"])])) for node in nodes]
+    for node in nodes:
+        yield history_id(resource, node), to_payload(resource.name, node, nested.get(str(node["id"]), []))
 
 
 def parse_staged(resource: Resource, parse: Callable[[JSON], Any], parents: Sequence[str],
@@ -331,7 +334,7 @@ def parse_staged(resource: Resource, parse: Callable[[JSON], Any], parents: Sequ
     parser's reason. Run in a helper process (`sync.backfill.HistoryReader`), so its result is what crosses
     back: the records, not the larger payloads."""
     parsed: list[tuple[str, JSON | None, Any]] = []
-    for object_id, payload in assemble(resource, [jsontext.loads(body) for body in parents], children):
+    for object_id, payload in assemble(resource, (jsontext.loads(body) for body in parents), children):
         try:
             parsed.append((object_id, None, parse(payload)))
         except ValueError:

@@ -16,6 +16,7 @@ Per resource (customers, products, orders, abandoned checkouts), in three resuma
    (the last line applied) commit together, so a killed worker resumes at the next chunk, and nothing is applied
    twice. Resources are applied in `ORDER` (buyers before their orders), and only once the backfill has staged
    every file and stopped: applying meanwhile, a worker would build buyers before all their history is in.
+   While it applies a chunk, a helper process reads the next one (`HistoryReader`).
 
 A bulk operation that fails or expires, or a file that is gone, is reported with Shopify's reason and started
 again on the next run; a revoked token pauses the shop. An object no handler can read is set aside as a failed
