@@ -331,12 +331,12 @@ def parse_staged(resource: Resource, parse: Callable[[JSON], Any], parents: Sequ
                  children: Sequence[str]) -> list[tuple[str, JSON | None, Any]]:
     """`assemble`, then each payload read by its topic's parser: (history id, None, record), or (history id,
     payload, None) for a payload the parser refuses, which the applier reads again to set it aside with the
-    parser's reason. Run in a helper process (`sync.backfill.HistoryReader`), so its result is what crosses
-    back: the records, not the larger payloads."""
+    parser's reason (or to fail as it would have without a helper). Run in a helper process
+    (`sync.backfill.HistoryReader`), so its result is what crosses back: the records, not the larger payloads."""
     parsed: list[tuple[str, JSON | None, Any]] = []
     for object_id, payload in assemble(resource, (jsontext.loads(body) for body in parents), children):
         try:
             parsed.append((object_id, None, parse(payload)))
-        except ValueError:
+        except Exception:  # the applier reads it again, and sets it aside or fails as it would have here
             parsed.append((object_id, payload, None))
     return parsed

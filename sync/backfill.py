@@ -35,9 +35,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import pickle
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +70,7 @@ log = logging.getLogger("connector.backfill")
 
 STAGE_CHUNK = 10_000  # lines per commit while staging
 HISTORY_CHUNK = 1000  # objects a worker applies per unit of work
+HELPER_SECONDS = 120.0  # a helper process that takes longer to read one chunk ahead (a second or so) is given up
 # A running backfill says so (`Backfill.queued_at`) at least this often; one silent for `SILENCE` was killed.
 HEARTBEAT_SECONDS = 5.0
 SILENCE = timedelta(seconds=60)
@@ -417,13 +420,13 @@ class HistoryReader:
 
     Only the reading moves: the worker still takes each chunk in its own unit of work, and uses what the helper
     read only when the backfill still stands where it stood when the chunk was looked up, and the same lines are
-    there to delete (else it reads the chunk itself, as without a helper). A helper that fails is logged and
-    given up: the worker reads for itself from then on. `close` ends the helper; a new one starts with the next
-    backfill."""
+    there to delete (else it reads the chunk itself, as without a helper). A helper that dies, hangs or cannot be
+    started is logged and given up: the worker reads for itself from then on. `close` ends the helper; a new one
+    starts with the next backfill."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
-        self._ahead: dict[int, _Ahead] = {}  # by backfill
+        self._ahead: dict[int, _Ahead] = {}  # by shop: the one chunk read ahead for it
         self.broken = False
 
     def read(self, session: Session, run: Backfill, resource: Resource, *, after: int, limit: int) -> None:
@@ -443,39 +446,62 @@ class HistoryReader:
             found = sorted(session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
                 col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).in_(parent_ids))).tuples())
             children = [body for _, body in found]
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        future = self._pool.submit(parse_staged, resource, TOPICS[resource.topic].parse, bodies, children)
-        self._ahead[run.id or 0] = _Ahead(_position(run, after), future, parent_ids, parents[-1][0], len(children))
+        try:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_helper_started)
+            future = self._pool.submit(parse_staged, resource, TOPICS[resource.topic].parse, bodies, children)
+        except Exception:  # it died since its last chunk, or could not be started
+            self._give_up(wait=True)
+            return
+        self._ahead[run.shop_id] = _Ahead(_position(run, after), future, parent_ids, parents[-1][0], len(children))
 
     def take(self, run: Backfill) -> _Ahead | None:
         """What the helper read for the chunk at the run's checkpoint; None when it read another, or failed."""
-        ahead = self._ahead.pop(run.id or 0, None)
+        ahead = self._ahead.pop(run.shop_id, None)
         if ahead is None:
             return None
         if ahead.position != _position(run, run.last_queued_line):
             ahead.future.cancel()
             return None
         try:
-            ahead.future.result()
-        except Exception:
-            log.warning("the helper process reading staged history failed; the worker reads it itself from now on",
+            ahead.future.result(timeout=HELPER_SECONDS)
+        except (BrokenExecutor, TimeoutError, pickle.PicklingError):
+            self._give_up(wait=False)  # a helper that hangs is left to end on its own
+            return None
+        except Exception:  # reading this chunk failed in the helper: the worker reads it, and says why if it must
+            log.warning("the helper process could not read a chunk of staged history; the worker reads it itself",
                         exc_info=True)
-            self.broken = True
-            self.close()
             return None
         return ahead
+
+    def forget(self, shop_id: int) -> None:
+        """The shop has no history left to read here (or lost it): what was read ahead for it is dropped."""
+        ahead = self._ahead.pop(shop_id, None)
+        if ahead is not None:
+            ahead.future.cancel()
 
     @property
     def reading(self) -> bool:
         """Whether a chunk read ahead waits to be taken."""
         return bool(self._ahead)
 
-    def close(self) -> None:
+    def _give_up(self, *, wait: bool) -> None:
+        log.warning("the helper process reading staged history failed; the worker reads it itself from now on",
+                    exc_info=True)
+        self.broken = True
+        self.close(wait=wait)
+
+    def close(self, *, wait: bool = True) -> None:
         self._ahead.clear()
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)  # at most the chunk it is reading
+            self._pool.shutdown(wait=wait, cancel_futures=True)  # at most the chunk it is reading
             self._pool = None
+
+
+def _helper_started() -> None:
+    """In the helper process: an interrupt from the terminal is for the worker, which ends its helper itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _position(run: Backfill, line: int) -> tuple[Any, ...]:

@@ -596,10 +596,14 @@ class Worker:
         try:
             size = self._apply(lease, shop, self._history_batch)
         except backfill.StagedLinesLost as exc:
+            if self.reader is not None:
+                self.reader.forget(lease.shop_id)
             backfill.history_lost(self.engine, exc, self.clock.now())
             return 1  # the shop's next backfill, if any, is taken next
-        if not size and self.reader is not None and not self.reader.reading:
-            self.reader.close()  # no history left to read here: its helper process ends
+        if not size and self.reader is not None:
+            self.reader.forget(lease.shop_id)
+            if not self.reader.reading:
+                self.reader.close()  # no history left to read here: its helper process ends
         return size
 
     def _apply(self, lease: Lease, shop: Shop,

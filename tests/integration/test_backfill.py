@@ -482,12 +482,14 @@ def test_the_planners_statistics_are_refreshed_as_a_backfill_fills_the_tables(
     assert worker.built_statistics_due > worker.stats.built
 
 
+@pytest.mark.parametrize("offset", [0, 10], ids=["read by the worker", "read ahead by the helper process"])
 def test_a_staged_object_no_handler_can_read_is_set_aside_with_a_dead_letter_and_the_rest_is_applied(
-        connector: Connector, store: SimulatedStore) -> None:
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
+    taken = _reading_ahead(monkeypatch)  # chunks of 7: the first is read by the worker, the next ones ahead
     _backfill(connector, resources=["customers"])
     with connector.engine.begin() as conn:  # one customer's id is not Shopify's
         [(line, body)] = conn.execute(sa.text(
-            "SELECT line, body FROM backfill_rows WHERE line > 0 ORDER BY line LIMIT 1")).all()
+            "SELECT line, body FROM backfill_rows WHERE line > 0 ORDER BY line LIMIT 1 OFFSET :n"), {"n": offset}).all()
         broken = body.replace('"gid://shopify/Customer/', '"gid://shopify/Customer/x')
         conn.execute(sa.text("UPDATE backfill_rows SET body = :body WHERE line = :line"),
                      {"body": broken, "line": line})
@@ -499,6 +501,7 @@ def test_a_staged_object_no_handler_can_read_is_set_aside_with_a_dead_letter_and
     assert (entry.source, entry.status) == ("backfill", "failed") and letter.reference.startswith(f"inbox:{entry.id}:")
     assert "gid://shopify/Customer/x" in entry.body  # kept whole, for `dead-letters retry` once it is fixed
     assert connector.rows("SELECT status, queued FROM backfills") == [("done", len(store.customers))]
+    assert taken[1] is True  # the second chunk (lines 8 to 14) was read by the helper
 
 
 def _reading_ahead(monkeypatch: pytest.MonkeyPatch, after_read: Any = None) -> list[bool]:
@@ -558,11 +561,15 @@ def test_without_read_ahead_the_worker_reads_every_chunk_itself(
     _every_buyer_has_their_totals(connector, store)
 
 
+@pytest.mark.parametrize("idle", [False, True], ids=["while reading", "once done reading"])
 def test_a_helper_process_that_dies_is_given_up_and_the_worker_reads_the_rest_itself(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, idle: bool) -> None:
     def kill_the_second(reader: backfill.HistoryReader, session: Any) -> None:
         if reader._pool is not None and len(taken) == 2:
+            if idle:
+                [ahead] = reader._ahead.values()
+                ahead.future.result()
             for process in list(reader._pool._processes.values()):  # as the kernel's OOM killer would
                 process.kill()
                 process.join()
@@ -571,7 +578,8 @@ def test_a_helper_process_that_dies_is_given_up_and_the_worker_reads_the_rest_it
     _backfill(connector, resources=["customers", "orders"])
     connector.sync()
     assert "the helper process reading staged history failed" in caplog.text
-    assert taken[:2] == [False, True] and True not in taken[3:]  # given up: none read ahead after it died
+    # Killed after the second chunk was handed to it (reading it, or done): given up once it is found dead.
+    assert taken[:2] == [False, True] and True not in taken[4:]
     _every_buyer_has_their_totals(connector, store)
     assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
 
