@@ -54,6 +54,19 @@ def _count(connector: Connector, table: str) -> int:
     return int(connector.rows(f"SELECT count(*) FROM {table}")[0][0])
 
 
+def _every_buyer_has_their_totals(connector: Connector, store: SimulatedStore) -> None:
+    assert _count(connector, "orders") == len(store.orders)
+    assert _count(connector, "refunds") == sum(len(o.get("refunds") or []) for o in store.orders)
+    # The simulation's own ledger; an order refunded in full is not a purchase for the connector (net 0 either way).
+    refunded = Counter(o["email"] for o in store.orders if o["financial_status"] == "refunded"
+                       and o["cancelled_at"] is None and not o["test"])
+    for email, totals in store.expected().buyers.items():
+        attributes = connector.contact(email)["attributes"]
+        assert attributes["ORDER_COUNT"] == totals.order_count - refunded[email], email
+        assert Decimal(str(attributes["TOTAL_SPENT"])) == totals.total_spent, email
+    assert _count(connector, "dead_letters") == 0 and connector.events() == []
+
+
 def test_a_backfill_brings_every_buyer_with_correct_totals_and_fires_no_automation(
         connector: Connector, store: SimulatedStore) -> None:
     abandoned = [c for c in store.checkouts if not c.get("completed_at")]
@@ -66,17 +79,8 @@ def test_a_backfill_brings_every_buyer_with_correct_totals_and_fires_no_automati
     assert connector.rows("SELECT resource, status, queued FROM backfills ORDER BY id") == [
         ("customers", "done", len(store.customers)), ("products", "done", len(store.products)),
         ("orders", "done", len(store.orders)), ("checkouts", "done", len(abandoned))]
-    assert _count(connector, "orders") == len(store.orders)
+    _every_buyer_has_their_totals(connector, store)  # and history fires no automation
     assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
-    assert _count(connector, "refunds") == sum(len(o.get("refunds") or []) for o in store.orders)
-    # The simulation's own ledger; an order refunded in full is not a purchase for the connector (net 0 either way).
-    refunded = Counter(o["email"] for o in store.orders if o["financial_status"] == "refunded"
-                       and o["cancelled_at"] is None and not o["test"])
-    for email, totals in store.expected().buyers.items():
-        attributes = connector.contact(email)["attributes"]
-        assert attributes["ORDER_COUNT"] == totals.order_count - refunded[email], email
-        assert Decimal(str(attributes["TOTAL_SPENT"])) == totals.total_spent, email
-    assert connector.events() == []  # history fires no automation
     # Brevo's ecommerce orders arrive as history, in batches, each order once in its latest state.
     sent = connector.brevo.orders
     assert sent and all(o["historical"] and o["batchId"] for o in sent)
@@ -524,18 +528,6 @@ def _reading_ahead(monkeypatch: pytest.MonkeyPatch, after_read: Any = None) -> l
     monkeypatch.setattr(backfill.HistoryReader, "take", taking)
     monkeypatch.setattr(backfill.HistoryReader, "read", reading)
     return taken
-
-
-def _every_buyer_has_their_totals(connector: Connector, store: SimulatedStore) -> None:
-    assert _count(connector, "orders") == len(store.orders)
-    assert _count(connector, "refunds") == sum(len(o.get("refunds") or []) for o in store.orders)
-    refunded = Counter(o["email"] for o in store.orders if o["financial_status"] == "refunded"
-                       and o["cancelled_at"] is None and not o["test"])
-    for email, totals in store.expected().buyers.items():
-        attributes = connector.contact(email)["attributes"]
-        assert attributes["ORDER_COUNT"] == totals.order_count - refunded[email], email
-        assert Decimal(str(attributes["TOTAL_SPENT"])) == totals.total_spent, email
-    assert _count(connector, "dead_letters") == 0 and connector.events() == []
 
 
 def test_history_a_helper_process_reads_ahead_lands_as_history_the_worker_reads_itself(
