@@ -226,7 +226,7 @@ def run(customers: int, database: str, *, alongside: bool, keep: bool = False) -
           f"peak RSS of the connector (backfill, then worker, in one process): {rss:.0f} MB")
     print(f"CPU time (user and system: on a shared machine steadier than wall time): backfill {backfill['cpu']:.1f} s, "
           f"worker {cpu - (0 if alongside else backfill['cpu']):.1f} s"
-          + (f" and its helper process reading the staged history {helper_cpu:.1f} s (peak RSS "
+          + (f" and its helper processes (reading the staged history, building buyers) {helper_cpu:.1f} s (peak RSS "
              f"{helper.ru_maxrss / 1024:.0f} MB{', or the backfill process' if alongside else ''})"
              if helper_cpu else "")
           + f"; the simulated Shopify and Brevo {calls['cpu']:.1f} s (their process shares the two cores)")

@@ -146,7 +146,9 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
+    """The engine of the connector's database. `read_only`: for a helper process that only reads, whose
+    transactions must not hold up the writers (on SQLite, the others begin by taking the write lock)."""
     url = normalise_url(url)
     # JSON columns (contact bodies, outbox rows) read and written with orjson: several times the standard
     # library's speed, the same values.
@@ -159,7 +161,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             **kwargs,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        if read_only:
+            event.listen(engine, "connect", _sqlite_read_only)
+            event.listen(engine, "begin", _sqlite_read_begin)
+        else:
+            event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
@@ -167,7 +173,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # statistics of that moment. Tables that grow fast (a shop's first hour, a sale) get generic plans that scan
     # by shop only (measured: a contact's primary-key UPDATE at 1 ms instead of 0.1). Plans are made for the
     # actual values instead; statements stay prepared, so parsing is still saved.
-    kwargs.setdefault("connect_args", {"options": "-c plan_cache_mode=force_custom_plan"})
+    options = "-c plan_cache_mode=force_custom_plan" + (" -c default_transaction_read_only=on" if read_only else "")
+    kwargs.setdefault("connect_args", {"options": options})
     engine = sa.create_engine(url, pool_pre_ping=True, **kwargs)
     event.listen(engine, "connect", _postgres_session)
     return engine
@@ -213,6 +220,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Erased rows (a customer's or a shop's, at Shopify's request) are overwritten, not left in free pages.
     cur.execute("PRAGMA secure_delete=ON")
     cur.close()
+
+
+def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA query_only=ON")
+
+
+def _sqlite_read_begin(conn: sa.Connection) -> None:
+    # A deferred transaction: one snapshot for its reads, without the write lock (WAL lets a writer go on).
+    conn.exec_driver_sql("BEGIN")
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:

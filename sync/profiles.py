@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar, cast
@@ -39,6 +39,7 @@ from mappings.profile import (
 from mappings.rfm import VIP_SEGMENT, RfmInput, RfmScore, RfmThresholds, score
 from mappings.shop_config import ShopConfig
 from sync.apply import insert_events
+from sync.helper import Helper, helper_engine
 from sync.loyalty import (
     LoyaltyContext,
     LoyaltyView,
@@ -101,9 +102,11 @@ class BuyerView:
     loyalty: LoyaltyView | None = None
 
 
-def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 500, live_only: bool = False) -> int:
+def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 500, live_only: bool = False,
+                         helper: Helper | None = None) -> int:
     """Recompute up to `limit` dirty contacts of one shop (with `live_only`, not those only history made dirty);
-    returns how many were looked at."""
+    returns how many were looked at. With a helper process, part of a large batch is read and computed there
+    (`_views`)."""
     where = [col(Contact.shop_id) == shop.shop_id, col(Contact.dirty).is_(True)]
     if live_only:
         where.append(col(Contact.history).is_(False))
@@ -116,7 +119,7 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
         return len(merged)
     facts: list[ev.EventFact] = []
     ledger: list[tuple[str, lp.Entry]] = []
-    views = load_buyers(session, shop, contacts)
+    views = _views(session, shop, contacts, helper)
     rules = shop.loyalty.rules
     waiting = open_requests(session, shop.shop_id, [c.contact_key for c in contacts]) \
         if rules.enabled and rules.reward_automatic else set()
@@ -130,6 +133,78 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     append_many(session, shop.shop_id, ledger, now=shop.now)
     insert_events(session, shop.shop_id, facts, now=shop.now, enabled=shop.config.event_enabled)
     return len(contacts)
+
+
+SPLIT_AT = 100  # a batch of at least so many buyers is shared with the helper process, if there is one
+# The helper's share: it also sends its part, and what it read, across (measured at 20,000 customers, an even
+# split left the worker waiting for it about a quarter of the time).
+HELPER_SHARE = 0.45
+
+
+@dataclass(frozen=True)
+class _Contact:
+    """What `load_buyers` reads of a contact, as it crosses to the helper process."""
+
+    contact_key: str
+    customer_id: int | None
+    email: str | None
+    phone: str | None
+    first_name: str | None
+    last_name: str | None
+
+
+def _views(session: Session, shop: ShopContext, contacts: Sequence[Contact], helper: Helper | None
+           ) -> Iterator[BuyerView]:
+    """`load_buyers` of the batch, in its order. With a helper process and a large batch, the last part is read
+    and computed in the helper, on its own connection, while the worker does the rest, and settles it: on two
+    cores a backfill's buyers are then built in about two thirds of the time.
+
+    The helper reads what the worker would: on SQLite the worker's unit of work holds the write lock from its
+    first statement, so nothing is committed between the two reads, and no reader sees what the worker writes
+    until it commits (the helper's views are of the batch as it was before any of it was settled, as the
+    worker's own are); on PostgreSQL each statement reads what is committed, in the worker as in the helper.
+    The phone numbers' owners, which depend on the whole batch, are worked out here, once, for both parts. The
+    views come back without the orders and products they were computed from (settling does not read them)."""
+    if helper is None or len(contacts) < SPLIT_AT:
+        return iter(load_buyers(session, shop, contacts))
+    owners = batch_phone_owners(session, shop.shop_id, contacts)
+    cut = len(contacts) - int(len(contacts) * HELPER_SHARE)
+    theirs = [_Contact(c.contact_key, c.customer_id, c.email, c.phone, c.first_name, c.last_name)
+              for c in contacts[cut:]]
+    future = helper.submit(helper_views, shop, theirs, owners)
+    mine = load_buyers(session, shop, contacts[:cut], owners=owners)
+
+    def rest() -> list[BuyerView]:
+        views = helper.result(future)
+        return views if views is not None else load_buyers(session, shop, contacts[cut:], owners=owners)
+
+    return _then(mine, rest)
+
+
+def _then(first: list[BuyerView], rest: Callable[[], list[BuyerView]]) -> Iterator[BuyerView]:
+    """`first`, then what `rest` returns, called only once `first` is used up."""
+    yield from first
+    yield from rest()
+
+
+def helper_views(shop: ShopContext, contacts: Sequence[_Contact], owners: dict[str, str]) -> list[BuyerView]:
+    """In the helper process: `load_buyers` of these contacts, slimmed for the trip back."""
+    with Session(helper_engine()) as session:
+        views = load_buyers(session, shop, cast(Sequence[Contact], contacts), owners=owners)
+    return [replace(view, orders=(), products={}) for view in views]
+
+
+def batch_phone_owners(session: Session, shop_id: int, contacts: Sequence[Contact]) -> dict[str, str]:
+    """`_phone_owners` of a batch of contacts, as `load_buyers` works them out: each contact's number is its
+    customer's, else its own."""
+    ids = [c.customer_id for c in contacts if c.customer_id]
+    phones: dict[int, str | None] = {}
+    for chunk in chunked(ids):
+        phones.update((customer_id, phone) for customer_id, phone in session.connection().execute(sa.select(
+            col(Customer.customer_id), col(Customer.phone)).where(
+            col(Customer.shop_id) == shop_id, col(Customer.customer_id).in_(chunk))))
+    return _phone_owners(session, shop_id, {
+        c.contact_key: (phones.get(c.customer_id) if c.customer_id else None) or c.phone for c in contacts})
 
 
 def settle_history_figures(session: Session, shop: ShopContext, *, after: str = "", limit: int = 2000
@@ -210,8 +285,10 @@ def _read(session: Session, model: type[M], *where: Any) -> Iterator[M]:
     return cast(Iterator[M], iter(rows))
 
 
-def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]) -> list[BuyerView]:
-    """Each contact's mirror rows -> profile, RFM score, attributes and lifecycle moments (a few queries)."""
+def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact], *,
+                owners: Mapping[str, str] | None = None) -> list[BuyerView]:
+    """Each contact's mirror rows -> profile, RFM score, attributes and lifecycle moments (a few queries).
+    `owners`: the phone numbers' owners, when worked out for a larger batch (`batch_phone_owners`)."""
     shop_id = shop.shop_id
     keys = [c.contact_key for c in contacts]
     customer_ids = [c.customer_id for c in contacts if c.customer_id]
@@ -242,9 +319,10 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     life = shop.config.lifecycle
     program = shop.loyalty
     ledgers = stored_entries(session, shop_id, keys) if program.rules.enabled else {}
-    owners = _phone_owners(session, shop_id, {
-        c.contact_key: (customers[c.customer_id].phone if c.customer_id in customers else None) or c.phone
-        for c in contacts})
+    if owners is None:
+        owners = _phone_owners(session, shop_id, {
+            c.contact_key: (customers[c.customer_id].phone if c.customer_id in customers else None) or c.phone
+            for c in contacts})
     views = []
     for contact in contacts:
         customer = customers.get(contact.customer_id) if contact.customer_id else None

@@ -69,6 +69,7 @@ from sync.compliance import (
     uninstall,
 )
 from sync.consent import due_consent_updates, postpone_consent, write_consent
+from sync.helper import Helper
 from sync.mirror import BatchMirror
 from sync.profiles import ShopContext, build_dirty_contacts, settle_history_figures
 from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
@@ -82,6 +83,7 @@ T = TypeVar("T")
 
 INBOX_BATCH = 200
 HISTORY_BATCH = 1000  # a batch that starts with history
+BUILD_BATCH = 500  # buyers built per unit of work
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
 UNKNOWN_SHOPS_EVERY = 300.0  # seconds between two looks for privacy deliveries of shops not held here
 POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
@@ -151,6 +153,9 @@ class Worker:
         self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables are next
         self.wake = threading.Event()
         self.reader = backfill.HistoryReader() if settings.read_ahead else None
+        # Builds half of each large batch of buyers (a backfill's, a poll's) on the other core.
+        self.builder = Helper(engine.url.render_as_string(hide_password=False), "building buyers") \
+            if settings.read_ahead else None
 
     # --- loop -----------------------------------------------------------------------------------
 
@@ -172,9 +177,12 @@ class Worker:
         return self.stats
 
     def close(self) -> None:
-        """End the helper process that reads staged history, if one runs (the next backfill starts another)."""
+        """End the helper processes, if they run (the next backfill, the next large batch of buyers, starts
+        another)."""
         if self.reader is not None:
             self.reader.close()
+        if self.builder is not None:
+            self.builder.close()
 
     def _forget_erased(self) -> None:
         """After an erasure: the erased rows' pages gone from the disk, and the numbers this process remembers
@@ -514,9 +522,12 @@ class Worker:
         context = ShopContext.of(shop, now, freshness_hours=self.settings.event_freshness_hours)
         while True:
             with unit_of_work(self.engine) as session:
-                built = build_dirty_contacts(session, context, live_only=live_only)
+                built = build_dirty_contacts(session, context, limit=BUILD_BATCH, live_only=live_only,
+                                             helper=self.builder)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             if not built:
+                if self.builder is not None:
+                    self.builder.close()  # no buyer left to build: its helper process ends, if one ran
                 return shop
             self.stats.built += built
             self.built_statistics_due = self._statistics(self.stats.built, self.built_statistics_due, BUILT_TABLES)

@@ -3,6 +3,7 @@ store's JSONL over loopback, the worker applies it as history, the simulated Bre
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,6 +25,7 @@ from mappings.shopify_graphql import RESOURCES
 from sync import backfill, profiles
 from sync import worker as worker_module
 from sync.backfill import BackfillError, run_backfill
+from sync.helper import Helper
 from tests.integration.harness import ADMIN_TOKEN, BREVO_KEY, SECRET, SHOP, Connector
 from tests.integration.test_cli import _connector
 from tests.integration.test_ecommerce import _as_history
@@ -594,3 +596,68 @@ def test_lines_gone_after_the_helper_read_them_are_not_taken_from_its_reading(
     assert _count(connector, "orders") == len(store.orders)
     assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders) - len(gone)
     assert _count(connector, "dead_letters") == 0 and _count(connector, "backfill_rows") == 0
+
+
+def _building_with_a_helper(monkeypatch: pytest.MonkeyPatch, after_submit: Any = None) -> list[bool]:
+    """Batches of buyers small enough to be shared with the helper process; returns, batch after batch, whether
+    the worker used the helper's part. `after_submit(helper)` runs after each part is handed to it."""
+    monkeypatch.setattr("sync.worker.BUILD_BATCH", 10)
+    monkeypatch.setattr("sync.profiles.SPLIT_AT", 4)
+    used: list[bool] = []
+    submit, result = Helper.submit, Helper.result
+
+    def submitting(self: Helper, *args: Any) -> Any:
+        future = submit(self, *args)
+        if after_submit is not None:
+            after_submit(self)
+        return future
+
+    def taking(self: Helper, future: Any) -> Any:
+        views = result(self, future)
+        used.append(views is not None)
+        return views
+
+    monkeypatch.setattr(Helper, "submit", submitting)
+    monkeypatch.setattr(Helper, "result", taking)
+    return used
+
+
+BUILT = ("SELECT contact_key, pending_hash, sent_hash, order_count, total_spent, last_order_at, days_between_orders, "
+         "rfm_score, rfm_segment, loyalty_tier, push_state FROM contacts ORDER BY contact_key")
+
+
+def test_buyers_built_partly_in_a_helper_process_are_those_the_worker_builds_alone(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    used = _building_with_a_helper(monkeypatch)
+    _backfill(connector)
+    connector.sync()
+    assert used and all(used)  # every batch of buyers was shared with the helper
+    _every_buyer_has_their_totals(connector, store)
+    assert connector.contact(store.customers[0]["email"])["attributes"]["LOYALTY_POINTS"] is not None
+    built = connector.rows(BUILT)
+    # Built again by the worker alone: the same figures, and the same bodies (nothing new to send).
+    with connector.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE contacts SET dirty = :t WHERE merged_into IS NULL"), {"t": True})
+    connector.settings = connector.settings.model_copy(update={"read_ahead": False})
+    calls = len(connector.brevo.calls)
+    connector.sync()
+    assert connector.rows(BUILT) == built
+    assert [c.path for c in connector.brevo.calls[calls:] if c.path.startswith("/v3/contacts")] == []
+
+
+def test_a_helper_process_that_dies_while_building_is_given_up_and_the_worker_builds_every_buyer(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def kill(helper: Helper) -> None:
+        if helper._pool is not None and len(used) == 1:  # as the kernel's OOM killer would, in the second batch
+            for process in list(helper._pool._processes.values()):
+                process.kill()
+                process.join()
+
+    used = _building_with_a_helper(monkeypatch, kill)
+    _backfill(connector)
+    with caplog.at_level(logging.WARNING):
+        connector.sync()
+    assert "the helper process building buyers failed" in caplog.text
+    assert used[:2] == [True, False] and True not in used[2:]
+    _every_buyer_has_their_totals(connector, store)

@@ -1,0 +1,98 @@
+"""A helper process with a read-only connection of its own to the connector's database, to which a worker hands
+work it would otherwise do on its one core (building half of each large batch of buyers: `sync.profiles`).
+
+What the helper computes is only read: the worker writes it in its own unit of work. A helper that dies, hangs
+or cannot be started is logged and given up, and the worker does the work itself from then on; `close` ends it.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import logging
+import multiprocessing
+import pickle
+import signal
+import types
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Engine
+
+from connector.database import make_engine
+
+log = logging.getLogger("connector.helper")
+
+HELPER_SECONDS = 120.0  # a helper that takes longer for one task (a second or so) is given up
+T = TypeVar("T")
+
+# Shop settings hold read-only mappings (`types.MappingProxyType`), which pickle cannot send as they are: they
+# cross to the helper as the same mapping, read-only again on the other side.
+def read_only_mapping(values: dict[Any, Any]) -> types.MappingProxyType[Any, Any]:
+    return types.MappingProxyType(values)
+
+
+copyreg.pickle(types.MappingProxyType, lambda proxy: (read_only_mapping, (dict(proxy),)))
+
+_engine: Engine | None = None  # in the helper process: its read-only engine
+
+
+def helper_engine() -> Engine:
+    """In the helper process: the read-only engine of the database the worker uses."""
+    assert _engine is not None, "only in the helper process (Helper)"
+    return _engine
+
+
+def _started(url: str) -> None:
+    """In the helper process: its engine; an interrupt from the terminal is for the worker, which ends its helper
+    itself."""
+    global _engine
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _engine = make_engine(url, read_only=True)
+
+
+class Helper:
+    """One helper process, started when first given work."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self._url = url  # the database's, with its password: the helper connects to it
+        self._name = name  # what it does, for the log
+        self._pool: ProcessPoolExecutor | None = None
+        self.broken = False
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T] | None:
+        """`fn(*args)` run in the helper; None when there is no helper (given up, or it could not start)."""
+        if self.broken:
+            return None
+        try:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_started, initargs=(self._url,))
+            return self._pool.submit(fn, *args)
+        except Exception:  # it died since its last task, could not be started, or the arguments did not pickle
+            self._give_up(wait=True)
+            return None
+
+    def result(self, future: Future[T] | None) -> T | None:
+        """What the helper returned; None when it failed (the worker then does the work itself)."""
+        if future is None:
+            return None
+        try:
+            return future.result(timeout=HELPER_SECONDS)
+        except (BrokenExecutor, TimeoutError, pickle.PicklingError):
+            self._give_up(wait=False)  # a helper that hangs is left to end on its own
+        except Exception:  # this task failed in the helper: the worker does it, and says why if it must
+            log.warning("the helper process %s could not do its part; the worker does it itself", self._name,
+                        exc_info=True)
+        return None
+
+    def _give_up(self, *, wait: bool) -> None:
+        log.warning("the helper process %s failed; the worker does its work itself from now on", self._name,
+                    exc_info=True)
+        self.broken = True
+        self.close(wait=wait)
+
+    def close(self, *, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
