@@ -207,12 +207,12 @@ def batch_phone_owners(session: Session, shop_id: int, contacts: Sequence[Contac
         c.contact_key: (phones.get(c.customer_id) if c.customer_id else None) or c.phone for c in contacts})
 
 
-def settle_history_figures(session: Session, shop: ShopContext, *, after: str = "", limit: int = 2000
-                           ) -> str | None:
+def settle_history_figures(session: Session, shop: ShopContext, *, after: str = "", limit: int = 2000,
+                           helper: Helper | None = None) -> str | None:
     """Store the figures the shop-wide RFM step reads (order count, total spent, last order, cadence) of up to
     `limit` contacts that only history made dirty, keyed after `after`, from their orders and refunds alone (the
     builder's own `build_profile`; lines, products and the rest are not needed for them). Returns the last key
-    settled, None when there was none.
+    settled, None when there was none. With a helper process, part of them is worked out there (as in `_views`).
 
     Once a backfill is applied, this lets the RFM thresholds be computed before the builder runs, so that each
     buyer is built once, with their score, instead of once without it and again when the scores appear."""
@@ -222,6 +222,22 @@ def settle_history_figures(session: Session, shop: ShopContext, *, after: str = 
         .order_by(col(Contact.contact_key)).limit(limit)).scalars())
     if not keys:
         return None
+    if helper is None or len(keys) < SPLIT_AT:
+        rows = history_figures(session, shop, keys)
+    else:
+        cut = len(keys) - int(len(keys) * HELPER_SHARE)
+        future = helper.submit(helper_history_figures, shop, keys[cut:])
+        rows = history_figures(session, shop, keys[:cut])
+        theirs = helper.result(future)
+        rows += theirs if theirs is not None else history_figures(session, shop, keys[cut:])
+    table = Contact.__table__  # type: ignore[attr-defined]
+    session.execute(sa.update(table).where(table.c.shop_id == shop.shop_id, table.c.contact_key == sa.bindparam(
+        "b_key")).values({name: sa.bindparam(name) for name in rows[0] if name != "b_key"}), rows)
+    return keys[-1]
+
+
+def history_figures(session: Session, shop: ShopContext, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The figures `settle_history_figures` stores, of these contacts (one row each, keyed by `b_key`)."""
     orders: dict[str, list[Order]] = defaultdict(list)
     refunded: dict[int, Decimal] = defaultdict(Decimal)
     for chunk in chunked(keys):
@@ -239,10 +255,13 @@ def settle_history_figures(session: Session, shop: ShopContext, *, after: str = 
                                 shop.currency, count_test_orders=shop.config.lifecycle.count_test_orders)
         rows.append({"b_key": key, "order_count": profile.order_count, "total_spent": profile.total_spent,
                      "last_order_at": profile.last_order_at, "days_between_orders": profile.days_between_orders})
-    table = Contact.__table__  # type: ignore[attr-defined]
-    session.execute(sa.update(table).where(table.c.shop_id == shop.shop_id, table.c.contact_key == sa.bindparam(
-        "b_key")).values({name: sa.bindparam(name) for name in rows[0] if name != "b_key"}), rows)
-    return keys[-1]
+    return rows
+
+
+def helper_history_figures(shop: ShopContext, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """In the helper process: `history_figures` of these contacts, read on its own connection."""
+    with Session(helper_engine()) as session:
+        return history_figures(session, shop, keys)
 
 
 def _phone_owners(session: Session, shop_id: int, phones: Mapping[str, str | None]) -> dict[str, str]:

@@ -540,7 +540,7 @@ class Worker:
         settled = False
         while after is not None:
             with unit_of_work(self.engine) as session:
-                after = settle_history_figures(session, context, after=after)
+                after = settle_history_figures(session, context, after=after, helper=self.builder)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             settled = settled or after is not None
         return settled

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import FixedClock, as_utc
-from connector.models import Backfill
+from connector.models import Backfill, Contact
 from connector.sandbox.shopify import SimulatedStore, StoreSize
 from connector.sandbox.shopify_bulk import birth_date
 from connector.shopify import ShopifyClient
@@ -629,9 +630,28 @@ BUILT = ("SELECT contact_key, pending_hash, sent_hash, order_count, total_spent,
 def test_buyers_built_partly_in_a_helper_process_are_those_the_worker_builds_alone(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     used = _building_with_a_helper(monkeypatch)
+    settled: dict[str, list[Any]] = {}
+    settle = worker_module.Worker._settle_history_figures
+
+    def settling(worker: Any, lease: Any, shop: Any, now: datetime) -> bool:
+        done = settle(worker, lease, shop, now)  # the RFM figures of history's buyers, partly by the helper
+        figures = ("order_count", "total_spent", "last_order_at", "days_between_orders")
+        with connector.engine.begin() as conn:
+            stored = [(key, *values[:2], as_utc(values[2]), values[3]) for key, *values in conn.execute(sa.select(
+                col(Contact.contact_key), *(getattr(Contact, f) for f in figures)).where(
+                col(Contact.dirty).is_(True), col(Contact.history).is_(True), col(Contact.merged_into).is_(None))
+                .order_by(col(Contact.contact_key)))]
+        with Session(connector.engine) as session:  # the same, worked out here for all of them
+            settled["here"] = [tuple(row[f] for f in ("b_key", *figures)) for row in profiles.history_figures(
+                session, profiles.ShopContext.of(shop, now), [key for key, *_ in stored])]
+        settled["stored"] = stored
+        return done
+
+    monkeypatch.setattr(worker_module.Worker, "_settle_history_figures", settling)
     _backfill(connector)
     connector.sync()
-    assert used and all(used)  # every batch of buyers was shared with the helper
+    assert used and all(used)  # every batch of buyers (and of history's RFM figures) was shared with the helper
+    assert len(settled["stored"]) > 30 and settled["stored"] == settled["here"]
     _every_buyer_has_their_totals(connector, store)
     assert connector.contact(store.customers[0]["email"])["attributes"]["LOYALTY_POINTS"] is not None
     built = connector.rows(BUILT)
