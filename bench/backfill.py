@@ -95,7 +95,8 @@ def _time_phases(worker: Any) -> dict[str, float]:
     from sync import worker as worker_module
 
     spent: dict[str, float] = defaultdict(float)
-    for name in ("apply_inbox", "apply_history", "_build_profiles", "_history_queued", "_has_pending_work"):
+    for name in ("apply_inbox", "apply_history", "_settle_history_figures", "_build_profiles", "_history_queued",
+                 "_has_pending_work"):
         setattr(worker, name, _timed(spent, name.strip("_"), getattr(worker, name)))
     worker_module.recompute_shop = _timed(spent, "rfm", worker_module.recompute_shop)
     for name in ("push_contacts", "push_events", "check_imports", "push_catalog"):
