@@ -34,12 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
-import pickle
-import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,13 +61,13 @@ from connector.shopify import (
 )
 from mappings.shopify_graphql import RESOURCES, Resource, assemble, history_id, parse_staged, to_payload
 from sync.apply import TOPICS
+from sync.helper import Helper
 from sync.push import ShopPaused, pause_shop
 
 log = logging.getLogger("connector.backfill")
 
 STAGE_CHUNK = 10_000  # lines per commit while staging
 HISTORY_CHUNK = 1000  # objects a worker applies per unit of work
-HELPER_SECONDS = 120.0  # a helper process that takes longer to read one chunk ahead (a second or so) is given up
 # A running backfill says so (`Backfill.queued_at`) at least this often; one silent for `SILENCE` was killed.
 HEARTBEAT_SECONDS = 5.0
 SILENCE = timedelta(seconds=60)
@@ -425,9 +422,12 @@ class HistoryReader:
     starts with the next backfill."""
 
     def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
+        self._helper = Helper(None, "reading staged history")  # it parses what it is sent: no database
         self._ahead: dict[int, _Ahead] = {}  # by shop: the one chunk read ahead for it
-        self.broken = False
+
+    @property
+    def broken(self) -> bool:
+        return self._helper.broken
 
     def read(self, session: Session, run: Backfill, resource: Resource, *, after: int, limit: int) -> None:
         """Look up the chunk after line `after` (the run's new checkpoint) and have the helper read it."""
@@ -446,15 +446,10 @@ class HistoryReader:
             found = sorted(session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
                 col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).in_(parent_ids))).tuples())
             children = [body for _, body in found]
-        try:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_helper_started)
-            future = self._pool.submit(parse_staged, resource, TOPICS[resource.topic].parse, bodies, children)
-        except Exception:  # it died since its last chunk, or could not be started
-            self._give_up(wait=True)
-            return
-        self._ahead[run.shop_id] = _Ahead(_position(run, after), future, parent_ids, parents[-1][0], len(children))
+        future = self._helper.submit(parse_staged, resource, TOPICS[resource.topic].parse, bodies, children)
+        if future is not None:
+            self._ahead[run.shop_id] = _Ahead(_position(run, after), future, parent_ids, parents[-1][0],
+                                              len(children))
 
     def take(self, run: Backfill) -> _Ahead | None:
         """What the helper read for the chunk at the run's checkpoint; None when it read another, or failed."""
@@ -464,14 +459,9 @@ class HistoryReader:
         if ahead.position != _position(run, run.last_queued_line):
             ahead.future.cancel()
             return None
-        try:
-            ahead.future.result(timeout=HELPER_SECONDS)
-        except (BrokenExecutor, TimeoutError, pickle.PicklingError):
-            self._give_up(wait=False)  # a helper that hangs is left to end on its own
-            return None
-        except Exception:  # reading this chunk failed in the helper: the worker reads it, and says why if it must
-            log.warning("the helper process could not read a chunk of staged history; the worker reads it itself",
-                        exc_info=True)
+        if self._helper.result(ahead.future) is None:
+            if self.broken:
+                self._ahead.clear()  # what it was reading for other shops is lost with it
             return None
         return ahead
 
@@ -486,22 +476,9 @@ class HistoryReader:
         """Whether a chunk read ahead waits to be taken."""
         return bool(self._ahead)
 
-    def _give_up(self, *, wait: bool) -> None:
-        log.warning("the helper process reading staged history failed; the worker reads it itself from now on",
-                    exc_info=True)
-        self.broken = True
-        self.close(wait=wait)
-
     def close(self, *, wait: bool = True) -> None:
         self._ahead.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)  # at most the chunk it is reading
-            self._pool = None
-
-
-def _helper_started() -> None:
-    """In the helper process: an interrupt from the terminal is for the worker, which ends its helper itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self._helper.close(wait=wait)
 
 
 def _position(run: Backfill, line: int) -> tuple[Any, ...]:

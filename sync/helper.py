@@ -1,5 +1,6 @@
-"""A helper process with a read-only connection of its own to the connector's database, to which a worker hands
-work it would otherwise do on its one core (building half of each large batch of buyers: `sync.profiles`).
+"""A helper process, with a read-only connection of its own to the connector's database when its work reads it,
+to which a worker hands work it would otherwise do on its one core: reading the next chunk of a backfill's staged
+history (`sync.backfill.HistoryReader`), building part of each large batch of buyers (`sync.profiles`).
 
 What the helper computes is only read: the worker writes it in its own unit of work. A helper that dies, hangs
 or cannot be started is logged and given up, and the worker does the work itself from then on; `close` ends it.
@@ -43,19 +44,20 @@ def helper_engine() -> Engine:
     return _engine
 
 
-def _started(url: str) -> None:
-    """In the helper process: its engine; an interrupt from the terminal is for the worker, which ends its helper
-    itself."""
+def _started(url: str | None) -> None:
+    """In the helper process: its engine, if it reads the database; an interrupt from the terminal is for the
+    worker, which ends its helper itself."""
     global _engine
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _engine = make_engine(url, read_only=True)
+    if url is not None:
+        _engine = make_engine(url, read_only=True)
 
 
 class Helper:
     """One helper process, started when first given work."""
 
-    def __init__(self, url: str, name: str) -> None:
-        self._url = url  # the database's, with its password: the helper connects to it
+    def __init__(self, url: str | None, name: str) -> None:
+        self._url = url  # the database's, with its password, for a helper that reads it; None for one that does not
         self._name = name  # what it does, for the log
         self._pool: ProcessPoolExecutor | None = None
         self.broken = False

@@ -561,11 +561,11 @@ def test_a_helper_process_that_dies_is_given_up_and_the_worker_reads_the_rest_it
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, idle: bool) -> None:
     def kill_the_second(reader: backfill.HistoryReader, session: Any) -> None:
-        if reader._pool is not None and len(taken) == 2:
+        if reader._helper._pool is not None and len(taken) == 2:
             if idle:
                 [ahead] = reader._ahead.values()
                 ahead.future.result()
-            for process in list(reader._pool._processes.values()):  # as the kernel's OOM killer would
+            for process in list(reader._helper._pool._processes.values()):  # as the kernel's OOM killer would
                 process.kill()
                 process.join()
 
@@ -648,8 +648,10 @@ def test_buyers_built_partly_in_a_helper_process_are_those_the_worker_builds_alo
         return done
 
     monkeypatch.setattr(worker_module.Worker, "_settle_history_figures", settling)
-    _backfill(connector)
-    connector.sync()
+    clock = FixedClock(datetime.now(UTC))  # RFM recency moves with time: that would be a change of its own
+    connector.policy = replace(connector.policy, import_settle_seconds=0.0)  # imports count at once, time still
+    _backfill(connector, clock=clock)
+    connector.sync(clock=clock)
     assert used and all(used)  # every batch of buyers (and of history's RFM figures) was shared with the helper
     assert len(settled["stored"]) > 30 and settled["stored"] == settled["here"]
     _every_buyer_has_their_totals(connector, store)
@@ -660,7 +662,7 @@ def test_buyers_built_partly_in_a_helper_process_are_those_the_worker_builds_alo
         conn.execute(sa.text("UPDATE contacts SET dirty = :t WHERE merged_into IS NULL"), {"t": True})
     connector.settings = connector.settings.model_copy(update={"read_ahead": False})
     calls = len(connector.brevo.calls)
-    connector.sync()
+    connector.sync(clock=clock)
     assert connector.rows(BUILT) == built
     assert [c.path for c in connector.brevo.calls[calls:] if c.path.startswith("/v3/contacts")] == []
 
