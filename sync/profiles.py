@@ -157,7 +157,8 @@ def _views(session: Session, shop: ShopContext, contacts: Sequence[Contact], hel
            ) -> Iterator[BuyerView]:
     """`load_buyers` of the batch, in its order. With a helper process and a large batch, the last part is read
     and computed in the helper, on its own connection, while the worker does the rest, and settles it: on two
-    cores a backfill's buyers are then built in about two thirds of the time.
+    cores a backfill's buyers are then built in about three quarters of the time (measured at 100,000
+    customers on SQLite: 69 s instead of 91 s).
 
     The helper reads what the worker would: on SQLite the worker's unit of work holds the write lock from its
     first statement, so nothing is committed between the two reads, and no reader sees what the worker writes
