@@ -196,8 +196,7 @@ def helper_views(shop: ShopContext, contacts: Sequence[_Contact], owners: dict[s
 
 
 def batch_phone_owners(session: Session, shop_id: int, contacts: Sequence[Contact]) -> dict[str, str]:
-    """`_phone_owners` of a batch of contacts, as `load_buyers` works them out: each contact's number is its
-    customer's, else its own."""
+    """`_phone_owners` of a batch of contacts: each contact's number is its customer's, else its own."""
     ids = [c.customer_id for c in contacts if c.customer_id]
     phones: dict[int, str | None] = {}
     for chunk in chunked(ids):
@@ -308,7 +307,7 @@ def _read(session: Session, model: type[M], *where: Any) -> Iterator[M]:
 def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact], *,
                 owners: Mapping[str, str] | None = None) -> list[BuyerView]:
     """Each contact's mirror rows -> profile, RFM score, attributes and lifecycle moments (a few queries).
-    `owners`: the phone numbers' owners, when worked out for a larger batch (`batch_phone_owners`)."""
+    `owners`: the phone numbers' owners (`batch_phone_owners`), when worked out for a larger batch."""
     shop_id = shop.shop_id
     keys = [c.contact_key for c in contacts]
     customer_ids = [c.customer_id for c in contacts if c.customer_id]
@@ -340,9 +339,7 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     program = shop.loyalty
     ledgers = stored_entries(session, shop_id, keys) if program.rules.enabled else {}
     if owners is None:
-        owners = _phone_owners(session, shop_id, {
-            c.contact_key: (customers[c.customer_id].phone if c.customer_id in customers else None) or c.phone
-            for c in contacts})
+        owners = batch_phone_owners(session, shop_id, contacts)
     views = []
     for contact in contacts:
         customer = customers.get(contact.customer_id) if contact.customer_id else None

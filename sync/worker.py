@@ -153,7 +153,7 @@ class Worker:
         self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables are next
         self.wake = threading.Event()
         self.reader = backfill.HistoryReader() if settings.read_ahead else None
-        # Builds half of each large batch of buyers (a backfill's, a poll's) on the other core.
+        # Builds part of each large batch of buyers (a backfill's, a poll's) on the other core.
         self.builder = Helper(engine.url.render_as_string(hide_password=False), "building buyers") \
             if settings.read_ahead else None
 
