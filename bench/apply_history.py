@@ -54,9 +54,9 @@ def stage(customers: int, staged: Path) -> None:
 
 
 def run(customers: int, folder: Path, *, build: bool, skip: bool) -> None:
-    from connector.cli import tune_gc
     from connector.database import make_engine, unit_of_work
     from connector.models import Shop
+    from connector.runtime import tune_gc
     from sync.queue import lease_due_shops
     from sync.worker import Worker, recompute_shop
 

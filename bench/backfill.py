@@ -125,8 +125,8 @@ def _settings(url: str, served: dict[str, Any]) -> Any:
 
 def _backfill(url: str, served: dict[str, Any]) -> dict[str, Any]:
     """`connector backfill`: bulk queries, files staged; what it did and what it cost."""
-    from connector.cli import tune_gc
     from connector.database import make_engine
+    from connector.runtime import tune_gc
     from connector.shopify import ShopifyClient
     from sync.backfill import run_backfill
 
@@ -150,8 +150,8 @@ def _backfill_process(url: str, served: dict[str, Any], done: Any) -> None:
 
 
 def run(customers: int, database: str, *, alongside: bool, keep: bool = False) -> None:
-    from connector.cli import tune_gc
     from connector.database import make_engine, normalise_url, upgrade
+    from connector.runtime import tune_gc
     from connector.shops import ensure_single_store_shop
     from sync.worker import Worker
 

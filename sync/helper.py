@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 
 from connector.database import make_engine
+from connector.runtime import tune_gc
 
 log = logging.getLogger("connector.helper")
 
@@ -45,10 +46,12 @@ def helper_engine() -> Engine:
 
 
 def _started(url: str | None) -> None:
-    """In the helper process: its engine, if it reads the database; an interrupt from the terminal is for the
-    worker, which ends its helper itself."""
+    """In the helper process: its engine, if it reads the database; the worker's garbage collection settings
+    (a spawned process starts with Python's defaults); an interrupt from the terminal is for the worker, which
+    ends its helper itself."""
     global _engine
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_gc()
     if url is not None:
         _engine = make_engine(url, read_only=True)
 
