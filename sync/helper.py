@@ -26,6 +26,8 @@ from connector.runtime import tune_gc
 log = logging.getLogger("connector.helper")
 
 HELPER_SECONDS = 120.0  # a helper that takes longer for one task (a second or so) is given up
+SHARE_STEP = 0.02  # how far a helper's share of split work moves after each split (`Helper.share`)
+SHARE_BOUNDS = (0.1, 0.9)
 T = TypeVar("T")
 
 # Shop settings hold read-only mappings (`types.MappingProxyType`), which pickle cannot send as they are: they
@@ -63,7 +65,24 @@ class Helper:
         self._url = url  # the database's, with its password, for a helper that reads it; None for one that does not
         self._name = name  # what it does, for the log
         self._pool: ProcessPoolExecutor | None = None
+        self._shares: dict[str, float] = {}
         self.broken = False
+
+    def share(self, work: str, first: float) -> float:
+        """The part of each batch of `work` (`first` at first) the helper takes when the worker splits one with
+        it: how fast each side goes depends on the machine, the database and what else runs, so it is learnt
+        (see `balance`)."""
+        return self._shares.setdefault(work, first)
+
+    def balance(self, work: str, future: Future[Any] | None) -> None:
+        """Called when the worker, done with its own part of a batch of `work`, turns to the helper's: a helper
+        already done was idle while the worker worked, and takes a larger share of the next batch; one still at
+        it keeps the worker waiting, and takes a smaller one."""
+        if future is None or work not in self._shares:
+            return
+        step = SHARE_STEP if future.done() else -SHARE_STEP
+        low, high = SHARE_BOUNDS
+        self._shares[work] = min(high, max(low, self._shares[work] + step))
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T] | None:
         """`fn(*args)` run in the helper; None when there is no helper (given up, or it could not start)."""

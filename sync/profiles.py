@@ -136,8 +136,8 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
 
 
 SPLIT_AT = 100  # a batch of at least so many buyers is shared with the helper process, if there is one
-# The helper's share: it also sends its part, and what it read, across (measured at 20,000 customers, an even
-# split left the worker waiting for it about a quarter of the time).
+# The helper's first share (then learnt: `Helper.balance`): it also sends its part, and what it read, across
+# (measured at 20,000 customers, an even split left the worker waiting for it about a quarter of the time).
 HELPER_SHARE = 0.45
 
 
@@ -169,13 +169,14 @@ def _views(session: Session, shop: ShopContext, contacts: Sequence[Contact], hel
     if helper is None or len(contacts) < SPLIT_AT:
         return iter(load_buyers(session, shop, contacts))
     owners = batch_phone_owners(session, shop.shop_id, contacts)
-    cut = len(contacts) - int(len(contacts) * HELPER_SHARE)
+    cut = len(contacts) - int(len(contacts) * helper.share("views", HELPER_SHARE))
     theirs = [_Contact(c.contact_key, c.customer_id, c.email, c.phone, c.first_name, c.last_name)
               for c in contacts[cut:]]
     future = helper.submit(helper_views, shop, theirs, owners)
     mine = load_buyers(session, shop, contacts[:cut], owners=owners)
 
     def rest() -> list[BuyerView]:
+        helper.balance("views", future)
         views = helper.result(future)
         return views if views is not None else load_buyers(session, shop, contacts[cut:], owners=owners)
 
@@ -225,9 +226,10 @@ def settle_history_figures(session: Session, shop: ShopContext, *, after: str = 
     if helper is None or len(keys) < SPLIT_AT:
         rows = history_figures(session, shop, keys)
     else:
-        cut = len(keys) - int(len(keys) * HELPER_SHARE)
+        cut = len(keys) - int(len(keys) * helper.share("figures", HELPER_SHARE))
         future = helper.submit(helper_history_figures, shop, keys[cut:])
         rows = history_figures(session, shop, keys[:cut])
+        helper.balance("figures", future)
         theirs = helper.result(future)
         rows += theirs if theirs is not None else history_figures(session, shop, keys[cut:])
     table = Contact.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,53 @@
+"""The helper process a worker shares work with (`sync.helper`)."""
+
+from __future__ import annotations
+
+import gc
+from concurrent.futures import Future
+
+import pytest
+
+from sync.helper import SHARE_BOUNDS, SHARE_STEP, Helper
+
+
+def _future(done: bool) -> Future[None]:
+    future: Future[None] = Future()
+    if done:
+        future.set_result(None)
+    return future
+
+
+def test_a_helper_done_before_the_worker_takes_more_of_the_next_batch_and_one_still_busy_less() -> None:
+    helper = Helper(None, "testing")
+    assert helper.share("views", 0.45) == 0.45
+    helper.balance("views", _future(done=True))  # it waited for the worker
+    assert helper.share("views", 0.45) == pytest.approx(0.45 + SHARE_STEP)
+    helper.balance("views", _future(done=False))  # the worker waits for it
+    helper.balance("views", _future(done=False))
+    assert helper.share("views", 0.45) == pytest.approx(0.45 - SHARE_STEP)
+    assert helper.share("figures", 0.3) == 0.3  # each kind of work is balanced on its own
+
+
+def test_a_helper_share_stays_within_its_bounds() -> None:
+    helper = Helper(None, "testing")
+    helper.share("views", 0.5)
+    for _ in range(100):
+        helper.balance("views", _future(done=True))
+    assert helper.share("views", 0.5) == SHARE_BOUNDS[1]
+    for _ in range(100):
+        helper.balance("views", _future(done=False))
+    assert helper.share("views", 0.5) == SHARE_BOUNDS[0]
+
+
+def test_a_helper_process_collects_garbage_as_the_worker_does() -> None:
+    from connector.runtime import tune_gc
+
+    helper = Helper(None, "testing")
+    try:
+        before = gc.get_threshold()
+        tune_gc()
+        worker = gc.get_threshold()
+        gc.set_threshold(*before)
+        assert helper.result(helper.submit(gc.get_threshold)) == worker
+    finally:
+        helper.close()
