@@ -231,6 +231,9 @@ def run(customers: int, database: str, *, alongside: bool, keep: bool = False) -
              f"{helper.ru_maxrss / 1024:.0f} MB{', or the backfill process' if alongside else ''})"
              if helper_cpu else "")
           + f"; the simulated Shopify and Brevo {calls['cpu']:.1f} s (their process shares the two cores)")
+    if worker.builder is not None and worker.builder.shares:
+        print("the builder's helper ended with these shares of each split batch: " + ", ".join(
+            f"{work} {share:.2f}" for work, share in worker.builder.shares.items()))
     print(f"Shopify queries: {dict(calls['shopify'])}")
     print(f"Brevo calls: {dict(calls['brevo'])}")
     print(f"contacts delivered {contacts:,} (Brevo holds {calls['brevo_contacts']:,}) in {contact_calls} contact "

@@ -36,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -346,6 +346,10 @@ def _read_again(engine: Engine, client: ShopifyClient, run: Backfill, resource: 
 
 
 def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: ProgressFn) -> Backfill:
+    """The file's lines stored a chunk at a time, from the first not stored yet. Each chunk is written (and
+    committed) in a thread of its own while the next one is read: the database's work (SQLite's commit writes
+    and checkpoints its pages without holding the interpreter) then overlaps the download and the reading of the
+    lines, instead of following it. One chunk is written at a time, in file order."""
     assert run.url is not None and run.id is not None
     fresh = not run.staged
     if fresh:  # leftovers (a marker committed alone, lines of a lost file) would collide with the new lines
@@ -354,37 +358,55 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
     # The marker goes in with the file's first chunk, in the same commit; each later chunk checks it is there.
     batch: list[dict[str, object]] = [{"backfill_id": run.id, **MARKER_LINE}] if fresh else []
     staged = run.staged
+    writing: tuple[Future[None], int] | None = None  # the chunk being written, and the last line in it
+
+    def write(rows: list[dict[str, object]], last: int, check_marker: bool) -> None:  # in the writer thread
+        with unit_of_work(engine) as session:
+            if check_marker and not _marker_kept(session, run):
+                raise StagedLinesLost()
+            insert_rows(session, BackfillRow.__table__, rows)  # type: ignore[attr-defined]
+            session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(staged=last))
+
+    def written() -> None:
+        """Wait for the chunk being written; it counts as staged once committed."""
+        nonlocal writing
+        if writing is not None:
+            future, last = writing
+            writing = None
+            future.result()
+            run.staged = last
+            report(Progress(run.resource, "staging", last, run.lines))
 
     def flush() -> None:
-        nonlocal batch, fresh
-        with unit_of_work(engine) as session:
-            if not fresh and not _marker_kept(session, run):
-                raise StagedLinesLost()
-            fresh = False
-            insert_rows(session, BackfillRow.__table__, batch)  # type: ignore[attr-defined]
-            session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(staged=staged))
-        run.staged, batch = staged, []
-        report(Progress(run.resource, "staging", staged, run.lines))
+        nonlocal batch, fresh, writing
+        written()
+        writing = writer.submit(write, batch, staged, not fresh), staged
+        fresh, batch = False, []
 
-    for number, raw in client.bulk_lines(run.url, skip=run.staged):
-        if not raw.endswith(b"\n"):
-            flush()
-            raise BackfillError(f"line {number} of the bulk file is cut off (the download broke): "
-                                f"{number - 1} lines are kept, the next run reads on from line {number}")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging") as writer:
         try:
-            obj = jsontext.loads(raw)
-            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-                raise ValueError("not an object with an id")
-        except ValueError as exc:
+            for number, raw in client.bulk_lines(run.url, skip=run.staged):
+                if not raw.endswith(b"\n"):
+                    flush()
+                    raise BackfillError(f"line {number} of the bulk file is cut off (the download broke): "
+                                        f"{number - 1} lines are kept, the next run reads on from line {number}")
+                try:
+                    obj = jsontext.loads(raw)
+                    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+                        raise ValueError("not an object with an id")
+                except ValueError as exc:
+                    flush()
+                    raise BackfillError(f"line {number} of the bulk file is unreadable ({exc})") from None
+                parent = obj.get("__parentId")
+                batch.append({"backfill_id": run.id, "line": number,
+                              "parent": parent if isinstance(parent, str) else None,
+                              "body": raw.decode().rstrip("\n")})
+                staged = number
+                if len(batch) >= STAGE_CHUNK:
+                    flush()
             flush()
-            raise BackfillError(f"line {number} of the bulk file is unreadable ({exc})") from None
-        parent = obj.get("__parentId")
-        batch.append({"backfill_id": run.id, "line": number, "parent": parent if isinstance(parent, str) else None,
-                      "body": raw.decode().rstrip("\n")})
-        staged = number
-        if len(batch) >= STAGE_CHUNK:
-            flush()
-    flush()
+        finally:
+            written()  # whatever stopped the reading, what was read is stored (or its own error is raised)
     return _save(engine, run, status="staged", lines=max(run.lines, staged))
 
 

@@ -74,6 +74,11 @@ class Helper:
         (see `balance`)."""
         return self._shares.setdefault(work, first)
 
+    @property
+    def shares(self) -> dict[str, float]:
+        """The shares learnt so far, by work."""
+        return dict(self._shares)
+
     def balance(self, work: str, future: Future[Any] | None) -> None:
         """Called when the worker, done with its own part of a batch of `work`, turns to the helper's: a helper
         already done was idle while the worker worked, and takes a larger share of the next batch; one still at
