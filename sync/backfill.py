@@ -14,8 +14,10 @@ Per resource (customers, products, orders, abandoned checkouts), in three resuma
    them through the same parsers and handlers as a webhook, as history (no events: history fires no automation),
    last write wins on `updated_at`. The chunk's mirror rows, the removal of its staged lines and the checkpoint
    (the last line applied) commit together, so a killed worker resumes at the next chunk, and nothing is applied
-   twice. Resources are applied in `ORDER` (buyers before their orders), and only once the backfill has staged
-   every file and stopped: applying meanwhile, a worker would build buyers before all their history is in.
+   twice. Resources are applied in `ORDER` (buyers before their orders); while the backfill still runs, those
+   staged before the first file still being read (customers while the orders' file is staged: on two cores the
+   worker applies them meanwhile). No buyer is built before the backfill has stopped and every file is applied
+   (`Worker._history_queued`): it would be built again with each slice of its history.
    While it applies a chunk, a helper process reads the next one (`HistoryReader`).
 
 A bulk operation that fails or expires, or a file that is gone, is reported with Shopify's reason and started
@@ -518,13 +520,19 @@ class StagedLinesChanged(BackfillError):
 
 
 def _applying(session: Session, shop_id: int, now: datetime) -> list[Backfill]:
-    """The shop's staged backfills, in `ORDER`, once no backfill of the shop is still running (or it was killed:
-    silent for a minute)."""
-    runs = list(session.execute(sa.select(Backfill).where(col(Backfill.shop_id) == shop_id)).scalars())
-    running = [as_utc(run.queued_at) for run in runs if run.queued_at is not None]
-    if any(at > now - SILENCE for at in running if at is not None):
-        return []
-    return sorted((run for run in runs if run.status == "staged"), key=lambda run: ORDER.index(run.resource))
+    """The shop's staged backfills, in `ORDER`. While a backfill of the shop is still running (or was killed less
+    than `SILENCE` ago), only those before the first one still being read: its customers are applied while
+    Shopify's file of orders is still being staged, its orders not before every customer is in."""
+    runs = sorted(session.execute(sa.select(Backfill).where(col(Backfill.shop_id) == shop_id)).scalars(),
+                  key=lambda run: ORDER.index(run.resource))
+    running = any(at > now - SILENCE for at in (as_utc(run.queued_at) for run in runs) if at is not None)
+    ready = []
+    for run in runs:
+        if run.status == "staged":
+            ready.append(run)
+        elif running and run.status in ("started", "staging"):
+            break
+    return ready
 
 
 def history_pending(session: Session, shop_id: int) -> bool:

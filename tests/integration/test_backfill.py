@@ -380,22 +380,26 @@ def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return built
 
 
-def test_a_worker_running_beside_a_backfill_applies_its_history_once_it_has_stopped_and_builds_each_buyer_once(
+def test_a_worker_running_beside_a_backfill_applies_each_file_staged_whole_and_builds_each_buyer_once_it_stopped(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backfill, "STAGE_CHUNK", 10)  # the files are staged in many chunks
     monkeypatch.setattr(backfill, "HEARTBEAT_SECONDS", 0.0)
     monkeypatch.setattr("sync.worker.BACKFILL_HOLD", 0.0)  # the worker looks after every chunk
     built = _counting_builds(monkeypatch)
     worker = connector.worker()
-    turns: list[int] = []
+    seen: list[tuple[str, int, int, int]] = []  # while staging: the file, customers and orders applied, buyers built
 
     def alongside(progress: Any) -> None:  # as `connector run` does beside `connector backfill`
         if progress.step == "staging":
-            turns.append(worker.run_once())
+            worker.run_once()
+            seen.append((progress.resource, _count(connector, "customers"), _count(connector, "orders"), len(built)))
 
     _backfill(connector, progress=alongside)
-    assert len(turns) > 10
-    assert _count(connector, "customers") == 0  # nothing was applied while the backfill was staging
+    assert len(seen) > 10
+    # The customers were applied while the orders' file was staged, the orders not before it was whole.
+    assert {customers for resource, customers, _, _ in seen if resource == "orders"} >= {len(store.customers)}
+    assert all(orders == 0 for resource, _, orders, _ in seen if resource != "checkouts")
+    assert {n for *_, n in seen} == {0}  # and no buyer was built while the backfill ran
     connector.sync()
     keys = [k for (k,) in connector.rows("SELECT contact_key FROM contacts WHERE merged_into IS NULL")]
     assert sorted(built) == sorted(keys) and set(built.values()) == {1}
@@ -406,18 +410,20 @@ def test_a_worker_running_beside_a_backfill_applies_its_history_once_it_has_stop
 
 def test_a_shop_waiting_only_for_a_running_backfill_rests_a_moment_instead_of_being_leased_in_a_loop(
         connector: Connector, store: SimulatedStore) -> None:
-    _backfill(connector, resources=["customers"])
+    _backfill(connector, resources=["customers", "orders"])
     now = datetime.now(UTC)
     # The backfill said it stopped: nothing holds its history.
-    assert connector.rows("SELECT queued_at FROM backfills") == [(None,)]
-    with connector.engine.begin() as conn:  # as a backfill still running leaves it
+    assert connector.rows("SELECT queued_at FROM backfills") == [(None,), (None,)]
+    with connector.engine.begin() as conn:  # as a backfill still reading the orders' file leaves it
         conn.execute(sa.text("UPDATE backfills SET queued_at = :at"), {"at": now})
+        conn.execute(sa.text("UPDATE backfills SET status = 'staging' WHERE resource = 'orders'"))
     worker = connector.worker()
-    assert worker.run_once() == 1  # the shop has staged history, which waits for the backfill to stop
+    assert worker.run_once() == 1  # the customers' file, staged whole, is applied; the orders wait for theirs
     assert worker.run_once() == 0  # and the shop rests before it is looked at again
     [shop] = connector.rows("SELECT lease_owner, lease_expires_at FROM shops")
     assert shop.lease_owner is None and shop.lease_expires_at is not None
-    assert _count(connector, "customers") == 0
+    assert (_count(connector, "customers"), _count(connector, "orders")) == (len(store.customers), 0)
+    assert connector.rows("SELECT count(*) FROM contacts WHERE dirty") == [(len(store.customers),)]  # none built
 
 
 def test_a_backfill_killed_while_staging_holds_its_history_for_a_minute_at_most(
