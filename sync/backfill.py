@@ -235,7 +235,7 @@ def _stage_all(engine: Engine, client: ShopifyClient, runs: dict[str, Backfill],
     for name in wanted:
         if name not in results:
             run = runs[name]
-            objects = run.queued + _left(engine, run)
+            objects = _objects(engine, run)
             results[name] = ResourceResult(name, "staged", run.staged, objects, None, run.notice)
             report(Progress(name, "staged", objects, objects))
 
@@ -616,11 +616,15 @@ def history_lost(engine: Engine, error: StagedLinesLost, now: datetime) -> None:
             status="failed", error=str(error), finished_at=now))
 
 
-def _left(engine: Engine, run: Backfill) -> int:
+def _objects(engine: Engine, run: Backfill) -> int:
+    """The objects of the run's file: those applied so far and those still staged, counted in one statement (a
+    worker may be applying the file meanwhile: see `_applying`)."""
+    left = sa.select(sa.func.count()).select_from(BackfillRow).where(
+        col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
+        col(BackfillRow.line) > col(Backfill.last_queued_line)).scalar_subquery()
     with unit_of_work(engine) as session:
-        return int(session.execute(sa.select(sa.func.count()).select_from(BackfillRow).where(
-            col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
-            col(BackfillRow.line) > run.last_queued_line)).scalar_one())
+        return int(session.execute(sa.select(col(Backfill.queued) + left).where(
+            col(Backfill.id) == run.id)).scalar_one())
 
 
 def history_rows(resource: Resource, domain: str, objects: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]],

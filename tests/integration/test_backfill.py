@@ -394,8 +394,11 @@ def test_a_worker_running_beside_a_backfill_applies_each_file_staged_whole_and_b
             worker.run_once()
             seen.append((progress.resource, _count(connector, "customers"), _count(connector, "orders"), len(built)))
 
-    _backfill(connector, progress=alongside)
+    results = {resource: (status, objects) for resource, status, objects in _backfill(connector, progress=alongside)}
     assert len(seen) > 10
+    # What it reports counts every object of each file, those the worker applied meanwhile too.
+    assert results["customers"] == ("staged", len(store.customers))
+    assert results["orders"] == ("staged", len(store.orders))
     # The customers were applied while the orders' file was staged, the orders not before it was whole.
     assert {customers for resource, customers, _, _ in seen if resource == "orders"} >= {len(store.customers)}
     assert all(orders == 0 for resource, _, orders, _ in seen if resource != "checkouts")
