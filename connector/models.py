@@ -471,8 +471,8 @@ class Backfill(SQLModel, table=True):
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
     # When the backfill last said it was running (every few seconds); cleared when it stops. While recent,
-    # workers apply none of the shop's staged history and leave the buyers history made dirty alone: they are
-    # built once, with all of their history.
+    # workers apply only the files staged before the first one still being read, and leave the buyers history
+    # made dirty alone: they are built once, with all of their history.
     queued_at: datetime | None = _ts()
 
 

@@ -183,7 +183,8 @@ def _run(engine: Engine, client: ShopifyClient, domain: str, *, resources: Seque
 
 def _beating(engine: Engine, ids: list[int], report: ProgressFn, clock: Clock) -> ProgressFn:
     """`report`, which also records, every few seconds, that these backfills are still running (see
-    `Backfill.queued_at`): workers apply no staged history of the shop until the backfill has stopped."""
+    `Backfill.queued_at`): until the backfill has stopped, workers apply only the files staged before the first
+    one still being read (`_applying`), and build none of the shop's buyers."""
     with unit_of_work(engine) as session:
         session.execute(sa.update(Backfill).where(col(Backfill.id).in_(ids)).values(queued_at=clock.now()))
     last = time.monotonic()
@@ -212,7 +213,8 @@ def _stopped(engine: Engine, ids: list[int]) -> None:
 def _stage_all(engine: Engine, client: ShopifyClient, runs: dict[str, Backfill], wanted: list[str],
                results: dict[str, ResourceResult], report: ProgressFn, *, clock: Clock, poll_seconds: float,
                sleep: Callable[[float], None], timeout_seconds: float) -> None:
-    """Every file is staged; the workers apply them once the backfill has stopped (see `take_history`)."""
+    """Every file is staged, in `ORDER`; the workers apply each once it and the files before it are staged, or
+    once the backfill has stopped (`_applying`)."""
     for name in wanted:
         if name in results:
             continue
