@@ -185,26 +185,39 @@ def _beating(engine: Engine, ids: list[int], report: ProgressFn, clock: Clock) -
     """`report`, which also records, every few seconds, that these backfills are still running (see
     `Backfill.queued_at`): until the backfill has stopped, workers apply only the files staged before the first
     one still being read (`_applying`), and build none of the shop's buyers."""
-    with unit_of_work(engine) as session:
-        session.execute(sa.update(Backfill).where(col(Backfill.id).in_(ids)).values(queued_at=clock.now()))
+    _beat(engine, ids, clock)
     last = time.monotonic()
 
     def beat(step: Progress) -> None:
         nonlocal last
         if time.monotonic() - last >= HEARTBEAT_SECONDS:
             last = time.monotonic()
-            with unit_of_work(engine) as session:
-                session.execute(sa.update(Backfill).where(col(Backfill.id).in_(ids)).values(queued_at=clock.now()))
+            try:
+                _beat(engine, ids, clock)
+            except sa.exc.SQLAlchemyError:  # a missed beat only makes workers wait: staging goes on
+                log.warning("could not record that the backfill still runs", exc_info=True)
         report(step)
 
     return beat
 
 
+def _beat(engine: Engine, ids: list[int], clock: Clock) -> None:
+    """Marks these backfills as running now, skipping any row a worker holds (it is applying that file, which
+    is staged: the beat is not needed there), so that the beat never waits for a worker nor deadlocks with one
+    that finishes a file and takes the next (PostgreSQL; SQLite has one writer at a time anyway)."""
+    free = (sa.select(col(Backfill.id)).where(col(Backfill.id).in_(ids))
+            .with_for_update(skip_locked=True))
+    with unit_of_work(engine) as session:
+        session.execute(sa.update(Backfill).where(col(Backfill.id).in_(free)).values(queued_at=clock.now()))
+
+
 def _stopped(engine: Engine, ids: list[int]) -> None:
-    """These backfills stage nothing more (see `Backfill.queued_at`)."""
+    """These backfills stage nothing more (see `Backfill.queued_at`). One row at a time, so that a worker that
+    holds one run's row and takes the next one's never deadlocks with this."""
     try:
-        with unit_of_work(engine) as session:
-            session.execute(sa.update(Backfill).where(col(Backfill.id).in_(ids)).values(queued_at=None))
+        for id_ in sorted(ids):
+            with unit_of_work(engine) as session:
+                session.execute(sa.update(Backfill).where(col(Backfill.id) == id_).values(queued_at=None))
     except sa.exc.SQLAlchemyError:  # the database is what stopped it: its own error is the one to see
         log.warning("could not record that the backfill stopped; workers wait a minute before applying it",
                     exc_info=True)

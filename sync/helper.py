@@ -82,8 +82,11 @@ class Helper:
     def balance(self, work: str, future: Future[Any] | None) -> None:
         """Called when the worker, done with its own part of a batch of `work`, turns to the helper's: a helper
         already done was idle while the worker worked, and takes a larger share of the next batch; one still at
-        it keeps the worker waiting, and takes a smaller one."""
+        it keeps the worker waiting, and takes a smaller one. A task that failed says nothing of its share (the
+        worker redoes that part itself)."""
         if future is None or work not in self._shares:
+            return
+        if future.done() and (future.cancelled() or future.exception() is not None):
             return
         step = SHARE_STEP if future.done() else -SHARE_STEP
         low, high = SHARE_BOUNDS

@@ -4,6 +4,7 @@ store's JSONL over loopback, the worker applies it as history, the simulated Bre
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -429,7 +430,7 @@ def test_a_shop_waiting_only_for_a_running_backfill_rests_a_moment_instead_of_be
     assert connector.rows("SELECT count(*) FROM contacts WHERE dirty") == [(len(store.customers),)]  # none built
 
 
-def test_a_backfill_killed_while_staging_holds_its_history_for_a_minute_at_most(
+def test_a_backfill_killed_while_staging_holds_the_building_of_its_buyers_for_a_minute_at_most(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     _backfill(connector, resources=["customers"])
     with connector.engine.begin() as conn:  # killed: it could not say it stopped
@@ -465,6 +466,50 @@ def test_a_backfill_waiting_minutes_for_a_free_bulk_query_slot_still_holds_its_h
     assert [r.status for r in results] == ["staged"] * 4
     assert clock.now() - began > 2 * backfill.SILENCE  # it waited minutes for a slot
     assert max(silent) < backfill.SILENCE  # and never looked killed to a worker
+
+
+def test_the_heartbeat_passes_over_a_file_a_worker_holds_instead_of_waiting_for_it(
+        connector: Connector, store: SimulatedStore) -> None:
+    _backfill(connector, resources=["customers", "orders"])
+    ids = sorted(id_ for (id_,) in connector.rows("SELECT id FROM backfills"))
+    beat_at = datetime.now(UTC) + timedelta(hours=1)
+    beating = threading.Thread(target=backfill._beat, args=(connector.engine, ids, FixedClock(beat_at)))
+    with connector.engine.connect() as worker:  # a worker's transaction applying the customers' file
+        worker.execute(sa.update(Backfill).where(col(Backfill.id) == ids[0]).values(queued=0))
+        beating.start()
+        beating.join(timeout=1)
+        # PostgreSQL locks rows: the beat passed over the one the worker holds. SQLite has one writer at a time:
+        # the beat waits for the worker's transaction, as every writer does there.
+        assert beating.is_alive() == (connector.engine.dialect.name == "sqlite")
+        worker.rollback()
+    beating.join(timeout=10)
+    assert not beating.is_alive()
+    with Session(connector.engine) as session:
+        still_read = session.get_one(Backfill, ids[1])
+    assert still_read.queued_at is not None and as_utc(still_read.queued_at) == beat_at  # says the backfill runs
+
+
+def test_a_heartbeat_the_database_refuses_is_logged_and_the_backfill_goes_on(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(backfill, "HEARTBEAT_SECONDS", 0.0)
+    beat = backfill._beat
+    calls = 0
+
+    def refused(*args: Any) -> None:  # the first beat passes, the others are refused (as in a deadlock)
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise sa.exc.OperationalError("UPDATE backfills", {}, Exception("deadlock detected"))
+        beat(*args)
+
+    monkeypatch.setattr(backfill, "_beat", refused)
+    with caplog.at_level(logging.WARNING, logger="connector.backfill"):
+        results = _backfill(connector)
+    assert calls > 2 and [status for _, status, _ in results] == ["staged"] * 4
+    assert "could not record that the backfill still runs" in caplog.text
+    connector.sync()
+    _every_buyer_has_their_totals(connector, store)
 
 
 def test_the_planners_statistics_are_refreshed_as_a_backfill_fills_the_tables(

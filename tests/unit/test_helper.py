@@ -39,6 +39,18 @@ def test_a_helper_share_stays_within_its_bounds() -> None:
     assert helper.share("views", 0.5) == SHARE_BOUNDS[0]
 
 
+def test_a_helper_task_that_failed_leaves_its_share_as_it_was() -> None:
+    helper = Helper(None, "testing")
+    helper.share("views", 0.45)
+    failed: Future[None] = Future()
+    failed.set_exception(RuntimeError("the helper could not read its part"))
+    cancelled: Future[None] = Future()
+    cancelled.cancel()
+    helper.balance("views", failed)  # done first, but the worker redoes that part itself
+    helper.balance("views", cancelled)
+    assert helper.share("views", 0.45) == 0.45
+
+
 def test_a_helper_process_collects_garbage_as_the_worker_does() -> None:
     from connector.runtime import tune_gc
 
