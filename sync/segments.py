@@ -73,14 +73,17 @@ def recompute_shop(session: Session, shop: Shop, now: datetime) -> Recomputed:
         found = rfm_input(row)
         if (score(found, new, now).code if new and found is not None else None) != row.rfm_score:
             moved.append(row.contact_key)
+    # Contacts already dirty are left as they are: after a backfill every buyer is (each is built once, with
+    # its score), and rewriting 100,000 rows to set what they hold cost PostgreSQL a new version of each.
     if len(moved) > rows // 4:
         # Many moved (a shop's first day, a big shift): one statement for all buyers beats thousands of keys;
         # a rebuilt contact whose body did not change sends nothing.
-        session.execute(sa.update(Contact).where(*where).values(dirty=True))
+        session.execute(sa.update(Contact).where(*where, col(Contact.dirty).is_(False)).values(dirty=True))
     else:
         for chunk in chunked(moved):
             session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id,
-                                                     col(Contact.contact_key).in_(chunk))
+                                                     col(Contact.contact_key).in_(chunk),
+                                                     col(Contact.dirty).is_(False))
                             .values(dirty=True))
     hours = ShopConfig.from_dict(shop.config).lifecycle.rfm_recompute_hours
     session.execute(sa.update(Shop).where(col(Shop.id) == shop.id).values(
