@@ -219,7 +219,7 @@ def _stopped(engine: Engine, ids: list[int]) -> None:
             with unit_of_work(engine) as session:
                 session.execute(sa.update(Backfill).where(col(Backfill.id) == id_).values(queued_at=None))
     except sa.exc.SQLAlchemyError:  # the database is what stopped it: its own error is the one to see
-        log.warning("could not record that the backfill stopped; workers wait a minute before applying it",
+        log.warning("could not record that the backfill stopped; workers wait a minute before building its buyers",
                     exc_info=True)
 
 
