@@ -13,8 +13,10 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlmodel.sql.sqltypes import AutoString
 
 from connector import jsontext
 
@@ -114,6 +116,23 @@ def _run_driver(connection: sa.Connection, statement: str, work: Any) -> None:
                                          connection_invalidated=lost) from exc
     finally:
         cursor.close()
+
+
+def one_of(column: Any, values: Iterable[Any], bind: Session | sa.Connection) -> sa.ColumnElement[bool]:
+    """`column IN (values)`. On PostgreSQL `column = ANY(array)`, the values as one array parameter, so that the
+    statement's text is the same for any number of values: psycopg then parses it once and prepares it on the
+    server, instead of handling an IN list of up to `IN_LIST` parameters as new text each time."""
+    dialect = bind.get_bind().dialect if isinstance(bind, Session) else bind.dialect
+    if dialect.name == "postgresql":
+        # Text as text of any length: cast to the column's VARCHAR(n)[], a longer value would be cut to n
+        # characters, and could then match a row it is not.
+        item = sa.String() if _holds_text(column.type) else column.type
+        return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(item)))
+    return column.in_(list(values))  # type: ignore[no-any-return]
+
+
+def _holds_text(kind: sa.types.TypeEngine[Any]) -> bool:
+    return isinstance(kind, sa.String | AutoString)
 
 
 def chunked(values: Iterable[Any], size: int = IN_LIST) -> Iterator[list[Any]]:

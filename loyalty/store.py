@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import as_utc
-from connector.database import chunked
+from connector.database import chunked, one_of
 from connector.models import LoyaltyEntry
 from loyalty.program import Entry, corrections
 
@@ -28,7 +28,7 @@ def stored_entries(session: Session, shop_id: int, contact_keys: Iterable[str]) 
             col(LoyaltyEntry.contact_key), col(LoyaltyEntry.entry_key), col(LoyaltyEntry.points),
             col(LoyaltyEntry.kind), col(LoyaltyEntry.reason), col(LoyaltyEntry.occurred_at),
             col(LoyaltyEntry.recorded_at)).where(
-            col(LoyaltyEntry.shop_id) == shop_id, col(LoyaltyEntry.contact_key).in_(chunk))
+            col(LoyaltyEntry.shop_id) == shop_id, one_of(col(LoyaltyEntry.contact_key), chunk, session))
             .order_by(col(LoyaltyEntry.id)))
         for row in rows:
             at = as_utc(row.occurred_at) or as_utc(row.recorded_at)

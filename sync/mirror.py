@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
-from connector.database import chunked, insert_new, insert_rows
+from connector.database import chunked, insert_new, insert_rows, one_of
 from connector.models import (
     Cart,
     Checkout,
@@ -138,7 +138,7 @@ class BatchMirror:
             return
         for chunk in chunked(values):
             statement = sa.select(model).where(col(model.shop_id) == self.shop_id,  # type: ignore[attr-defined]
-                                               getattr(model, column).in_(chunk))
+                                               one_of(getattr(model, column), chunk, self.session))
             for row in self.session.execute(statement).scalars():
                 table.setdefault(getattr(row, _IDENT[model]), row)
         if by_key:
@@ -227,7 +227,7 @@ class BatchMirror:
             rows = self.session.execute(
                 sa.select(col(Order.contact_key), col(Order.order_id),
                           sa.and_(col(Order.cancelled_at).is_(None), col(Order.test).is_(False)))
-                .where(col(Order.shop_id) == self.shop_id, col(Order.contact_key).in_(chunk)))
+                .where(col(Order.shop_id) == self.shop_id, one_of(col(Order.contact_key), chunk, self.session)))
             for key, order_id, counted in rows:
                 self._orders_by_key[key][order_id] = bool(counted)
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
-from connector.database import chunked
+from connector.database import chunked, one_of
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop, update_row
 from loyalty import program as lp
 from loyalty.store import append_many, stored_entries
@@ -203,7 +203,7 @@ def batch_phone_owners(session: Session, shop_id: int, contacts: Sequence[Contac
     for chunk in chunked(ids):
         phones.update((customer_id, phone) for customer_id, phone in session.connection().execute(sa.select(
             col(Customer.customer_id), col(Customer.phone)).where(
-            col(Customer.shop_id) == shop_id, col(Customer.customer_id).in_(chunk))))
+            col(Customer.shop_id) == shop_id, one_of(col(Customer.customer_id), chunk, session))))
     return _phone_owners(session, shop_id, {
         c.contact_key: (phones.get(c.customer_id) if c.customer_id else None) or c.phone for c in contacts})
 
@@ -249,8 +249,8 @@ def history_figures(session: Session, shop: ShopContext, keys: Sequence[str]) ->
     orders: dict[str, list[Order]] = defaultdict(list)
     refunded: dict[int, Decimal] = defaultdict(Decimal)
     for chunk in chunked(keys):
-        mine = list(_read(session, Order, col(Order.shop_id) == shop.shop_id, col(Order.contact_key).in_(chunk),
-                          columns=_FIGURE_COLUMNS))
+        mine = list(_read(session, Order, col(Order.shop_id) == shop.shop_id,
+                          one_of(col(Order.contact_key), chunk, session), columns=_FIGURE_COLUMNS))
         for order in mine:
             orders[order.contact_key or ""].append(order)
         for ids in chunked(o.order_id for o in mine):
@@ -284,12 +284,12 @@ def _phone_owners(session: Session, shop_id: int, phones: Mapping[str, str | Non
     for chunk in chunked(wanted):
         for key, phone, customer_id, created in session.execute(sa.select(
                 col(Contact.contact_key), col(Contact.phone), col(Contact.customer_id), col(Contact.created_at))
-                .where(col(Contact.shop_id) == shop_id, col(Contact.phone).in_(chunk),
+                .where(col(Contact.shop_id) == shop_id, one_of(col(Contact.phone), chunk, session),
                        col(Contact.merged_into).is_(None))).tuples():
             if phone:
                 holders[phone].append((customer_id is None, as_utc(created) or _EPOCH, key))
         for customer_id, phone in session.execute(sa.select(col(Customer.customer_id), col(Customer.phone)).where(
-                col(Customer.shop_id) == shop_id, col(Customer.phone).in_(chunk),
+                col(Customer.shop_id) == shop_id, one_of(col(Customer.phone), chunk, session),
                 sa.not_(col(Customer.deleted)))).tuples():
             if phone:
                 holders[phone].append((False, _EPOCH, f"c:{customer_id}"))
@@ -323,10 +323,11 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     shop_id = shop.shop_id
     keys = [c.contact_key for c in contacts]
     customer_ids = [c.customer_id for c in contacts if c.customer_id]
-    customers = {c.customer_id: c for c in _read(session, Customer, col(Customer.shop_id) == shop_id,
-                                                 col(Customer.customer_id).in_(customer_ids))} if customer_ids else {}
+    customers = {c.customer_id: c for c in _read(
+        session, Customer, col(Customer.shop_id) == shop_id, one_of(col(Customer.customer_id), customer_ids, session)
+    )} if customer_ids else {}
     orders: dict[str, list[Order]] = defaultdict(list)
-    for order in _read(session, Order, col(Order.shop_id) == shop_id, col(Order.contact_key).in_(keys)):
+    for order in _read(session, Order, col(Order.shop_id) == shop_id, one_of(col(Order.contact_key), keys, session)):
         orders[order.contact_key or ""].append(order)
     order_ids = [o.order_id for os in orders.values() for o in os]
     refunded: dict[int, Decimal] = defaultdict(Decimal)
@@ -334,13 +335,14 @@ def load_buyers(session: Session, shop: ShopContext, contacts: Sequence[Contact]
     refunds: dict[int, list[Refund]] = defaultdict(list)
     lines: dict[int, list[OrderLine]] = defaultdict(list)
     for chunk in chunked(order_ids):
-        for refund in _read(session, Refund, col(Refund.shop_id) == shop_id, col(Refund.order_id).in_(chunk)):
+        for refund in _read(session, Refund, col(Refund.shop_id) == shop_id,
+                            one_of(col(Refund.order_id), chunk, session)):
             refunded[refund.order_id] += refund.amount
             refunds[refund.order_id].append(refund)
             for item in refund.lines or []:
                 refunded_units[(refund.order_id, int(item["line_item_id"]))] += int(item["quantity"])
         for line in _read(session, OrderLine, col(OrderLine.shop_id) == shop_id,
-                          col(OrderLine.order_id).in_(chunk)):
+                          one_of(col(OrderLine.order_id), chunk, session)):
             lines[line.order_id].append(line)
     product_ids = {li.product_id for ls in lines.values() for li in ls if li.product_id}
     checkouts = _open_checkouts(session, shop_id, keys)
@@ -514,7 +516,8 @@ def _order_facts(order: Order, lines: Sequence[OrderLine], refunded: Mapping[int
 def _products(session: Session, shop: ShopContext, ids: set[int]) -> dict[int, ProductFacts]:
     found: dict[int, ProductFacts] = {}
     for chunk in chunked(ids):
-        for p in _read(session, Product, col(Product.shop_id) == shop.shop_id, col(Product.product_id).in_(chunk)):
+        for p in _read(session, Product, col(Product.shop_id) == shop.shop_id,
+                       one_of(col(Product.product_id), chunk, session)):
             found[p.product_id] = ProductFacts(title=p.title, url=ev.product_url(shop.domain, p.handle),
                                                image_url=p.image_url, product_type=p.product_type, vendor=p.vendor,
                                                collections=tuple(p.collections or ()), deleted=p.deleted)
@@ -524,8 +527,8 @@ def _products(session: Session, shop: ShopContext, ids: set[int]) -> dict[int, P
 def _open_checkouts(session: Session, shop_id: int, keys: Sequence[str]) -> dict[str, Checkout]:
     """The newest checkout of each buyer that no order completed."""
     newest: dict[str, Checkout] = {}
-    for checkout in _read(session, Checkout, col(Checkout.shop_id) == shop_id, col(Checkout.contact_key).in_(keys),
-                          col(Checkout.completed_at).is_(None)):
+    for checkout in _read(session, Checkout, col(Checkout.shop_id) == shop_id,
+                          one_of(col(Checkout.contact_key), keys, session), col(Checkout.completed_at).is_(None)):
         key = checkout.contact_key or ""
         current = newest.get(key)
         if current is None or _later(checkout.updated_at_src, current.updated_at_src):
@@ -555,7 +558,7 @@ def _open_carts(session: Session, shop_id: int, newest: Mapping[str, Checkout]) 
     """Each buyer's open checkout, valued at its cart's latest content."""
     tokens = [c.cart_token for c in newest.values() if c.cart_token]
     carts = {c.token: c for c in _read(session, Cart, col(Cart.shop_id) == shop_id,
-                                       col(Cart.token).in_(tokens))} if tokens else {}
+                                       one_of(col(Cart.token), tokens, session))} if tokens else {}
     result = {}
     for key, checkout in newest.items():
         value = checkout.subtotal or checkout.total

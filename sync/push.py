@@ -24,7 +24,7 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, as_utc
-from connector.database import chunked, forget_erased, unit_of_work
+from connector.database import chunked, forget_erased, one_of, unit_of_work
 from connector.models import Contact, DeadLetter, OutboxEntry, Product, Shop
 from mappings.ecommerce import HISTORY_ORDER, CatalogProduct, categories_of, category_body, product_body
 from mappings.profile import body_hash as catalog_hash
@@ -175,7 +175,7 @@ class Pusher:
                         col(Contact.shop_id), col(Contact.contact_key), col(Contact.pending), col(Contact.pending_hash),
                         col(Contact.sent), col(Contact.brevo_email), col(Contact.attempts), col(Contact.push_state),
                         col(Contact.next_attempt_at)).where(
-                        col(Contact.shop_id) == self.lease.shop_id, col(Contact.contact_key).in_(part))):
+                        col(Contact.shop_id) == self.lease.shop_id, one_of(col(Contact.contact_key), part, session))):
                     if row.push_state == "pending" and due(row.next_attempt_at, now):
                         found[row.contact_key] = cast(Contact, row)
         return [found[key] for key in keys if key in found]
@@ -531,8 +531,9 @@ class Pusher:
         now = self.clock.now()
         with unit_of_work(self.engine) as session:
             for chunk in chunked(e.id for e in delivered):
-                session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id).in_(chunk))
-                                .values(status="delivered", delivered_at=now, last_error=None))
+                session.execute(sa.update(OutboxEntry).where(one_of(col(OutboxEntry.id), chunk, session))
+                                .values(status="delivered", delivered_at=now, last_error=None)
+                                .execution_options(synchronize_session=False))
             for entry, reason in dead:
                 session.execute(sa.update(OutboxEntry).where(col(OutboxEntry.id) == entry.id)
                                 .values(status="dead", last_error=reason[:2000]))

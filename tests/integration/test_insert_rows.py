@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from connector.database import insert_new, insert_rows, unit_of_work
+from connector.database import insert_new, insert_rows, one_of, unit_of_work
 from connector.models import Contact, InboxEntry, Order
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
@@ -79,3 +79,25 @@ def test_inserting_new_rows_skips_the_keys_already_there_and_keeps_the_order_giv
         stored = conn.execute(sa.text("SELECT event_id, body FROM inbox ORDER BY id")).all()
     assert [e for e, _ in stored] == ["e3", "e2", "e1", "e4", "e5"]  # ids follow the order given
     assert all(body == f'{{"id": {e[1:]}}}' for e, body in stored)
+
+
+def test_one_of_finds_exactly_the_rows_whose_value_is_listed(engine: Engine) -> None:
+    """`one_of` (an array parameter on PostgreSQL, an IN list on SQLite): a value longer than the column is
+    never cut down to match a row it is not; ids beyond 32 bits, many values and none are found as listed."""
+    key = "e:" + "a" * 298  # the column's full 300 characters
+    rows = [{"shop_id": 1, "contact_key": k, "dirty": False, "push_state": "idle", "attempts": 0}
+            for k in (key, "e:ana@example.com")]
+    with unit_of_work(engine) as session:
+        insert_rows(session, Contact.__table__, rows)  # type: ignore[attr-defined]
+        insert_rows(session, Order.__table__, [_values(Order(shop_id=1, order_id=2**53 + n), Order.__table__)
+                                               for n in range(3)])  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        def keys(values: list[str]) -> list[str]:
+            return sorted(session.execute(sa.select(Contact.contact_key).where(
+                one_of(Contact.contact_key, values, session))).scalars())
+        assert keys([key + "b", "e:ana"]) == []  # longer, shorter: neither is either key
+        assert keys([key, "e:ana@example.com", "e:nobody"]) == sorted([key, "e:ana@example.com"])
+        assert keys([]) == []
+        ids = [2**53 + n for n in range(1, 600)]  # more than one IN list's worth
+        assert sorted(session.execute(sa.select(Order.order_id).where(
+            one_of(Order.order_id, ids, session))).scalars()) == [2**53 + 1, 2**53 + 2]
