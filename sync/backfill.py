@@ -50,7 +50,7 @@ from sqlmodel import col
 
 from connector import jsontext
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import insert_rows, refresh_statistics, unit_of_work
+from connector.database import insert_rows, one_of, refresh_statistics, unit_of_work
 from connector.models import Backfill, BackfillRow, Shop
 from connector.shopify import (
     BulkBusy,
@@ -487,7 +487,7 @@ class HistoryReader:
         children: list[str] = []
         if resource.child_type:
             found = sorted(session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
-                col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).in_(parent_ids))).tuples())
+                col(BackfillRow.backfill_id) == run.id, one_of(col(BackfillRow.parent), parent_ids, session))).tuples())
             children = [body for _, body in found]
         future = self._helper.submit(parse_staged, resource, TOPICS[resource.topic].parse, bodies, children)
         if future is not None:
@@ -577,7 +577,7 @@ def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = 
             last = ahead.last
             if resource.child_type:
                 taken = session.connection().execute(sa.delete(staged).where(
-                    staged.c.backfill_id == run.id, staged.c.parent.in_(ahead.parent_ids))).rowcount
+                    staged.c.backfill_id == run.id, one_of(staged.c.parent, ahead.parent_ids, session))).rowcount
                 if taken != ahead.children:
                     raise StagedLinesChanged(f"{taken} nested lines instead of {ahead.children}")
         else:
@@ -600,8 +600,9 @@ def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = 
                 # Taken (read and deleted in one statement) by their parents' ids, and sorted here, not in SQL:
                 # ordered by line, SQLite would walk every staged line of the file by its primary key for each
                 # chunk (quadratic in the file) instead of taking these parents' index.
+                ids = [str(node["id"]) for node in nodes]
                 found = sorted(session.execute(sa.delete(staged).where(
-                    staged.c.backfill_id == run.id, staged.c.parent.in_([str(node["id"]) for node in nodes]))
+                    staged.c.backfill_id == run.id, one_of(staged.c.parent, ids, session))
                     .returning(staged.c.line, staged.c.body)).tuples())
             last = parents[-1][0]
             objects = [(object_id, payload, None) for object_id, payload in assemble(

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import as_utc
-from connector.database import chunked, insert_new
+from connector.database import chunked, insert_new, one_of
 from connector.models import Contact, Customer, LoyaltyReward, Order, Refund, Shop
 from loyalty import program as lp
 from loyalty.rules import LoyaltyRules
@@ -261,6 +261,6 @@ def open_requests(session: Session, shop_id: int, contact_keys: Sequence[str]) -
     for chunk in chunked(set(contact_keys)):
         found.update(session.execute(sa.select(col(LoyaltyReward.contact_key)).where(
             col(LoyaltyReward.shop_id) == shop_id, col(LoyaltyReward.status) == "requested",
-            col(LoyaltyReward.contact_key).in_(chunk))).scalars())
+            one_of(col(LoyaltyReward.contact_key), chunk, session))).scalars())
     return found
 

@@ -256,7 +256,7 @@ def history_figures(session: Session, shop: ShopContext, keys: Sequence[str]) ->
         for ids in chunked(o.order_id for o in mine):
             for order_id, amount in session.connection().execute(sa.select(
                     col(Refund.order_id), col(Refund.amount)).where(
-                    col(Refund.shop_id) == shop.shop_id, col(Refund.order_id).in_(ids))).tuples():
+                    col(Refund.shop_id) == shop.shop_id, one_of(col(Refund.order_id), ids, session))).tuples():
                 refunded[order_id] += amount
     rows = []
     for key in keys:

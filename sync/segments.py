@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import as_utc
-from connector.database import chunked
+from connector.database import chunked, one_of
 from connector.models import Contact, Shop
 from mappings.profile import TENTH
 from mappings.rfm import RfmInput, RfmThresholds, score, thresholds
@@ -82,7 +82,7 @@ def recompute_shop(session: Session, shop: Shop, now: datetime) -> Recomputed:
     else:
         for chunk in chunked(moved):
             session.execute(sa.update(Contact).where(col(Contact.shop_id) == shop.id,
-                                                     col(Contact.contact_key).in_(chunk),
+                                                     one_of(col(Contact.contact_key), chunk, session),
                                                      col(Contact.dirty).is_(False))
                             .values(dirty=True))
     hours = ShopConfig.from_dict(shop.config).lifecycle.rfm_recompute_hours

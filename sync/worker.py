@@ -32,7 +32,7 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import chunked, forget_erased, insert_new, refresh_statistics, unit_of_work
+from connector.database import chunked, forget_erased, insert_new, one_of, refresh_statistics, unit_of_work
 from connector.models import (
     Backfill,
     Checkout,
@@ -744,7 +744,7 @@ class Worker:
         inbox = InboxEntry.__table__  # type: ignore[attr-defined]
         for (status, error), ids in outcomes.items():
             for chunk in chunked(ids):
-                session.execute(sa.update(inbox).where(inbox.c.id.in_(chunk)).values(
+                session.execute(sa.update(inbox).where(one_of(inbox.c.id, chunk, session)).values(
                     status=status, error=error, processed_at=now))
         fence(session, lease, now=now, seconds=self.settings.lease_seconds)
         return len(entries), tally
