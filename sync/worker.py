@@ -71,7 +71,7 @@ from sync.compliance import (
 from sync.consent import due_consent_updates, postpone_consent, write_consent
 from sync.helper import Helper
 from sync.mirror import BatchMirror
-from sync.profiles import ShopContext, build_dirty_contacts, settle_history_figures
+from sync.profiles import Lookahead, ShopContext, build_dirty_contacts, settle_history_figures
 from sync.push import Pusher, PushPolicy, ShopPaused, pause_shop
 from sync.queue import Lease, LeaseLost, fence, lease_due_shops, release
 from sync.reconcile import due_polls, ensure_polls, poll_failed, poll_turn
@@ -520,10 +520,11 @@ class Worker:
         with unit_of_work(self.engine) as session:
             shop = session.get(Shop, lease.shop_id) or shop
         context = ShopContext.of(shop, now, freshness_hours=self.settings.event_freshness_hours)
+        ahead = Lookahead()
         while True:
             with unit_of_work(self.engine) as session:
                 built = build_dirty_contacts(session, context, limit=BUILD_BATCH, live_only=live_only,
-                                             helper=self.builder)
+                                             helper=self.builder, ahead=ahead)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             if not built:
                 if self.builder is not None:
@@ -538,9 +539,10 @@ class Worker:
         context = ShopContext.of(shop, now, freshness_hours=self.settings.event_freshness_hours)
         after: str | None = ""
         settled = False
+        ahead = Lookahead()
         while after is not None:
             with unit_of_work(self.engine) as session:
-                after = settle_history_figures(session, context, after=after, helper=self.builder)
+                after = settle_history_figures(session, context, after=after, helper=self.builder, ahead=ahead)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             settled = settled or after is not None
         return settled

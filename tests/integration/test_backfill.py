@@ -722,6 +722,47 @@ def test_buyers_built_partly_in_a_helper_process_are_those_the_worker_builds_alo
     assert [c.path for c in connector.brevo.calls[calls:] if c.path.startswith("/v3/contacts")] == []
 
 
+def test_the_helper_is_handed_its_part_of_the_next_batch_of_buyers_with_the_current_one(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    used = _building_with_a_helper(monkeypatch)
+    monkeypatch.setattr(worker_module, "settle_history_figures",
+                        lambda *args, **kwargs: profiles.settle_history_figures(*args, **kwargs, limit=10))
+    batches: dict[str, list[set[str]]] = {"views": [], "figures": []}
+    handed: dict[str, list[tuple[int, set[str]]]] = {"views": [], "figures": []}  # batches begun then, its keys
+    views, figures, submit = profiles._views, profiles.history_figures, Helper.submit
+
+    def viewing(session: Any, shop: Any, contacts: Any, *args: Any) -> Any:
+        batches["views"].append({c.contact_key for c in contacts})
+        return views(session, shop, contacts, *args)
+
+    def figuring(session: Any, shop: Any, keys: Any) -> Any:  # the worker's own part of a batch of figures
+        batches["figures"].append(set(keys))
+        return figures(session, shop, keys)
+
+    def submitting(self: Helper, fn: Any, shop: Any, contacts: Any, *args: Any) -> Any:
+        work = "views" if fn is profiles.helper_views else "figures"
+        keys = {c.contact_key for c in contacts} if work == "views" else set(contacts)
+        handed[work].append((len(batches[work]), keys))
+        return submit(self, fn, shop, contacts, *args)
+
+    monkeypatch.setattr(profiles, "_views", viewing)
+    monkeypatch.setattr(profiles, "history_figures", figuring)
+    monkeypatch.setattr(Helper, "submit", submitting)
+    _backfill(connector)
+    connector.sync()
+    assert len(batches["views"]) >= 3 and all(used)
+    # Once the first batch has begun, each part is handed over while the worker is at the batch before its own,
+    # and each is used: the worker built none of those buyers itself.
+    assert [begun for begun, _ in handed["views"]] == [1] + list(range(1, len(batches["views"])))
+    for (_, keys), batch in zip(handed["views"][1:], batches["views"][1:], strict=False):
+        assert keys and keys <= batch
+    # The same for history's RFM figures: the next batch's part is handed over before the worker does its own.
+    assert [begun for begun, _ in handed["figures"]][:3] == [0, 0, 1]
+    theirs = set().union(*(keys for _, keys in handed["figures"]))
+    assert theirs and not theirs & set().union(*batches["figures"])
+    _every_buyer_has_their_totals(connector, store)
+
+
 def test_a_helper_process_that_dies_while_building_is_given_up_and_the_worker_builds_every_buyer(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -736,5 +777,6 @@ def test_a_helper_process_that_dies_while_building_is_given_up_and_the_worker_bu
     with caplog.at_level(logging.WARNING):
         connector.sync()
     assert "the helper process building buyers failed" in caplog.text
-    assert used[:2] == [True, False] and True not in used[2:]
+    # The part it had done before it died may still be taken; none after.
+    assert used[0] and False in used and True not in used[used.index(False):]
     _every_buyer_has_their_totals(connector, store)
