@@ -27,7 +27,9 @@ log = logging.getLogger("connector.helper")
 
 HELPER_SECONDS = 120.0  # a helper that takes longer for one task (a second or so) is given up
 SHARE_STEP = 0.02  # how far a helper's share of split work moves after each split (`Helper.share`)
-SHARE_BOUNDS = (0.1, 0.9)
+# Up to all of it: with the next batch's part handed over early (`profiles.Lookahead`), a helper may do every
+# buyer's reading while the worker settles and writes (measured at 100,000 customers: it settled at 0.97).
+SHARE_BOUNDS = (0.1, 1.0)
 T = TypeVar("T")
 
 # Shop settings hold read-only mappings (`types.MappingProxyType`), which pickle cannot send as they are: they
