@@ -109,7 +109,7 @@ class Helper:
 
     def result(self, future: Future[T] | None) -> T | None:
         """What the helper returned; None when it failed (the worker then does the work itself)."""
-        if future is None:
+        if future is None or future.cancelled():  # cancelled: handed over before the helper was given up
             return None
         try:
             return future.result(timeout=HELPER_SECONDS)

@@ -113,19 +113,20 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     if live_only:
         where.append(col(Contact.history).is_(False))
     contacts: Sequence[Contact] = session.execute(sa.select(Contact).where(*where).limit(limit)).scalars().all()
+    upcoming: list[_Contact] = []
+    if helper is not None and not helper.broken and ahead is not None and len(contacts) == limit:
+        # The next batch, as the next call will read it once this one is settled: the same query, its rows after
+        # this batch's, read before anything of this one is written. Whatever the next call reads instead is
+        # worked out by the worker (`_views`).
+        rows = session.execute(sa.select(col(Contact.merged_into), *(col(getattr(Contact, f)) for f in _CONTACT))
+                               .where(*where).offset(limit).limit(limit)).tuples()
+        upcoming = [_Contact(*row) for merged_into, *row in rows if not merged_into]
     merged = [c for c in contacts if c.merged_into]
     for contact in merged:  # a guest merged into a customer is nobody of their own any more
         contact.dirty, contact.lifecycle_due_at = False, None
     contacts = [c for c in contacts if not c.merged_into]
     if not contacts:
         return len(merged)
-    upcoming: list[_Contact] = []
-    if helper is not None and ahead is not None and len(contacts) + len(merged) == limit:
-        # The next batch, as the next call will read it once this one is settled (the same query, its rows
-        # after this batch's); whatever the next call reads instead is worked out by the worker (`_views`).
-        rows = session.execute(sa.select(col(Contact.merged_into), *(col(getattr(Contact, f)) for f in _CONTACT))
-                               .where(*where).offset(limit).limit(limit)).tuples()
-        upcoming = [_Contact(*row) for merged_into, *row in rows if not merged_into]
     facts: list[ev.EventFact] = []
     ledger: list[tuple[str, lp.Entry]] = []
     views = _views(session, shop, contacts, helper, ahead, upcoming)
@@ -281,7 +282,8 @@ def settle_history_figures(session: Session, shop: ShopContext, *, after: str = 
     found = list(session.execute(sa.select(col(Contact.contact_key)).where(
         col(Contact.shop_id) == shop.shop_id, col(Contact.dirty).is_(True), col(Contact.history).is_(True),
         col(Contact.merged_into).is_(None), col(Contact.contact_key) > after)
-        .order_by(col(Contact.contact_key)).limit(2 * limit if ahead is not None else limit)).scalars())
+        .order_by(col(Contact.contact_key))
+        .limit(2 * limit if ahead is not None and helper is not None and not helper.broken else limit)).scalars())
     keys, upcoming = found[:limit], found[limit:]
     if not keys:
         return None

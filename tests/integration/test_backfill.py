@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -767,10 +768,14 @@ def test_a_helper_process_that_dies_while_building_is_given_up_and_the_worker_bu
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     def kill(helper: Helper) -> None:
-        if helper._pool is not None and len(used) == 1:  # as the kernel's OOM killer would, in the second batch
-            for process in list(helper._pool._processes.values()):
+        pool = helper._pool
+        if pool is not None and len(used) == 1:  # as the kernel's OOM killer would, once a part was taken
+            for process in list(pool._processes.values()):
                 process.kill()
                 process.join()
+            deadline = time.monotonic() + 30
+            while not pool._broken and time.monotonic() < deadline:  # what is handed over next is refused
+                time.sleep(0.01)
 
     used = _building_with_a_helper(monkeypatch, kill)
     _backfill(connector)
