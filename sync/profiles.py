@@ -213,11 +213,9 @@ def _views(session: Session, shop: ShopContext, contacts: Sequence[Contact], hel
     if part is not None and not all(owners.get(phone, owner) == owner for phone, owner in part.owners.items()):
         part = None  # a number's owner moved with the batch before: worked out again
     if part is None:
-        cut = len(contacts) - int(len(contacts) * helper.share("views", HELPER_SHARE))
-        part = _hand_over(helper, shop, contacts[cut:], owners)
+        part = _hand_over(helper, shop, _helpers_part(helper, "views", contacts), owners)
     if ahead is not None and len(upcoming) >= SPLIT_AT:
-        cut = len(upcoming) - int(len(upcoming) * helper.share("views", HELPER_SHARE))
-        ahead.part = _hand_over(helper, shop, upcoming[cut:],
+        ahead.part = _hand_over(helper, shop, _helpers_part(helper, "views", upcoming),
                                 batch_phone_owners(session, shop.shop_id, cast(Sequence[Contact], upcoming)))
     mine = [c for c in contacts if c.contact_key not in part.keys]
     theirs = [c for c in contacts if c.contact_key in part.keys]
@@ -234,6 +232,14 @@ def _views(session: Session, shop: ShopContext, contacts: Sequence[Contact], hel
         return [by_key[c.contact_key] for c in theirs]
 
     return _then(zip(mine, views, strict=True), theirs, rest)
+
+
+T = TypeVar("T")
+
+
+def _helpers_part(helper: Helper, work: str, batch: Sequence[T]) -> list[T]:
+    """The part of a batch of `work` the helper takes: its last ones, as many as its learnt share."""
+    return list(batch[len(batch) - int(len(batch) * helper.share(work, HELPER_SHARE)):])
 
 
 def _hand_over(helper: Helper, shop: ShopContext, contacts: Sequence[Contact | _Contact], owners: dict[str, str]
@@ -294,11 +300,11 @@ def settle_history_figures(session: Session, shop: ShopContext, *, after: str = 
         rows = history_figures(session, shop, keys)
     else:
         if part is None or not set(part[0]) <= set(keys):
-            cut = len(keys) - int(len(keys) * helper.share("figures", HELPER_SHARE))
-            part = (keys[cut:], helper.submit(helper_history_figures, shop, keys[cut:]))
+            theirs = _helpers_part(helper, "figures", keys)
+            part = (theirs, helper.submit(helper_history_figures, shop, theirs))
         if ahead is not None and len(upcoming) >= SPLIT_AT:
-            cut = len(upcoming) - int(len(upcoming) * helper.share("figures", HELPER_SHARE))
-            ahead.figures = (upcoming[cut:], helper.submit(helper_history_figures, shop, upcoming[cut:]))
+            theirs = _helpers_part(helper, "figures", upcoming)
+            ahead.figures = (theirs, helper.submit(helper_history_figures, shop, theirs))
         theirs, future = part
         taken = set(theirs)
         rows = history_figures(session, shop, [key for key in keys if key not in taken])

@@ -712,15 +712,7 @@ def test_buyers_built_partly_in_a_helper_process_are_those_the_worker_builds_alo
     assert len(settled["stored"]) > 30 and settled["stored"] == settled["here"]
     _every_buyer_has_their_totals(connector, store)
     assert connector.contact(store.customers[0]["email"])["attributes"]["LOYALTY_POINTS"] is not None
-    built = connector.rows(BUILT)
-    # Built again by the worker alone: the same figures, and the same bodies (nothing new to send).
-    with connector.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE contacts SET dirty = :t WHERE merged_into IS NULL"), {"t": True})
-    connector.settings = connector.settings.model_copy(update={"read_ahead": False})
-    calls = len(connector.brevo.calls)
-    connector.sync(clock=clock)
-    assert connector.rows(BUILT) == built
-    assert [c.path for c in connector.brevo.calls[calls:] if c.path.startswith("/v3/contacts")] == []
+    _built_alone_the_same(connector, clock)  # the same figures, and the same bodies (nothing new to send)
 
 
 def test_the_helper_is_handed_its_part_of_the_next_batch_of_buyers_with_the_current_one(
@@ -762,6 +754,81 @@ def test_the_helper_is_handed_its_part_of_the_next_batch_of_buyers_with_the_curr
     theirs = set().union(*(keys for _, keys in handed["figures"]))
     assert theirs and not theirs & set().union(*batches["figures"])
     _every_buyer_has_their_totals(connector, store)
+
+
+def _built_alone_the_same(connector: Connector, clock: FixedClock) -> None:
+    """Every buyer built again by the worker alone comes out the same: the same figures, nothing new to send."""
+    built = connector.rows(BUILT)
+    with connector.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE contacts SET dirty = :t WHERE merged_into IS NULL"), {"t": True})
+    connector.settings = connector.settings.model_copy(update={"read_ahead": False})
+    calls = len(connector.brevo.calls)
+    connector.sync(clock=clock)
+    assert connector.rows(BUILT) == built
+    assert [c.path for c in connector.brevo.calls[calls:] if c.path.startswith("/v3/contacts")] == []
+
+
+def _handed_ahead(monkeypatch: pytest.MonkeyPatch, change: Any) -> tuple[list[Any], list[Any]]:
+    """Parts of the next batch handed to the helper go through `change(contacts, owners)` first; returns the
+    parts so handed over, and the futures of every part whose views the worker asked the helper for."""
+    ahead: list[Any] = []
+    asked: list[Any] = []
+    hand_over, result = profiles._hand_over, Helper.result
+
+    def handing_over(helper: Helper, shop: Any, contacts: Any, owners: Any) -> Any:
+        if contacts and isinstance(contacts[0], profiles._Contact):  # the next batch's part (`upcoming`)
+            contacts, owners = change(contacts, owners)
+            part = hand_over(helper, shop, contacts, owners)
+            ahead.append(part)
+            return part
+        return hand_over(helper, shop, contacts, owners)
+
+    def taking(self: Helper, future: Any) -> Any:
+        asked.append(future)
+        return result(self, future)
+
+    monkeypatch.setattr(profiles, "_hand_over", handing_over)
+    monkeypatch.setattr(Helper, "result", taking)
+    return ahead, asked
+
+
+def test_a_part_of_the_next_batch_whose_phone_owners_moved_is_worked_out_again(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _building_with_a_helper(monkeypatch)
+
+    def moving_an_owner(contacts: Any, owners: dict[str, str]) -> Any:
+        # As if settling the batch before gave one of these numbers to another buyer than it holds now.
+        if owners:
+            owners = {**owners, sorted(owners)[0]: "c:0"}
+        return contacts, owners
+
+    ahead, asked = _handed_ahead(monkeypatch, moving_an_owner)
+    clock = FixedClock(datetime.now(UTC))
+    connector.policy = replace(connector.policy, import_settle_seconds=0.0)
+    _backfill(connector, clock=clock)
+    connector.sync(clock=clock)
+    moved = [part.future for part in ahead if "c:0" in part.owners.values()]
+    # None of the parts given a number's wrong owner was used: the batch's part was handed over again, and used.
+    assert len(moved) >= 2 and not set(moved) & set(asked) and len(asked) >= len(moved)
+    _every_buyer_has_their_totals(connector, store)
+    _built_alone_the_same(connector, clock)
+
+
+def test_a_part_handed_ahead_for_buyers_the_next_batch_does_not_hold_is_left_and_the_worker_builds_them(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _building_with_a_helper(monkeypatch)
+
+    def elsewhere(contacts: Any, owners: dict[str, str]) -> Any:  # keys no batch holds
+        return [replace(c, contact_key=f"{c.contact_key}:elsewhere") for c in contacts], owners
+
+    ahead, asked = _handed_ahead(monkeypatch, elsewhere)
+    clock = FixedClock(datetime.now(UTC))
+    connector.policy = replace(connector.policy, import_settle_seconds=0.0)
+    _backfill(connector, clock=clock)
+    connector.sync(clock=clock)
+    assert len(ahead) >= 2 and not {part.future for part in ahead} & set(asked)
+    _every_buyer_has_their_totals(connector, store)
+    _built_alone_the_same(connector, clock)
 
 
 def test_a_helper_process_that_dies_while_building_is_given_up_and_the_worker_builds_every_buyer(
