@@ -483,7 +483,7 @@ class HistoryReader:
         if not parents:
             return
         bodies = [body for _, body in parents]
-        parent_ids = [str(jsontext.loads(body)["id"]) for body in bodies]
+        parent_ids = [_object_id(body) for body in bodies]
         children: list[str] = []
         if resource.child_type:
             found = sorted(session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
@@ -522,6 +522,17 @@ class HistoryReader:
     def close(self, *, wait: bool = True) -> None:
         self._ahead.clear()
         self._helper.close(wait=wait)
+
+
+def _object_id(body: str) -> str:
+    """The id of a staged object's line, which staging checked is a string. Shopify writes it first
+    (`{"id":"gid://shopify/Order/1",...`), so it is taken from there, without reading the whole line's JSON (the
+    worker did that for every object of a backfill, about 3% of applying it); from the JSON otherwise."""
+    if body.startswith('{"id":"'):
+        end = body.find('"', 7)
+        if end > 7 and "\\" not in body[7:end]:  # no escape in it: the characters are the id's own
+            return body[7:end]
+    return str(jsontext.loads(body)["id"])
 
 
 def _position(run: Backfill, line: int) -> tuple[Any, ...]:

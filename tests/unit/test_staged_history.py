@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from mappings.shopify import CustomerRecord, OrderRecord
 from mappings.shopify_graphql import RESOURCES, assemble, parse_staged
+from sync.backfill import _object_id
 
 ORDER = {"id": "gid://shopify/Order/5001", "name": "#1001", "number": 1001, "email": "Ada@Example.com",
          "createdAt": "2026-05-01T10:00:00Z", "updatedAt": "2026-05-02T10:00:00Z", "currencyCode": "EUR",
@@ -42,3 +43,9 @@ def test_an_object_the_parser_refuses_comes_back_with_its_payload_to_be_set_asid
         RESOURCES["customers"], CustomerRecord.from_payload, _lines(broken, fine), [])
     assert none is None and payload is not None and payload["email"] == "grace@example.com"
     assert no_payload is None and record.customer_id == 9
+
+
+def test_a_staged_line_s_id_is_read_from_its_start_or_else_from_its_json() -> None:
+    assert _object_id(json.dumps(ORDER, separators=(",", ":"))) == "gid://shopify/Order/5001"
+    assert _object_id(json.dumps({"name": "#1", "id": "gid://shopify/Order/7"})) == "gid://shopify/Order/7"
+    assert _object_id('{"id":"gid://shopify/Order/\\u0038","a":1}') == "gid://shopify/Order/8"  # escaped
