@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -88,7 +89,7 @@ class Pusher:
                                                                           self.policy.max_backoff_seconds)
         return self.clock.now() + timedelta(seconds=max(delay, 0.5))
 
-    def _pause(self, exc: BrevoAuthFailed) -> None:
+    def _pause(self, exc: BrevoAuthFailed) -> NoReturn:
         pause_shop(self.engine, self.lease.shop_id, exc)
 
     # --- contacts ---------------------------------------------------------------------------
@@ -455,14 +456,11 @@ class Pusher:
         room = other_left is None or other_left > self.policy.other_reserve
         if target == HISTORY_ORDER:
             # History has no single-call way in (the single order endpoint is live): it waits for batch room.
-            return sum(self._send_batch(chunk) for chunk in self._event_chunks(rows)) if room else 0
+            return self._send_batches(self._event_chunks(rows)) if room else 0
         use_batch = len(rows) > self.policy.single_max and room
         if not use_batch:
             return sum(self._send_one(entry) for entry in rows[: self.policy.single_max * 5])
-        delivered = 0
-        for chunk in self._event_chunks(rows):
-            delivered += self._send_batch(chunk)
-        return delivered
+        return self._send_batches(self._event_chunks(rows))
 
     def _event_chunks(self, rows: Sequence[OutboxEntry]) -> list[list[OutboxEntry]]:
         chunks: list[list[OutboxEntry]] = []
@@ -497,30 +495,62 @@ class Pusher:
         self._settle_events(delivered=[entry], dead=[])
         return 1
 
+    def _send_batches(self, chunks: Sequence[list[OutboxEntry]]) -> int:
+        """Each chunk sent as `_send_batch` sends it, in turn, with one overlap: once Brevo has answered a chunk,
+        the next one is on its way while that answer is written (its rows marked delivered), so that Brevo's time
+        on one batch and the database's on the one before pass side by side. One chunk is in flight at a time,
+        sent only once the one before it was answered: events, and an order's versions, reach Brevo in order.
+        Should writing an answer fail, the chunk in flight may be sent again later (as when the process dies
+        between Brevo's answer and the commit)."""
+        if len(chunks) < 2:
+            return sum(self._send_batch(chunk) for chunk in chunks)
+        delivered = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="brevo-batches") as sending:
+            flight = sending.submit(self._post_batch, chunks[0])
+            for i, chunk in enumerate(chunks):
+                try:
+                    reply: Reply | None = flight.result()
+                except (BrevoAuthFailed, BrevoRetriable, BrevoRejected) as exc:
+                    delivered += self._batch_failed(chunk, exc)
+                    reply = None
+                if i + 1 < len(chunks):
+                    flight = sending.submit(self._post_batch, chunks[i + 1])
+                if reply is not None:
+                    delivered += self._batch_answered(chunk, reply)
+        return delivered
+
     def _send_batch(self, chunk: list[OutboxEntry]) -> int:
-        bodies = [e.body for e in chunk]
-        history = chunk[0].target == HISTORY_ORDER
         try:
-            if chunk[0].target in ("order", HISTORY_ORDER):
-                # Live orders say `historical: false` so that Brevo's automations see them; history does not.
-                reply = self._send("other", lambda: self.client.create_orders(bodies, historical=history))
-            else:
-                reply = self._send("other", lambda: self.client.send_events_batch(bodies))
-        except BrevoAuthFailed as exc:
+            reply = self._post_batch(chunk)
+        except (BrevoAuthFailed, BrevoRetriable, BrevoRejected) as exc:
+            return self._batch_failed(chunk, exc)
+        return self._batch_answered(chunk, reply)
+
+    def _post_batch(self, chunk: list[OutboxEntry]) -> Reply:
+        bodies = [e.body for e in chunk]
+        if chunk[0].target in ("order", HISTORY_ORDER):
+            # Live orders say `historical: false` so that Brevo's automations see them; history does not.
+            history = chunk[0].target == HISTORY_ORDER
+            return self._send("other", lambda: self.client.create_orders(bodies, historical=history))
+        return self._send("other", lambda: self.client.send_events_batch(bodies))
+
+    def _batch_failed(self, chunk: list[OutboxEntry], exc: Exception) -> int:
+        if isinstance(exc, BrevoAuthFailed):
             self._pause(exc)
-        except BrevoRetriable as exc:
+        if isinstance(exc, BrevoRetriable):
             self._reschedule_events(chunk, exc)
             return 0
-        except BrevoRejected as exc:
-            if history:
-                # Refused as a whole: halve it until the bad order stands alone (a single call would be live).
-                if len(chunk) == 1:
-                    self._settle_events(delivered=[], dead=[(chunk[0], str(exc))])
-                    return 0
-                half = len(chunk) // 2
-                return self._send_batch(chunk[:half]) + self._send_batch(chunk[half:])
-            # The batch was refused as a whole: isolate the bad events with single calls.
-            return sum(self._send_one(entry) for entry in chunk)
+        if chunk[0].target == HISTORY_ORDER:
+            # Refused as a whole: halve it until the bad order stands alone (a single call would be live).
+            if len(chunk) == 1:
+                self._settle_events(delivered=[], dead=[(chunk[0], str(exc))])
+                return 0
+            half = len(chunk) // 2
+            return self._send_batch(chunk[:half]) + self._send_batch(chunk[half:])
+        # The batch was refused as a whole: isolate the bad events with single calls.
+        return sum(self._send_one(entry) for entry in chunk)
+
+    def _batch_answered(self, chunk: list[OutboxEntry], reply: Reply) -> int:
         failed = _failed_indexes(reply)
         dead = [(chunk[i], reason) for i, reason in failed.items() if 0 <= i < len(chunk)]
         delivered = [e for i, e in enumerate(chunk) if i not in failed]
