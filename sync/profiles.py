@@ -208,10 +208,12 @@ def _views(session: Session, shop: ShopContext, contacts: Sequence[Contact], hel
     if ahead is not None:
         ahead.part = None
     if helper is None or len(contacts) < SPLIT_AT:
+        _drop(part)
         return zip(contacts, load_buyers(session, shop, contacts), strict=True)
     owners = batch_phone_owners(session, shop.shop_id, contacts)
     if part is not None and not all(owners.get(phone, owner) == owner for phone, owner in part.owners.items()):
-        part = None  # a number's owner moved with the batch before: worked out again
+        _drop(part)  # a number's owner moved with the batch before: worked out again
+        part = None
     if part is None:
         part = _hand_over(helper, shop, _helpers_part(helper, "views", contacts), owners)
     if ahead is not None and len(upcoming) >= SPLIT_AT:
@@ -221,6 +223,7 @@ def _views(session: Session, shop: ShopContext, contacts: Sequence[Contact], hel
     theirs = [c for c in contacts if c.contact_key in part.keys]
     views = load_buyers(session, shop, mine, owners=owners)
     if not theirs:  # what the helper was handed is not in this batch after all
+        _drop(part)
         return zip(mine, views, strict=True)
 
     def rest() -> list[BuyerView]:
@@ -232,6 +235,18 @@ def _views(session: Session, shop: ShopContext, contacts: Sequence[Contact], hel
         return [by_key[c.contact_key] for c in theirs]
 
     return _then(zip(mine, views, strict=True), theirs, rest)
+
+
+def _drop(part: _Part | None) -> None:
+    if part is not None:
+        _cancel(part.future)
+
+
+def _cancel(future: Future[Any] | None) -> None:
+    """Work handed to the helper that will not be used: cancelled, so that the helper does not do it if it has not
+    begun (and then keep the worker waiting for what it is handed next)."""
+    if future is not None:
+        future.cancel()
 
 
 T = TypeVar("T")
@@ -297,14 +312,16 @@ def settle_history_figures(session: Session, shop: ShopContext, *, after: str = 
     if ahead is not None:
         ahead.figures = None
     if helper is None or len(keys) < SPLIT_AT:
+        _cancel(part[1] if part is not None else None)
         rows = history_figures(session, shop, keys)
     else:
         if part is None or not set(part[0]) <= set(keys):
-            theirs = _helpers_part(helper, "figures", keys)
-            part = (theirs, helper.submit(helper_history_figures, shop, theirs))
+            _cancel(part[1] if part is not None else None)  # not this batch's: the helper need not work on it
+            now = _helpers_part(helper, "figures", keys)
+            part = (now, helper.submit(helper_history_figures, shop, now))
         if ahead is not None and len(upcoming) >= SPLIT_AT:
-            theirs = _helpers_part(helper, "figures", upcoming)
-            ahead.figures = (theirs, helper.submit(helper_history_figures, shop, theirs))
+            later = _helpers_part(helper, "figures", upcoming)
+            ahead.figures = (later, helper.submit(helper_history_figures, shop, later))
         theirs, future = part
         taken = set(theirs)
         rows = history_figures(session, shop, [key for key in keys if key not in taken])

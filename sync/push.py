@@ -499,9 +499,9 @@ class Pusher:
         """Each chunk sent as `_send_batch` sends it, in turn, with one overlap: once Brevo has answered a chunk,
         the next one is on its way while that answer is written (its rows marked delivered), so that Brevo's time
         on one batch and the database's on the one before pass side by side. One chunk is in flight at a time,
-        sent only once the one before it was answered: events, and an order's versions, reach Brevo in order.
-        Should writing an answer fail, the chunk in flight may be sent again later (as when the process dies
-        between Brevo's answer and the commit)."""
+        and only once Brevo has answered the one before. Should writing an answer fail (the lease lost, the
+        database gone), the chunk then in flight stays pending, to go again (as when the process dies between
+        Brevo's answer and the commit: at least once)."""
         if len(chunks) < 2:
             return sum(self._send_batch(chunk) for chunk in chunks)
         delivered = 0
@@ -516,7 +516,11 @@ class Pusher:
                 if i + 1 < len(chunks):
                     flight = sending.submit(self._post_batch, chunks[i + 1])
                 if reply is not None:
-                    delivered += self._batch_answered(chunk, reply)
+                    try:
+                        delivered += self._batch_answered(chunk, reply)
+                    except BaseException:
+                        flight.cancel()  # not sent if it has not started yet
+                        raise
         return delivered
 
     def _send_batch(self, chunk: list[OutboxEntry]) -> int:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -768,48 +768,56 @@ def _built_alone_the_same(connector: Connector, clock: FixedClock) -> None:
     assert [c.path for c in connector.brevo.calls[calls:] if c.path.startswith("/v3/contacts")] == []
 
 
-def _handed_ahead(monkeypatch: pytest.MonkeyPatch, change: Any) -> tuple[list[Any], list[Any]]:
-    """Parts of the next batch handed to the helper go through `change(contacts, owners)` first; returns the
-    parts so handed over, and the futures of every part whose views the worker asked the helper for."""
-    ahead: list[Any] = []
-    asked: list[Any] = []
+@dataclass
+class _Handed:
+    """Parts of batches of buyers handed to the helper: those of a next batch (handed ahead), those of the batch
+    the worker is at, and the futures whose views the worker asked the helper for."""
+
+    ahead: list[Any] = field(default_factory=list)
+    now: list[Any] = field(default_factory=list)
+    asked: set[Any] = field(default_factory=set)
+
+
+def _handed_ahead(monkeypatch: pytest.MonkeyPatch, change: Any) -> _Handed:
+    """Parts of the next batch handed to the helper go through `change(contacts, owners)` first."""
+    handed = _Handed()
     hand_over, result = profiles._hand_over, Helper.result
 
     def handing_over(helper: Helper, shop: Any, contacts: Any, owners: Any) -> Any:
         if contacts and isinstance(contacts[0], profiles._Contact):  # the next batch's part (`upcoming`)
-            contacts, owners = change(contacts, owners)
+            part = hand_over(helper, shop, *change(contacts, owners))
+            handed.ahead.append(part)
+        else:
             part = hand_over(helper, shop, contacts, owners)
-            ahead.append(part)
-            return part
-        return hand_over(helper, shop, contacts, owners)
+            handed.now.append(part)
+        return part
 
     def taking(self: Helper, future: Any) -> Any:
-        asked.append(future)
+        handed.asked.add(future)
         return result(self, future)
 
     monkeypatch.setattr(profiles, "_hand_over", handing_over)
     monkeypatch.setattr(Helper, "result", taking)
-    return ahead, asked
+    return handed
 
 
 def test_a_part_of_the_next_batch_whose_phone_owners_moved_is_worked_out_again(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     _building_with_a_helper(monkeypatch)
 
-    def moving_an_owner(contacts: Any, owners: dict[str, str]) -> Any:
-        # As if settling the batch before gave one of these numbers to another buyer than it holds now.
-        if owners:
-            owners = {**owners, sorted(owners)[0]: "c:0"}
-        return contacts, owners
+    def moving_owners(contacts: Any, owners: dict[str, str]) -> Any:
+        # As if settling the batch before gave these numbers to another buyer than the one holding them now.
+        return contacts, {phone: "c:0" for phone in owners}
 
-    ahead, asked = _handed_ahead(monkeypatch, moving_an_owner)
+    handed = _handed_ahead(monkeypatch, moving_owners)
     clock = FixedClock(datetime.now(UTC))
     connector.policy = replace(connector.policy, import_settle_seconds=0.0)
     _backfill(connector, clock=clock)
     connector.sync(clock=clock)
-    moved = [part.future for part in ahead if "c:0" in part.owners.values()]
-    # None of the parts given a number's wrong owner was used: the batch's part was handed over again, and used.
-    assert len(moved) >= 2 and not set(moved) & set(asked) and len(asked) >= len(moved)
+    moved = [part.future for part in handed.ahead if part.owners]
+    # None of the parts given wrong owners was used: the batch's part was handed over again, and that one used.
+    assert moved and not set(moved) & handed.asked
+    assert len(handed.now) > len(moved) and {part.future for part in handed.now} <= handed.asked
     _every_buyer_has_their_totals(connector, store)
     _built_alone_the_same(connector, clock)
 
@@ -821,12 +829,22 @@ def test_a_part_handed_ahead_for_buyers_the_next_batch_does_not_hold_is_left_and
     def elsewhere(contacts: Any, owners: dict[str, str]) -> Any:  # keys no batch holds
         return [replace(c, contact_key=f"{c.contact_key}:elsewhere") for c in contacts], owners
 
-    ahead, asked = _handed_ahead(monkeypatch, elsewhere)
+    handed = _handed_ahead(monkeypatch, elsewhere)
+    built: set[str] = set()  # buyers the worker built itself
+    load_buyers = profiles.load_buyers
+
+    def loading(session: Any, shop: Any, contacts: Any, **kwargs: Any) -> Any:
+        built.update(c.contact_key for c in contacts)
+        return load_buyers(session, shop, contacts, **kwargs)
+
+    monkeypatch.setattr(profiles, "load_buyers", loading)
     clock = FixedClock(datetime.now(UTC))
     connector.policy = replace(connector.policy, import_settle_seconds=0.0)
     _backfill(connector, clock=clock)
     connector.sync(clock=clock)
-    assert len(ahead) >= 2 and not {part.future for part in ahead} & set(asked)
+    assert len(handed.ahead) >= 2 and not {part.future for part in handed.ahead} & handed.asked
+    for part in handed.ahead:  # the buyers it stood for were built by the worker
+        assert {key.removesuffix(":elsewhere") for key in part.keys} <= built
     _every_buyer_has_their_totals(connector, store)
     _built_alone_the_same(connector, clock)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -122,6 +123,39 @@ def test_a_spent_batch_budget_falls_back_to_single_events(engine: sa.Engine) -> 
         assert len(connector.events("order_completed")) == 60
         calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
         assert calls["/v3/events/batch"] == 1 and calls["/v3/events"] == 60  # two events per order
+
+
+def _sent_in_order(connector: Connector) -> list[tuple[str, Any]]:
+    return [(e["event_name"], e["event_properties"].get("order_id")) for e in connector.events()]
+
+
+def _queued_in_order(connector: Connector) -> list[tuple[str, Any]]:
+    bodies = [json.loads(row.body) if isinstance(row.body, str) else row.body for row in connector.rows(
+        "SELECT body FROM outbox WHERE target = 'event' ORDER BY id")]
+    return [(b["event_name"], b["event_properties"].get("order_id")) for b in bodies]
+
+
+def test_a_backlog_of_several_batches_goes_out_batch_after_batch_in_order(connector: Connector) -> None:
+    connector.policy = replace(connector.policy, batch_max_events=7)
+    _orders(connector, 30)
+    connector.sync()
+    calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+    assert calls["/v3/events/batch"] == 9 and calls["/v3/events"] == 0  # 60 events, 7 a batch
+    assert _sent_in_order(connector) == _queued_in_order(connector)  # each once, in the order queued
+    assert connector.rows("SELECT DISTINCT status FROM outbox WHERE target = 'event'") == [("delivered",)]
+
+
+def test_a_batch_refused_among_several_goes_out_event_by_event_and_the_next_batches_follow(
+        connector: Connector) -> None:
+    connector.policy = replace(connector.policy, batch_max_events=7)
+    _orders(connector, 30)
+    connector.brevo.inject_fault(status=400, count=1, path_prefix="/v3/events/batch")  # the first batch
+    connector.sync()
+    calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+    assert calls["/v3/events"] == 7 and calls["/v3/events/batch"] == 8
+    assert _sent_in_order(connector) == _queued_in_order(connector)
+    assert connector.rows("SELECT DISTINCT status FROM outbox WHERE target = 'event'") == [("delivered",)]
+    assert connector.rows("SELECT count(*) AS n FROM dead_letters")[0].n == 0
 
 
 def test_a_partial_batch_dead_letters_only_the_refused_events(connector: Connector) -> None:
