@@ -34,3 +34,10 @@ def dumpb(value: Any) -> bytes:
         return orjson.dumps(value, option=_STRICT)
     except TypeError:
         return json.dumps(value, separators=(",", ":")).encode()
+
+
+def embedded(text: str) -> Any:
+    """JSON text (as this module wrote it) placed in a value as it is: `dumpb` copies it into its output without
+    reading it, so that a body stored as text goes out without being parsed and encoded again. Only for text
+    known to be JSON, and only in values `dumpb` encodes with orjson (its fallback cannot embed it)."""
+    return orjson.Fragment(text)

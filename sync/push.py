@@ -441,10 +441,15 @@ class Pusher:
             col(Contact.shop_id) == col(OutboxEntry.shop_id), col(Contact.contact_key) == col(OutboxEntry.contact_key),
             sa.or_(col(Contact.push_state) == "pending", col(Contact.dirty) == sa.true(),
                    col(Contact.visible_at) > now)).offset(0).exists()
+        columns = list(OutboxEntry.__table__.columns)  # type: ignore[attr-defined]
+        if target == HISTORY_ORDER:
+            # History's orders go to Brevo as they were stored: their bodies read as JSON text and put into the
+            # batch as they are (`_post_batch`), neither parsed nor encoded again (at 100,000 customers, half a
+            # million orders: about 7 s of the worker's time).
+            columns = [sa.cast(c, sa.Text).label(c.name) if c.name == "body" else c for c in columns]
         with unit_of_work(self.engine) as session:
             # Plain rows, whose attributes are the entry's: read only, and several times cheaper than ORM objects.
-            rows = cast(list[OutboxEntry], session.connection().execute(sa.select(
-                *OutboxEntry.__table__.columns).where(  # type: ignore[attr-defined]
+            rows = cast(list[OutboxEntry], session.connection().execute(sa.select(*columns).where(
                 col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.status) == "pending",
                 col(OutboxEntry.target) == target,
                 sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= now),
@@ -467,7 +472,8 @@ class Pusher:
         current: list[OutboxEntry] = []
         size = 20
         for entry in rows:
-            entry_size = len(jsontext.dumpb(entry.body)) + 1
+            body: Any = entry.body
+            entry_size = len(body.encode() if isinstance(body, str) else jsontext.dumpb(body)) + 1
             if current and (len(current) >= self.policy.batch_max_events
                             or size + entry_size > self.policy.batch_max_bytes):
                 chunks.append(current)
@@ -531,7 +537,7 @@ class Pusher:
         return self._batch_answered(chunk, reply)
 
     def _post_batch(self, chunk: list[OutboxEntry]) -> Reply:
-        bodies = [e.body for e in chunk]
+        bodies = [_sendable(e.body) for e in chunk]
         if chunk[0].target in ("order", HISTORY_ORDER):
             # Live orders say `historical: false` so that Brevo's automations see them; history does not.
             history = chunk[0].target == HISTORY_ORDER
@@ -573,7 +579,7 @@ class Pusher:
                                 .values(status="dead", last_error=reason[:2000]))
                 session.add(DeadLetter(shop_id=entry.shop_id, shop_domain=self.lease.domain, source="event",
                                        reference=entry.idempotency_key, topic=entry.event_name, reason=reason,
-                                       payload=json.dumps(entry.body), created_at=now))
+                                       payload=_text(entry.body), created_at=now))
             if delivered:
                 session.execute(sa.update(Shop).where(col(Shop.id) == self.lease.shop_id).values(last_push_at=now))
             fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
@@ -684,6 +690,16 @@ def _import_row(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("email"):
         row["email"] = body["email"]
     return row
+
+
+def _sendable(body: Any) -> Any:
+    """An outbox body as a batch carries it: one read as JSON text (history's orders) goes in as it is."""
+    return jsontext.embedded(body) if isinstance(body, str) else body
+
+
+def _text(body: Any) -> str:
+    """An outbox body as JSON text (for a dead letter), whether it was read as a value or as its text."""
+    return body if isinstance(body, str) else json.dumps(body)
 
 
 def _failed_indexes(reply: Reply) -> dict[int, str]:

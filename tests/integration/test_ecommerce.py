@@ -102,6 +102,13 @@ def test_orders_read_as_history_go_to_brevo_in_historical_batches_and_fire_nothi
         assert sorted((o["id"], o["historical"]) for o in connector.brevo.orders) == [
             (str(8400 + i), True) for i in range(5)]
     assert connector.events() == []
+    # Each went as it was queued: the batch carries the bodies stored in the outbox, unaltered.
+    stored = {json.loads(r.body)["id"]: json.loads(r.body) for r in connector.rows(
+        "SELECT CAST(body AS TEXT) AS body FROM outbox WHERE target = 'order_history'")}
+    with connector.brevo.lock:
+        sent = {o["id"]: {k: v for k, v in o.items() if k not in ("historical", "batchId")}
+                for o in connector.brevo.orders}
+    assert sent == stored
     connector.post("orders/updated", order(8400, customer_id=400, email="h0@example.com"))
     connector.sync()  # the same order in the same state, now as a webhook: Brevo has it already
     assert len(connector.brevo.orders) == 5
@@ -115,5 +122,8 @@ def test_a_history_batch_brevo_refuses_is_halved_until_the_bad_order_stands_alon
     with connector.brevo.lock:
         assert sorted(o["id"] for o in connector.brevo.orders) == ["8501", "8502", "8503"]
         assert {o["historical"] for o in connector.brevo.orders} == {True}
-    assert [(r.source, r.reference) for r in connector.rows("SELECT source, reference FROM dead_letters")] == [
-        ("event", f"{SHOP}:brevo_order:8500:paid")]
+    dead = connector.rows("SELECT source, reference, payload FROM dead_letters")
+    assert [(r.source, r.reference) for r in dead] == [("event", f"{SHOP}:brevo_order:8500:paid")]
+    # The order Brevo refused, kept as the body it was sent as (JSON of the order, not of a string).
+    refused = json.loads(dead[0].payload)
+    assert refused["id"] == "8500" and refused["identifiers"] == {"email_id": "r0@example.com"}
