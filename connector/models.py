@@ -291,7 +291,7 @@ class Contact(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_contacts_dirty", "shop_id", "dirty"),
         sa.Index("ix_contacts_import", "shop_id", "import_process"),
-        sa.Index("ix_contacts_push", "shop_id", "push_state"),
+        sa.Index("ix_contacts_push", "shop_id", "push_state", "contact_key"),
         sa.Index("ix_contacts_lifecycle", "shop_id", "lifecycle_due_at"),
         sa.Index("ix_contacts_phone", "shop_id", "phone"),
     )
