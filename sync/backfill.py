@@ -63,7 +63,7 @@ from connector.shopify import (
 )
 from mappings.shopify_graphql import RESOURCES, Resource, assemble, history_id, parse_staged, to_payload
 from sync.apply import TOPICS
-from sync.helper import Helper
+from sync.helper import Helper, helper_engine
 from sync.push import ShopPaused, pause_shop
 
 log = logging.getLogger("connector.backfill")
@@ -441,72 +441,105 @@ class HistoryChunk:
     objects: list[tuple[str, dict[str, Any] | None, Any]]  # (history id, payload, record): one of the two
 
 
-@dataclass
-class _Ahead:
-    """The chunk after the one just taken, being read in the helper process: where the backfill stood when it
-    was looked up (`_position`), its objects' ids and last line, and how many nested lines came with them."""
+@dataclass(frozen=True)
+class ReadAhead:
+    """A chunk the helper process read for itself (`read_staged`): its objects, each as `HistoryChunk` holds
+    them, their ids and last line, and how many nested lines came with them."""
 
-    position: tuple[Any, ...]
-    future: Future[list[tuple[str, dict[str, Any] | None, Any]]]
+    objects: list[tuple[str, dict[str, Any] | None, Any]]
     parent_ids: list[str]
     last: int
     children: int
 
 
+def read_staged(run_id: int, resource: Resource, after: int, limit: int) -> ReadAhead | None:
+    """In the helper process: the chunk of the run's staged file after line `after` (at most `limit` objects,
+    each with its nested lines), read from the database with the helper's own read-only connection and parsed
+    by its topic's parser; None when no object is left after that line. The worker takes it only if the same
+    lines are still there to delete (`take_history`)."""
+    with helper_engine().connect() as connection:
+        return _read_staged(connection, run_id, resource, after, limit)
+
+
+def _read_staged(connection: sa.Connection, run_id: int, resource: Resource, after: int, limit: int
+                 ) -> ReadAhead | None:
+    staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
+    parents = _parents(connection, run_id, after, limit)
+    if not parents:
+        return None
+    bodies = [body for _, body in parents]
+    parent_ids = [_object_id(body) for body in bodies]
+    children: list[str] = []
+    if resource.child_type:
+        found = sorted(connection.execute(sa.select(staged.c.line, staged.c.body).where(
+            staged.c.backfill_id == run_id, one_of(staged.c.parent, parent_ids, connection))).tuples())
+        children = [body for _, body in found]
+    return ReadAhead(parse_staged(resource, TOPICS[resource.topic].parse, bodies, children), parent_ids,
+                     parents[-1][0], len(children))
+
+
+def _parents(connection: sa.Connection, run_id: int, after: int, limit: int) -> Sequence[tuple[int, str]]:
+    """The next `limit` objects' own lines after line `after`: (line, body). Ordered by (parent, line), the index's
+    order: every parent is NULL, so that is line order, and PostgreSQL walks the index from where it stopped
+    (ordered by line alone, it read and sorted every parent line left in the file for each chunk)."""
+    staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
+    return connection.execute(sa.select(staged.c.line, staged.c.body).where(
+        staged.c.backfill_id == run_id, staged.c.parent.is_(None), staged.c.line > after)
+        .order_by(staged.c.parent, staged.c.line).limit(limit)).tuples().all()
+
+
+@dataclass
+class _Ahead:
+    """The chunk after the one just taken, being read in the helper process, and where the backfill stood when
+    it was handed over (`_position`)."""
+
+    position: tuple[Any, ...]
+    future: Future[ReadAhead | None]
+
+
 class HistoryReader:
-    """Reads the next chunk of a shop's staged history (its JSON, the webhook payloads, the topic's parser) in a
-    helper process while the worker applies the chunk before it, so that on two cores applying a backfill does
-    not also wait for reading it (measured at 20,000 customers: reading is about half the applier's time).
+    """Reads the next chunk of a shop's staged history (its lines from the database, their JSON, the webhook
+    payloads, the topic's parser) in a helper process while the worker applies the chunk before it, so that on
+    two cores applying a backfill does not also wait for reading it (measured at 20,000 customers: reading is
+    about half the applier's time). The helper reads the lines itself, with a read-only connection of its own:
+    they are not the worker's to read, then send, on the core it applies with.
 
     Only the reading moves: the worker still takes each chunk in its own unit of work, and uses what the helper
-    read only when the backfill still stands where it stood when the chunk was looked up, and the same lines are
-    there to delete (else it reads the chunk itself, as without a helper). A helper that dies, hangs or cannot be
-    started is logged and given up: the worker reads for itself from then on. `close` ends the helper; a new one
-    starts with the next backfill."""
+    read only when the backfill still stands where it stood when the chunk was handed over, and the same lines
+    are there to delete (else it reads the chunk itself, as without a helper). The lines after the checkpoint the
+    worker is committing are the same before and after its commit, so the helper's snapshot of them (the last
+    commit) is theirs. A helper that dies, hangs or cannot be started is logged and given up: the worker reads for
+    itself from then on. `close` ends the helper; a new one starts with the next backfill."""
 
-    def __init__(self) -> None:
-        self._helper = Helper(None, "reading staged history")  # it parses what it is sent: no database
+    def __init__(self, url: str) -> None:
+        self._helper = Helper(url, "reading staged history")
         self._ahead: dict[int, _Ahead] = {}  # by shop: the one chunk read ahead for it
 
     @property
     def broken(self) -> bool:
         return self._helper.broken
 
-    def read(self, session: Session, run: Backfill, resource: Resource, *, after: int, limit: int) -> None:
-        """Look up the chunk after line `after` (the run's new checkpoint) and have the helper read it."""
-        if self.broken:
+    def read(self, run: Backfill, resource: Resource, *, after: int, limit: int) -> None:
+        """Have the helper read the chunk after line `after` (the run's new checkpoint)."""
+        if self.broken or run.id is None:
             return
-        parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
-            col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
-            col(BackfillRow.line) > after).order_by(col(BackfillRow.parent), col(BackfillRow.line))
-            .limit(limit)).tuples().all()
-        if not parents:
-            return
-        bodies = [body for _, body in parents]
-        parent_ids = [_object_id(body) for body in bodies]
-        children: list[str] = []
-        if resource.child_type:
-            found = sorted(session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
-                col(BackfillRow.backfill_id) == run.id, one_of(col(BackfillRow.parent), parent_ids, session))).tuples())
-            children = [body for _, body in found]
-        future = self._helper.submit(parse_staged, resource, TOPICS[resource.topic].parse, bodies, children)
+        future = self._helper.submit(read_staged, run.id, resource, after, limit)
         if future is not None:
-            self._ahead[run.shop_id] = _Ahead(_position(run, after), future, parent_ids, parents[-1][0],
-                                              len(children))
+            self._ahead[run.shop_id] = _Ahead(_position(run, after), future)
 
-    def take(self, run: Backfill) -> _Ahead | None:
-        """What the helper read for the chunk at the run's checkpoint; None when it read another, or failed."""
+    def take(self, run: Backfill) -> ReadAhead | None:
+        """What the helper read for the chunk at the run's checkpoint; None when it read another, found nothing
+        left, or failed."""
         ahead = self._ahead.pop(run.shop_id, None)
         if ahead is None:
             return None
         if ahead.position != _position(run, run.last_queued_line):
             ahead.future.cancel()
             return None
-        if self._helper.result(ahead.future) is None:
-            if self.broken:
-                self._ahead.clear()  # what it was reading for other shops is lost with it
-            return None
-        return ahead
+        read = self._helper.result(ahead.future)
+        if read is None and self.broken:
+            self._ahead.clear()  # what it was reading for other shops is lost with it
+        return read
 
     def forget(self, shop_id: int) -> None:
         """The shop has no history left to read here (or lost it): what was read ahead for it is dropped."""
@@ -584,7 +617,7 @@ def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = 
             raise StagedLinesLost(run.id or 0)
         ahead = reader.take(run) if reader is not None else None
         if ahead is not None:
-            objects = ahead.future.result()
+            objects = ahead.objects
             last = ahead.last
             if resource.child_type:
                 taken = session.connection().execute(sa.delete(staged).where(
@@ -592,14 +625,7 @@ def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = 
                 if taken != ahead.children:
                     raise StagedLinesChanged(f"{taken} nested lines instead of {ahead.children}")
         else:
-            # Ordered by (parent, line), the index's order: every parent is NULL, so that is line order, and
-            # PostgreSQL walks the index from where it stopped (ordered by line alone, it read and sorted every
-            # parent line left in the file for each chunk).
-            parents = session.execute(sa.select(col(BackfillRow.line), col(BackfillRow.body)).where(
-                col(BackfillRow.backfill_id) == run.id, col(BackfillRow.parent).is_(None),
-                col(BackfillRow.line) > run.last_queued_line)
-                .order_by(col(BackfillRow.parent), col(BackfillRow.line))
-                .limit(limit)).tuples().all()
+            parents = _parents(session.connection(), run.id or 0, run.last_queued_line, limit)
             if not parents:  # what is left: lines whose parent was not in the file
                 session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
                 session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
@@ -629,7 +655,7 @@ def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = 
         session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
             last_queued_line=last, queued=run.queued + len(objects)))
         if reader is not None and len(objects) == limit:  # more may follow: the helper reads them meanwhile
-            reader.read(session, run, resource, after=last, limit=limit)
+            reader.read(run, resource, after=last, limit=limit)
         return HistoryChunk(resource, objects)
     return None
 

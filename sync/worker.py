@@ -152,10 +152,10 @@ class Worker:
         self.statistics_due = STATISTICS_FIRST  # deliveries applied by this worker when they are next refreshed
         self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables are next
         self.wake = threading.Event()
-        self.reader = backfill.HistoryReader() if settings.read_ahead else None
+        url = engine.url.render_as_string(hide_password=False)  # the helpers read the database themselves
+        self.reader = backfill.HistoryReader(url) if settings.read_ahead else None
         # Builds part of each large batch of buyers (a backfill's, a poll's) on the other core.
-        self.builder = Helper(engine.url.render_as_string(hide_password=False), "building buyers") \
-            if settings.read_ahead else None
+        self.builder = Helper(url, "building buyers") if settings.read_ahead else None
 
     # --- loop -----------------------------------------------------------------------------------
 

@@ -572,20 +572,26 @@ def _reading_ahead(monkeypatch: pytest.MonkeyPatch, after_read: Any = None) -> l
     the helper read. `after_read(reader, session)` runs after each chunk is handed to the helper."""
     monkeypatch.setattr("sync.worker.HISTORY_BATCH", 7)
     taken: list[bool] = []
-    take, read = backfill.HistoryReader.take, backfill.HistoryReader.read
+    sessions: list[Any] = []  # the worker's unit of work taking each chunk
+    take, read, take_history = backfill.HistoryReader.take, backfill.HistoryReader.read, backfill.take_history
 
     def taking(self: backfill.HistoryReader, run: Backfill) -> Any:
         ahead = take(self, run)
         taken.append(ahead is not None)
         return ahead
 
-    def reading(self: backfill.HistoryReader, session: Any, *args: Any, **kwargs: Any) -> None:
-        read(self, session, *args, **kwargs)
+    def reading(self: backfill.HistoryReader, *args: Any, **kwargs: Any) -> None:
+        read(self, *args, **kwargs)
         if after_read is not None:
-            after_read(self, session)
+            after_read(self, sessions[-1])
+
+    def taking_history(session: Any, *args: Any, **kwargs: Any) -> Any:
+        sessions.append(session)
+        return take_history(session, *args, **kwargs)
 
     monkeypatch.setattr(backfill.HistoryReader, "take", taking)
     monkeypatch.setattr(backfill.HistoryReader, "read", reading)
+    monkeypatch.setattr(backfill, "take_history", taking_history)
     return taken
 
 
@@ -640,10 +646,12 @@ def test_lines_gone_after_the_helper_read_them_are_not_taken_from_its_reading(
     gone: list[int] = []
 
     def drop_a_line_once(reader: backfill.HistoryReader, session: Any) -> None:
-        if not gone and reader._ahead:  # one nested line of the chunk looked up vanishes before it is taken
+        if not gone and reader._ahead:  # one nested line of the chunk the helper read vanishes before it is taken
             [ahead] = reader._ahead.values()
-            gone.extend(session.execute(sa.text(
-                "DELETE FROM backfill_rows WHERE parent = :p RETURNING line"), {"p": ahead.parent_ids[0]}).scalars())
+            read = ahead.future.result()
+            if read is not None:
+                gone.extend(session.execute(sa.text("DELETE FROM backfill_rows WHERE parent = :p RETURNING line"),
+                                            {"p": read.parent_ids[0]}).scalars())
 
     _reading_ahead(monkeypatch, drop_a_line_once)
     _backfill(connector, resources=["orders"])
