@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlmodel.sql.sqltypes import AutoString
@@ -88,7 +89,10 @@ def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapp
     dialect = connection.dialect
 
     def processor(name: str) -> Any:
-        return table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        kind = table.c[name].type.dialect_impl(dialect)
+        if type(kind) is sqlite.DATETIME and getattr(kind, "_storage_format", None) == _SQLITE_DATETIME:
+            return _sqlite_datetime
+        return kind.bind_processor(dialect)
 
     names = list(rows[0])
     defaults = {c.name: c.default.arg for c in table.columns  # type: ignore[attr-defined]
@@ -97,6 +101,23 @@ def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapp
     fixed = [value if (bind := processor(name)) is None else bind(value) for name, value in defaults.items()]
     return names + list(defaults), (
         [row[name] if bind is None else bind(row[name]) for name, bind in typed] + fixed for row in rows)
+
+
+# How SQLAlchemy stores a date and time in SQLite by default (`sqlite.DATETIME`), and the same text made from a
+# tuple instead of a dict of the seven parts: about half the time, and a backfill writes millions of them.
+_SQLITE_DATETIME = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+
+
+def _sqlite_datetime(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        # A %-format of a tuple: twice as fast as the f-string of the same seven parts.
+        return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031
+            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond)
+    if isinstance(value, date):
+        return f"{value.year:04d}-{value.month:02d}-{value.day:02d} 00:00:00.000000"
+    raise TypeError("SQLite DateTime type only accepts Python datetime and date objects as input.")
 
 
 def _run_driver(connection: sa.Connection, statement: str, work: Any) -> None:

@@ -46,6 +46,22 @@ def test_rows_inserted_in_bulk_read_back_as_the_orm_stores_them(engine: Engine) 
                     assert got[name] == value, name
 
 
+@pytest.mark.parametrize("when", [WHEN, datetime(2024, 2, 29, 23, 59, 59), datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+                                  datetime(2026, 12, 31, 0, 0, tzinfo=UTC)],
+                         ids=["aware, milliseconds", "naive, whole seconds", "year 999", "midnight"])
+def test_times_inserted_in_bulk_are_stored_as_the_same_text_the_orm_stores(engine: Engine, when: datetime) -> None:
+    # Stored times are compared as text in SQL (due times, bookmarks): both ways must write the same text.
+    with unit_of_work(engine) as session:
+        session.add(Order(shop_id=1, order_id=1, created_at_src=when, updated_at_src=None))
+        values = _values(Order(shop_id=1, order_id=2, created_at_src=when, updated_at_src=None),
+                         Order.__table__)  # type: ignore[attr-defined]
+        insert_rows(session, Order.__table__, [values])  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        by_orm, in_bulk = conn.execute(sa.text("SELECT CAST(created_at_src AS TEXT) AS created, "
+                                               "updated_at_src IS NULL AS no_update FROM orders ORDER BY order_id"))
+    assert in_bulk == by_orm
+
+
 def test_an_empty_json_value_is_stored_as_an_insert_stores_it(engine: Engine) -> None:
     # Queries tell "never sent" apart by the stored value (sent IS NULL): both ways must store the same one.
     by_orm, in_bulk = Contact(shop_id=1, contact_key="c:1"), Contact(shop_id=1, contact_key="c:2")
