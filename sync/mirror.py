@@ -186,6 +186,8 @@ class BatchMirror:
 
     def checkouts_completed_by(self, token: str | None, cart_token: str | None,
                                checkout_id: int | None) -> list[Checkout]:
+        if not (token or cart_token or checkout_id):
+            return []  # nothing to match (most orders of a backfill): no walk through the batch's checkouts
         self._search(Checkout, "token", [token])
         self._search(Checkout, "cart_token", [cart_token])
         self._search(Checkout, "checkout_id", [checkout_id])
