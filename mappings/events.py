@@ -59,7 +59,7 @@ class EventFact:
     key: str
     contact_key: str
     occurred_at: datetime | None
-    body: dict[str, Any]
+    body: dict[str, Any] | str  # or its JSON text, made ahead (history's orders: `sync.apply.prepare`)
     target: str = "event"  # event: Brevo /events | order: Brevo /orders/status (ecommerce)
 
 

@@ -6,7 +6,7 @@ batch's lookups are prefetched into a `BatchMirror`, then each delivery is appli
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from connector import jsontext
 from connector.clock import as_utc
 from connector.models import (
     Cart,
@@ -67,6 +68,9 @@ class ApplyContext:
     event_enabled: Callable[[str], bool] | None = None
     happened: datetime | None = None  # when Shopify says the change happened: a new contact is armed then
     consent_to_shopify: frozenset[str] = frozenset({"email", "sms"})  # channels whose Brevo opt-outs go to Shopify
+    # History's orders' Brevo ecommerce bodies as JSON text, by order id, made ahead by the helper that read them
+    # (`Prepared`); an order not in it has its body made here.
+    order_bodies: Mapping[int, str] = field(default_factory=dict)
 
     def touch(self, key: str | None, *, customer_id: int | None = None, email: str | None = None,
               phone: str | None = None, first_name: str | None = None, last_name: str | None = None) -> None:
@@ -333,11 +337,12 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
         # Brevo's ecommerce order in its latest state: live, or history that loads without firing automations.
         status = ecommerce.order_status(rec)
         live = ctx.live and ctx.fresh  # a delivery older than the freshness window is history too
+        made = None if live else ctx.order_bodies.get(rec.order_id)
         ctx.emit([ev.EventFact(name=ecommerce.BREVO_ORDER, target="order" if live else ecommerce.HISTORY_ORDER,
                                contact_key=key or "",
                                key=f"{ctx.shop_domain}:{ecommerce.BREVO_ORDER}:{rec.order_id}:{status}",
                                occurred_at=rec.updated_at,
-                               body=ecommerce.order_body(rec, buyer, ctx.shop_domain, status, rec.updated_at))])
+                               body=made if made is not None else _order_body(rec, buyer, ctx.shop_domain))])
     if ctx.live and key and buyer is not None:
         products = _products(ctx, (line.product_id for line in rec.lines))
         ctx.emit(ev.order_events(rec, buyer, products, ctx.shop_domain))
@@ -355,6 +360,12 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
             if refund_row.refund_id not in known:
                 ctx.emit(ev.refund_events(_refund_record(refund_row), summary, buyer, products, ctx.shop_domain))
     return "applied"
+
+
+def _order_body(rec: OrderRecord, buyer: ev.Buyer, shop_domain: str) -> dict[str, Any]:
+    """The order's Brevo ecommerce body in its latest state: from the order alone (the buyer's identifiers are
+    the order's own email, phone or customer id), so that `prepare` makes the same body ahead."""
+    return ecommerce.order_body(rec, buyer, shop_domain, ecommerce.order_status(rec), rec.updated_at)
 
 
 def _unique_lines(lines: Iterable[LineRecord]) -> list[LineRecord]:
@@ -646,6 +657,28 @@ def wanted_by(records: Iterable[Any]) -> Wanted:
     return wanted
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What applying a chunk of history needs that depends on its records alone, made ahead by the helper process
+    that read them (`backfill.read_staged`), on the core the worker does not apply with: the lookups applying them
+    makes (`wanted_by`), and each history order's Brevo ecommerce body as JSON text (`order_bodies`)."""
+
+    wanted: Wanted
+    order_bodies: dict[int, str]
+
+
+def prepare(records: Sequence[Any], shop_domain: str) -> Prepared:
+    """`Prepared` for these parsed records of the shop's history. A body is made for each order that can have one
+    (not a test, with an email, phone or customer id); `apply_order` still decides whether it is sent."""
+    bodies: dict[int, str] = {}
+    for rec in records:
+        if isinstance(rec, OrderRecord) and not rec.test:
+            buyer = _buyer("", rec.customer_id, rec.email, rec.phone)
+            if buyer is not None:
+                bodies[rec.order_id] = jsontext.dumps(_order_body(rec, buyer, shop_domain))
+    return Prepared(wanted_by(records), bodies)
+
+
 def write_events(ctx: ApplyContext) -> int:
     """Queue the collected events for the outbox with the batch; a key already there is left alone."""
     rows = outbox_rows(ctx.shop_id, ctx.events, now=ctx.now, status="pending" if ctx.fresh else "skipped",
@@ -670,7 +703,8 @@ def outbox_rows(shop_id: int, facts: Iterable[ev.EventFact], *, now: datetime, s
         seen.add(fact.key)
         off = enabled is not None and not enabled(fact.name)
         rows.append({"shop_id": shop_id, "idempotency_key": fact.key, "event_name": fact.name,
-                     "target": fact.target, "contact_key": fact.contact_key, "body": fact.body,
+                     "target": fact.target, "contact_key": fact.contact_key,
+                     "body": jsontext.embedded(fact.body) if isinstance(fact.body, str) else fact.body,
                      # History for Brevo ecommerce triggers nothing, and consent is no trigger: both are sent
                      # however old the delivery.
                      "status": "disabled" if off else "pending" if fact.target in _ANY_AGE else status,

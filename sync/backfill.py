@@ -62,7 +62,7 @@ from connector.shopify import (
     ShopifyRejected,
 )
 from mappings.shopify_graphql import RESOURCES, Resource, assemble, history_id, parse_staged, to_payload
-from sync.apply import TOPICS
+from sync.apply import TOPICS, Prepared, prepare
 from sync.helper import Helper, helper_engine
 from sync.push import ShopPaused, pause_shop
 
@@ -439,30 +439,32 @@ class HistoryChunk:
 
     resource: Resource
     objects: list[tuple[str, dict[str, Any] | None, Any]]  # (history id, payload, record): one of the two
+    prepared: Prepared | None = None  # with records: what the helper made ahead from them
 
 
 @dataclass(frozen=True)
 class ReadAhead:
     """A chunk the helper process read for itself (`read_staged`): its objects, each as `HistoryChunk` holds
-    them, their ids and last line, and how many nested lines came with them."""
+    them, what it made ahead from them, their ids and last line, and how many nested lines came with them."""
 
     objects: list[tuple[str, dict[str, Any] | None, Any]]
+    prepared: Prepared
     parent_ids: list[str]
     last: int
     children: int
 
 
-def read_staged(run_id: int, resource: Resource, after: int, limit: int) -> ReadAhead | None:
+def read_staged(run_id: int, resource: Resource, after: int, limit: int, shop_domain: str) -> ReadAhead | None:
     """In the helper process: the chunk of the run's staged file after line `after` (at most `limit` objects,
-    each with its nested lines), read from the database with the helper's own read-only connection and parsed
-    by its topic's parser; None when no object is left after that line. The worker takes it only if the same
-    lines are still there to delete (`take_history`)."""
+    each with its nested lines), read from the database with the helper's own read-only connection, parsed by its
+    topic's parser and prepared for applying (`sync.apply.prepare`); None when no object is left after that line.
+    The worker takes it only if the same lines are still there to delete (`take_history`)."""
     with helper_engine().connect() as connection:
-        return _read_staged(connection, run_id, resource, after, limit)
+        return _read_staged(connection, run_id, resource, after, limit, shop_domain)
 
 
-def _read_staged(connection: sa.Connection, run_id: int, resource: Resource, after: int, limit: int
-                 ) -> ReadAhead | None:
+def _read_staged(connection: sa.Connection, run_id: int, resource: Resource, after: int, limit: int,
+                 shop_domain: str) -> ReadAhead | None:
     staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
     parents = _parents(connection, run_id, after, limit)
     if not parents:
@@ -474,7 +476,8 @@ def _read_staged(connection: sa.Connection, run_id: int, resource: Resource, aft
         found = sorted(connection.execute(sa.select(staged.c.line, staged.c.body).where(
             staged.c.backfill_id == run_id, one_of(staged.c.parent, parent_ids, connection))).tuples())
         children = [body for _, body in found]
-    return ReadAhead(parse_staged(resource, TOPICS[resource.topic].parse, bodies, children), parent_ids,
+    objects = parse_staged(resource, TOPICS[resource.topic].parse, bodies, children)
+    return ReadAhead(objects, prepare([record for _, _, record in objects], shop_domain), parent_ids,
                      parents[-1][0], len(children))
 
 
@@ -519,11 +522,11 @@ class HistoryReader:
     def broken(self) -> bool:
         return self._helper.broken
 
-    def read(self, run: Backfill, resource: Resource, *, after: int, limit: int) -> None:
-        """Have the helper read the chunk after line `after` (the run's new checkpoint)."""
+    def read(self, run: Backfill, resource: Resource, *, after: int, limit: int, shop_domain: str) -> None:
+        """Have the helper read the chunk after line `after` (the run's new checkpoint) of the shop's history."""
         if self.broken or run.id is None:
             return
-        future = self._helper.submit(read_staged, run.id, resource, after, limit)
+        future = self._helper.submit(read_staged, run.id, resource, after, limit, shop_domain)
         if future is not None:
             self._ahead[run.shop_id] = _Ahead(_position(run, after), future)
 
@@ -601,23 +604,26 @@ def history_pending(session: Session, shop_id: int) -> bool:
 
 
 def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = HISTORY_CHUNK,
-                 reader: HistoryReader | None = None) -> HistoryChunk | None:
+                 reader: HistoryReader | None = None, shop_domain: str = "") -> HistoryChunk | None:
     """The next chunk of the shop's staged history, in the caller's unit of work: its nested rows taken (read and
     deleted), its own lines deleted, and the backfill's checkpoint moved past it, all committed with whatever the
     caller writes from it. A backfill with nothing left is marked done here. None when nothing is ready.
 
-    With a reader, the chunk the helper read ahead is taken when it is the one due, and the chunk after this one
-    is handed to the helper before returning.
+    With a reader (and the shop's domain, for what it prepares), the chunk the helper read ahead is taken when it
+    is the one due, and the chunk after this one is handed to the helper before returning.
 
     Raises StagedLinesLost when the database lost the staged lines; `history_lost` records it."""
+    if reader is not None and not shop_domain:
+        raise ValueError("the helper prepares the shop's history for its domain: shop_domain is needed")
     staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
     for run in _applying(session, shop_id, now):
         resource = RESOURCES[run.resource]
         if run.staged and not _marker_kept(session, run):  # else what is gone would look like the end
             raise StagedLinesLost(run.id or 0)
         ahead = reader.take(run) if reader is not None else None
+        prepared = None
         if ahead is not None:
-            objects = ahead.objects
+            objects, prepared = ahead.objects, ahead.prepared
             last = ahead.last
             if resource.child_type:
                 taken = session.connection().execute(sa.delete(staged).where(
@@ -655,8 +661,8 @@ def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = 
         session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
             last_queued_line=last, queued=run.queued + len(objects)))
         if reader is not None and len(objects) == limit:  # more may follow: the helper reads them meanwhile
-            reader.read(run, resource, after=last, limit=limit)
-        return HistoryChunk(resource, objects)
+            reader.read(run, resource, after=last, limit=limit, shop_domain=shop_domain)
+        return HistoryChunk(resource, objects, prepared)
     return None
 
 

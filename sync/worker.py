@@ -59,7 +59,7 @@ from mappings.profile import BREVO_ATTRIBUTES
 from mappings.shop_config import ShopConfig
 from mappings.shopify import PayloadError
 from sync import backfill
-from sync.apply import TOPICS, ApplyContext, Topic, wanted_by, write_events
+from sync.apply import TOPICS, ApplyContext, Prepared, Topic, wanted_by, write_events
 from sync.compliance import (
     CustomerRequest,
     redact_customer,
@@ -620,17 +620,17 @@ class Worker:
         return size
 
     def _apply(self, lease: Lease, shop: Shop,
-               take: Callable[[sa.orm.Session, Lease, bool], list[Delivery]]) -> int:
+               take: Callable[[sa.orm.Session, Lease, bool], tuple[list[Delivery], Prepared | None]]) -> int:
         try:
             with unit_of_work(self.engine) as session:
-                size, tally = self._apply_batch(session, lease, shop, take(session, lease, False), one_by_one=False)
+                size, tally = self._apply_batch(session, lease, shop, *take(session, lease, False), one_by_one=False)
         except (LeaseLost, backfill.StagedLinesLost):
             raise
         except Exception as exc:
             log.info("shop %s: a delivery of the batch failed (%s: %s); applying one at a time",
                      lease.domain, type(exc).__name__, exc)
             with unit_of_work(self.engine) as session:
-                size, tally = self._apply_batch(session, lease, shop, take(session, lease, True), one_by_one=True)
+                size, tally = self._apply_batch(session, lease, shop, *take(session, lease, True), one_by_one=True)
         self.stats.applied += tally.applied
         self.stats.failed += tally.failed
         self.stats.ignored += tally.ignored
@@ -645,7 +645,8 @@ class Worker:
         refresh_statistics(self.engine, *tables)
         return 2 * done
 
-    def _inbox_batch(self, session: sa.orm.Session, lease: Lease, one_by_one: bool) -> list[Delivery]:
+    def _inbox_batch(self, session: sa.orm.Session, lease: Lease, one_by_one: bool
+                     ) -> tuple[list[Delivery], Prepared | None]:
         """The shop's next pending deliveries, up to the first pending lifecycle or privacy delivery: those are
         applied in their turn (`_lifecycle`)."""
         first_lifecycle = sa.select(sa.func.min(InboxEntry.id)).where(
@@ -661,24 +662,28 @@ class Worker:
             # lookups, its commit) is then shared by more deliveries.
             entries += [Delivery(*row) for row in session.execute(
                 pending.where(col(InboxEntry.id) > entries[-1].id).limit(HISTORY_BATCH - INBOX_BATCH))]
-        return entries
+        return entries, None
 
-    def _history_batch(self, session: sa.orm.Session, lease: Lease, one_by_one: bool) -> list[Delivery]:
-        """The shop's next chunk of staged history. Applied one object at a time (after a failure), each object
-        comes with its payload, read here: one the applier cannot take is set aside with it."""
+    def _history_batch(self, session: sa.orm.Session, lease: Lease, one_by_one: bool
+                       ) -> tuple[list[Delivery], Prepared | None]:
+        """The shop's next chunk of staged history, and what the reading helper prepared from it (when it read
+        it). Applied one object at a time (after a failure), each object comes with its payload, read here: one
+        the applier cannot take is set aside with it."""
         now = self.clock.now()
         chunk = backfill.take_history(session, lease.shop_id, now=now, limit=HISTORY_BATCH,
-                                      reader=None if one_by_one else self.reader)
+                                      reader=None if one_by_one else self.reader, shop_domain=lease.domain)
         if chunk is None:
-            return []
+            return [], None
         return [Delivery(None, event_id, chunk.resource.topic, "backfill", "", None, now, payload=payload,
-                         record=record) for event_id, payload, record in chunk.objects]
+                         record=record) for event_id, payload, record in chunk.objects], chunk.prepared
 
-    def _apply_batch(self, session: sa.orm.Session, lease: Lease, shop: Shop, entries: list[Delivery], *,
-                     one_by_one: bool) -> tuple[int, WorkerStats]:
+    def _apply_batch(self, session: sa.orm.Session, lease: Lease, shop: Shop, entries: list[Delivery],
+                     prepared: Prepared | None, *, one_by_one: bool) -> tuple[int, WorkerStats]:
         now = self.clock.now()
         window = timedelta(hours=self.settings.event_freshness_hours)
         config = ShopConfig.from_dict(shop.config)
+        consent_to_shopify = config.consent_to_shopify()
+        order_bodies = prepared.order_bodies if prepared is not None else {}
         tally = WorkerStats()
         parsed: list[tuple[Delivery, Topic, Any]] = []
         for entry in entries:
@@ -699,7 +704,7 @@ class Worker:
                 self._quarantine(session, entry, lease, f"unreadable {entry.topic} payload: {exc}", tally)
         batch = BatchMirror(session, lease.shop_id)
         if not one_by_one:
-            batch.prefetch(wanted_by(rec for _, _, rec in parsed))
+            batch.prefetch(prepared.wanted if prepared is not None else wanted_by(rec for _, _, rec in parsed))
         dirty: dict = {}
         for entry, topic, rec in parsed:
             happened = as_utc(entry.triggered_at) or as_utc(entry.received_at) or now
@@ -707,8 +712,9 @@ class Worker:
             ctx = ApplyContext(session=session, mirror=BatchMirror(session, lease.shop_id) if one_by_one else batch,
                                shop_id=lease.shop_id, shop_domain=lease.domain,
                                shop_currency=shop.currency, now=now, live=entry.source == "webhook",
-                               consent_to_shopify=config.consent_to_shopify(),
+                               consent_to_shopify=consent_to_shopify,
                                fresh=fresh, dirty=dirty, event_enabled=config.event_enabled,
+                               order_bodies=order_bodies,
                                happened=happened if entry.source == "webhook" and fresh else now,
                                stale_reason=None if fresh else
                                f"delivery older than {self.settings.event_freshness_hours:g} h: not a trigger")
