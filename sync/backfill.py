@@ -603,18 +603,16 @@ def history_pending(session: Session, shop_id: int) -> bool:
         col(Backfill.shop_id) == shop_id, col(Backfill.status) == "staged").limit(1)).first() is not None
 
 
-def take_history(session: Session, shop_id: int, *, now: datetime, limit: int = HISTORY_CHUNK,
-                 reader: HistoryReader | None = None, shop_domain: str = "") -> HistoryChunk | None:
+def take_history(session: Session, shop_id: int, shop_domain: str, *, now: datetime, limit: int = HISTORY_CHUNK,
+                 reader: HistoryReader | None = None) -> HistoryChunk | None:
     """The next chunk of the shop's staged history, in the caller's unit of work: its nested rows taken (read and
     deleted), its own lines deleted, and the backfill's checkpoint moved past it, all committed with whatever the
     caller writes from it. A backfill with nothing left is marked done here. None when nothing is ready.
 
-    With a reader (and the shop's domain, for what it prepares), the chunk the helper read ahead is taken when it
-    is the one due, and the chunk after this one is handed to the helper before returning.
+    With a reader, the chunk the helper read ahead is taken when it is the one due, and the chunk after this one
+    is handed to the helper (to read, and prepare for the shop's domain) before returning.
 
     Raises StagedLinesLost when the database lost the staged lines; `history_lost` records it."""
-    if reader is not None and not shop_domain:
-        raise ValueError("the helper prepares the shop's history for its domain: shop_domain is needed")
     staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
     for run in _applying(session, shop_id, now):
         resource = RESOURCES[run.resource]

@@ -670,8 +670,8 @@ class Worker:
         it). Applied one object at a time (after a failure), each object comes with its payload, read here: one
         the applier cannot take is set aside with it."""
         now = self.clock.now()
-        chunk = backfill.take_history(session, lease.shop_id, now=now, limit=HISTORY_BATCH,
-                                      reader=None if one_by_one else self.reader, shop_domain=lease.domain)
+        chunk = backfill.take_history(session, lease.shop_id, lease.domain, now=now, limit=HISTORY_BATCH,
+                                      reader=None if one_by_one else self.reader)
         if chunk is None:
             return [], None
         return [Delivery(None, event_id, chunk.resource.topic, "backfill", "", None, now, payload=payload,
