@@ -612,6 +612,26 @@ def test_history_a_helper_process_reads_ahead_lands_as_history_the_worker_reads_
     assert [row.status for row in connector.rows("SELECT status FROM backfills")] == ["done"] * 4
 
 
+def test_the_helper_reads_two_chunks_ahead_each_starting_where_the_one_before_ends(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    ahead: list[int] = []  # after each hand-over: how many chunks the helper holds for the shop
+
+    def counting(reader: backfill.HistoryReader, session: Any) -> None:
+        ahead.extend(len(queue) for queue in reader._ahead.values())
+
+    taken = _reading_ahead(monkeypatch, counting)
+    _backfill(connector, resources=["customers", "orders"])
+    connector.sync()
+    assert ahead and set(ahead) == {backfill.READ_AHEAD} == {2}
+    # Per file: its first chunk is read by the worker, which then finds the end itself; every chunk between comes
+    # from the helper, the second one handed over while the first was still being read.
+    chunks = [-(-len(store.customers) // 7), -(-len(store.orders) // 7)]
+    assert taken == [False] + [True] * (chunks[0] - 1) + [False, False] + [True] * (chunks[1] - 1) + [False]
+    _every_buyer_has_their_totals(connector, store)
+    assert _count(connector, "order_lines") == sum(len(o["line_items"]) for o in store.orders)
+    assert _count(connector, "backfill_rows") == 0
+
+
 def test_history_orders_the_helper_prepared_reach_brevo_as_the_worker_would_have_made_them(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     taken = _reading_ahead(monkeypatch)
@@ -655,8 +675,9 @@ def test_a_helper_process_that_dies_is_given_up_and_the_worker_reads_the_rest_it
     def kill_the_second(reader: backfill.HistoryReader, session: Any) -> None:
         if reader._helper._pool is not None and len(taken) == 2:
             if idle:
-                [ahead] = reader._ahead.values()
-                ahead.future.result()
+                [queue] = reader._ahead.values()
+                for ahead in queue:
+                    ahead.future.result()
             for process in list(reader._helper._pool._processes.values()):  # as the kernel's OOM killer would
                 process.kill()
                 process.join()
@@ -676,9 +697,9 @@ def test_lines_gone_after_the_helper_read_them_are_not_taken_from_its_reading(
     gone: list[int] = []
 
     def drop_a_line_once(reader: backfill.HistoryReader, session: Any) -> None:
-        if not gone and reader._ahead:  # one nested line of the chunk the helper read vanishes before it is taken
-            [ahead] = reader._ahead.values()
-            read = ahead.future.result()
+        if not gone and reader.reading:  # one nested line of the chunk the helper read vanishes before it is taken
+            [queue] = reader._ahead.values()
+            read = queue[0].future.result()
             if read is not None:
                 gone.extend(session.execute(sa.text("DELETE FROM backfill_rows WHERE parent = :p RETURNING line"),
                                             {"p": read.parent_ids[0]}).scalars())
