@@ -271,10 +271,21 @@ def _then(first: Iterable[tuple[Contact, BuyerView]], then: Sequence[Contact], r
 
 
 def helper_views(shop: ShopContext, contacts: Sequence[_Contact], owners: dict[str, str]) -> list[BuyerView]:
-    """In the helper process: `load_buyers` of these contacts, slimmed for the trip back."""
+    """In the helper process: `load_buyers` of these contacts, slimmed for the trip back (`for_settling`)."""
     with Session(helper_engine()) as session:
         views = load_buyers(session, shop, cast(Sequence[Contact], contacts), owners=owners)
-    return [replace(view, orders=(), products={}) for view in views]
+    return [for_settling(view, shop) for view in views]
+
+
+def for_settling(view: BuyerView, shop: ShopContext) -> BuyerView:
+    """The view with only what `_settle` reads: without the orders and products it was computed from, the ledger
+    the buyer is owed (settling appends the new entries), and the moments due no later than the freshness window's
+    start (settling emits those due after the later of that start and the last scan, and keeps the next one due
+    after now). Half of what the views of a backfill's buyers cost the worker to receive from the helper process
+    was their moments, each with its products' titles, links and images."""
+    since = shop.now - shop.freshness
+    return replace(view, orders=(), products={}, moments=tuple(m for m in view.moments if m.due_at > since),
+                   loyalty=None if view.loyalty is None else replace(view.loyalty, owed=()))
 
 
 def batch_phone_owners(session: Session, shop_id: int, contacts: Sequence[Contact]) -> dict[str, str]:

@@ -739,7 +739,7 @@ def _building_with_a_helper(monkeypatch: pytest.MonkeyPatch, after_submit: Any =
 
 
 BUILT = ("SELECT contact_key, pending_hash, sent_hash, order_count, total_spent, last_order_at, days_between_orders, "
-         "rfm_score, rfm_segment, loyalty_tier, push_state FROM contacts ORDER BY contact_key")
+         "rfm_score, rfm_segment, loyalty_tier, lifecycle_due_at, push_state FROM contacts ORDER BY contact_key")
 
 
 def test_buyers_built_partly_in_a_helper_process_are_those_the_worker_builds_alone(

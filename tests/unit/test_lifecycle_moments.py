@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
+from typing import cast
 
 from mappings.lifecycle import (
     CheckoutFacts,
@@ -16,8 +18,9 @@ from mappings.lifecycle import (
     review_requests,
     winback,
 )
-from mappings.profile import LineFacts, OrderFacts, ProductFacts, build_profile
+from mappings.profile import BuyerFacts, LineFacts, OrderFacts, ProductFacts, build_profile
 from mappings.shop_config import LifecycleSettings
+from sync.profiles import BuyerView, ShopContext, for_settling
 
 DAY0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DELAYS = LifecycleSettings()
@@ -104,3 +107,22 @@ def test_each_moment_is_emitted_by_exactly_one_scan_window() -> None:
     assert sorted(emitted) == sorted(m.key for m in moments if scans[0] < m.due_at <= scans[-1])
     assert len(emitted) == len(set(emitted))
     assert next_due(moments, DAY0) == DAY0 + timedelta(days=8)  # the review request: fulfilled day 1 + 7
+
+
+def test_a_view_slimmed_for_settling_emits_the_same_moments_and_is_next_due_at_the_same_time() -> None:
+    orders = [_order(1, 0, _line(5), fulfilled_day=1), _order(2, 40, _line(5), fulfilled_day=41)]
+    profile = build_profile(orders, "USD")
+    moments = moments_for("c:1", profile=profile, orders=orders, products=PRODUCTS, checkout=None,
+                          birthday="--03-20", delays=DELAYS, now=DAY0)
+    view = BuyerView(buyer=cast(BuyerFacts, None), orders=tuple(orders), products=PRODUCTS, profile=profile,
+                     rfm=None, attributes={}, moments=tuple(moments))
+    for day in (8, 48, 59, 100, 400):  # builds at different times: each with moments behind it and ahead
+        shop = cast(ShopContext, SimpleNamespace(now=DAY0 + timedelta(days=day), freshness=timedelta(hours=24)))
+        slim = for_settling(view, shop)
+        assert slim.orders == () and slim.products == {} and len(slim.moments) < len(moments)
+        # What `_settle` reads: the moments due since the later of its last scan and the window's start, and the
+        # next one due after the scan.
+        for after in (shop.now - shop.freshness, shop.now - timedelta(hours=3), shop.now):
+            assert due_between(slim.moments, after, shop.now) == due_between(moments, after, shop.now)
+        for scanned in (shop.now, shop.now + timedelta(days=2)):
+            assert next_due(slim.moments, scanned) == next_due(moments, scanned)
