@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class PushPolicy:
     other_reserve: int = 10  # calls of the 100/hour bucket kept back for account set-up
     process_reserve: int = 2  # import checks may use the set-up reserve down to this many calls
     import_settle_seconds: float = 5.0  # Brevo applies imports asynchronously
+    history_seconds: float = 5.0  # history's orders read on, page after page, for up to this long in one turn
     max_inline_wait: float = 2.0  # longer waits release the shop instead of blocking the worker
     max_backoff_seconds: float = 300.0
     lease_seconds: float = 30.0
@@ -429,8 +431,42 @@ class Pusher:
         """Send due outbox rows (events; with target "order" live ecommerce orders, with "order_history" orders
         read as history, in `historical` batches of up to 1,000) whose buyer's attributes are
         already in Brevo. Returns how many Brevo accepted. Events and orders of one pass are judged at the
-        same `now`, so a buyer's events go before (and batch no worse than) their orders."""
+        same `now`, so a buyer's events go before (and batch no worse than) their orders.
+
+        History's orders are read on, page after page (each after the last row of the one before), for up to
+        `history_seconds`, while Brevo takes every batch: a backfill queues them by the hundred thousand, and on
+        PostgreSQL each new read from the first pending row walks again the index entries of every row already
+        delivered (their old versions, until a vacuum), so that one read per page, each from the start, cost
+        more with every page."""
         now = now or self.clock.now()
+        began = time.monotonic()
+        delivered, after = 0, 0
+        while True:
+            rows = self._due_events(target, now, after)
+            if not rows:
+                return delivered
+            other_left = self.client.pacer.remaining("other")
+            room = other_left is None or other_left > self.policy.other_reserve
+            if target != HISTORY_ORDER:
+                use_batch = len(rows) > self.policy.single_max and room
+                if not use_batch:
+                    return delivered + sum(self._send_one(entry) for entry in rows[: self.policy.single_max * 5])
+                return delivered + self._send_batches(self._event_chunks(rows))
+            if not room:
+                return delivered  # history has no single-call way in (the single order endpoint is live)
+            sent = self._send_batches(self._event_chunks(rows))
+            delivered += sent
+            if (sent < len(rows) or len(rows) < self._events_page
+                    or time.monotonic() - began >= self.policy.history_seconds):
+                return delivered  # something waits (a retry, a refusal), the end, or the turn's share is spent
+            after = rows[-1].id or 0
+
+    @property
+    def _events_page(self) -> int:
+        return self.policy.batch_max_events * 10
+
+    def _due_events(self, target: str, now: datetime, after: int) -> list[OutboxEntry]:
+        """Up to a page of the shop's due rows of `target` after the row id `after`, in id order."""
         # A row waits while its buyer's attributes may not be in Brevo yet: the buyer is dirty, their body is pending,
         # or the import that carried it may not be applied yet. Asked of each row's own buyer, by primary key, as
         # the rows are read in id order, until there are enough. (As `NOT IN` a set of waiting buyers, PostgreSQL,
@@ -449,23 +485,12 @@ class Pusher:
             columns = [sa.cast(c, sa.Text).label(c.name) if c.name == "body" else c for c in columns]
         with unit_of_work(self.engine) as session:
             # Plain rows, whose attributes are the entry's: read only, and several times cheaper than ORM objects.
-            rows = cast(list[OutboxEntry], session.connection().execute(sa.select(*columns).where(
+            return cast(list[OutboxEntry], session.connection().execute(sa.select(*columns).where(
                 col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.status) == "pending",
-                col(OutboxEntry.target) == target,
+                col(OutboxEntry.target) == target, col(OutboxEntry.id) > after,
                 sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= now),
                 ~waiting)
-                .order_by(col(OutboxEntry.id)).limit(self.policy.batch_max_events * 10)).all())
-        if not rows:
-            return 0
-        other_left = self.client.pacer.remaining("other")
-        room = other_left is None or other_left > self.policy.other_reserve
-        if target == HISTORY_ORDER:
-            # History has no single-call way in (the single order endpoint is live): it waits for batch room.
-            return self._send_batches(self._event_chunks(rows)) if room else 0
-        use_batch = len(rows) > self.policy.single_max and room
-        if not use_batch:
-            return sum(self._send_one(entry) for entry in rows[: self.policy.single_max * 5])
-        return self._send_batches(self._event_chunks(rows))
+                .order_by(col(OutboxEntry.id)).limit(self._events_page)).all())
 
     def _event_chunks(self, rows: Sequence[OutboxEntry]) -> list[list[OutboxEntry]]:
         chunks: list[list[OutboxEntry]] = []

@@ -6,13 +6,17 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from connector.database import unit_of_work
 from connector.models import InboxEntry
+from mappings.ecommerce import HISTORY_ORDER
+from sync.push import Pusher
 from tests.conftest import fixture_payload
 from tests.integration.harness import SHOP, Connector
 from tests.payloads import order, when
@@ -127,3 +131,48 @@ def test_a_history_batch_brevo_refuses_is_halved_until_the_bad_order_stands_alon
     # The order Brevo refused, kept as the body it was sent as (JSON of the order, not of a string).
     refused = json.loads(dead[0].payload)
     assert refused["id"] == "8500" and refused["identifiers"] == {"email_id": "r0@example.com"}
+
+
+def test_history_orders_are_read_on_page_after_page_within_a_turn(connector: Connector,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pages of 20 rows (ten batches of two), contacts visible as soon as they are imported.
+    connector.policy = replace(connector.policy, batch_max_events=2, import_settle_seconds=0.0)
+    _as_history(connector, [order(8600 + i, customer_id=600 + i, email=f"p{i}@example.com") for i in range(45)])
+    pages: list[tuple[int, int, int | None]] = []  # (read after id, rows read, last id read)
+    due = Pusher._due_events
+
+    def reading(self: Pusher, target: str, now: datetime, after: int) -> Any:
+        rows = due(self, target, now, after)
+        if target == HISTORY_ORDER and rows:
+            pages.append((after, len(rows), rows[-1].id))
+        return rows
+
+    monkeypatch.setattr(Pusher, "_due_events", reading)
+    connector.sync()
+    # One call read them all: a page, then the next after its last row, then what was left.
+    assert [n for _, n, _ in pages] == [20, 20, 5]
+    assert pages[0][0] == 0 and pages[1][0] == pages[0][2] and pages[2][0] == pages[1][2]
+    with connector.brevo.lock:
+        assert sorted(o["id"] for o in connector.brevo.orders) == [str(8600 + i) for i in range(45)]
+    calls = Counter(c.path for c in connector.brevo.calls if c.status < 300)
+    assert calls["/v3/orders/status/batch"] == 23
+
+
+def test_history_orders_are_left_for_the_next_turn_once_the_turn_s_share_is_spent(
+        connector: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    connector.policy = replace(connector.policy, batch_max_events=2, import_settle_seconds=0.0, history_seconds=0.0)
+    _as_history(connector, [order(8700 + i, customer_id=700 + i, email=f"q{i}@example.com") for i in range(45)])
+    pages: list[int] = []
+    due = Pusher._due_events
+
+    def reading(self: Pusher, target: str, now: datetime, after: int) -> Any:
+        rows = due(self, target, now, after)
+        if target == HISTORY_ORDER and rows:
+            pages.append(after)
+        return rows
+
+    monkeypatch.setattr(Pusher, "_due_events", reading)
+    connector.sync()
+    assert pages == [0, 0, 0]  # a page per turn, each from the first row still pending
+    with connector.brevo.lock:
+        assert sorted(o["id"] for o in connector.brevo.orders) == [str(8700 + i) for i in range(45)]
