@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connector.clock import as_utc
-from connector.database import chunked, one_of
+from connector.database import COPY_FROM, chunked, insert_new, one_of
 from connector.models import LoyaltyEntry
 from loyalty.program import Entry, corrections
 
@@ -52,8 +52,12 @@ def append_many(session: Session, shop_id: int, entries: Sequence[tuple[str, Ent
     if not entries:
         return 0
     sqlite_ = session.get_bind().dialect.name == "sqlite"
-    if not sqlite_ and len(entries) >= COPY_FROM:
-        return _copy_in(session, shop_id, entries, now=now)
+    if not sqlite_ and len(entries) >= COPY_FROM:  # COPY, then one INSERT ... SELECT
+        insert_new(session, LoyaltyEntry, [
+            {"shop_id": shop_id, "contact_key": key, "entry_key": e.key, "kind": e.kind, "points": e.points,
+             "reason": e.reason, "occurred_at": e.at, "recorded_at": now} for key, e in entries],
+            ["shop_id", "contact_key", "entry_key"])
+        return len(entries)
     mark = "?" if sqlite_ else "%s"
     stamp = _sqlite_time if sqlite_ else (lambda moment: moment)
     recorded = stamp(now)
@@ -65,26 +69,7 @@ def append_many(session: Session, shop_id: int, entries: Sequence[tuple[str, Ent
     return len(rows)
 
 
-COPY_FROM = 500  # on PostgreSQL, more rows than this go in through COPY: far cheaper than one INSERT per row
 _COLUMNS = "shop_id, contact_key, entry_key, kind, points, reason, occurred_at, recorded_at"
-
-
-def _copy_in(session: Session, shop_id: int, entries: Sequence[tuple[str, Entry]], *, now: datetime) -> int:
-    """COPY into a session-private staging table, then one INSERT ... SELECT that skips what is already there
-    (the same "do nothing on conflict" as row by row), in the order given so ids follow it."""
-    driver = session.connection().connection.driver_connection
-    assert driver is not None
-    with driver.cursor() as cursor:
-        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS loyalty_incoming (seq integer, shop_id integer, "
-                       "contact_key text, entry_key text, kind text, points integer, reason text, "
-                       "occurred_at timestamptz, recorded_at timestamptz) ON COMMIT DELETE ROWS")
-        with cursor.copy(f"COPY loyalty_incoming (seq, {_COLUMNS}) FROM STDIN") as copy:
-            for seq, (key, e) in enumerate(entries):
-                copy.write_row((seq, shop_id, key, e.key, e.kind, e.points, e.reason, e.at, now))
-        cursor.execute(f"INSERT INTO loyalty_entries ({_COLUMNS}) SELECT {_COLUMNS} FROM loyalty_incoming "
-                       "ORDER BY seq ON CONFLICT (shop_id, contact_key, entry_key) DO NOTHING")
-        cursor.execute("TRUNCATE loyalty_incoming")  # cheaper than deleting the rows one by one
-    return len(entries)
 
 
 def _sqlite_time(moment: datetime) -> str:

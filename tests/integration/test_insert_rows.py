@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -11,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from connector.database import insert_new, insert_rows, one_of, unit_of_work
-from connector.models import Contact, InboxEntry, Order
+from connector.database import COPY_FROM, insert_new, insert_rows, one_of, unit_of_work
+from connector.models import Contact, InboxEntry, Order, OutboxEntry
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
 
@@ -117,3 +118,24 @@ def test_one_of_finds_exactly_the_rows_whose_value_is_listed(engine: Engine) -> 
         ids = [2**53 + n for n in range(1, 600)]  # more than one IN list's worth
         assert sorted(session.execute(sa.select(Order.order_id).where(
             one_of(Order.order_id, ids, session))).scalars()) == [2**53 + 1, 2**53 + 2]
+
+
+def test_inserting_many_new_rows_skips_the_keys_already_there_and_keeps_the_order_given(engine: Engine) -> None:
+    """As many rows as take the bulk path on PostgreSQL (COPY, then one INSERT ... SELECT), JSON bodies and a key
+    twice among them included; twice in one transaction."""
+    def rows(ids: list[int]) -> list[dict[str, object]]:
+        return [{"shop_id": 1, "idempotency_key": f"k{i}", "event_name": "brevo_order", "target": "order_history",
+                 "contact_key": f"c:{i % 9}", "body": {"id": str(i), "note": "ça va"}, "status": "pending",
+                 "attempts": 0, "created_at": WHEN} for i in ids]
+
+    many = list(range(COPY_FROM + 100, 0, -1))
+    with unit_of_work(engine) as session:
+        insert_new(session, OutboxEntry, rows(many[:200]), ["shop_id", "idempotency_key"])
+        insert_new(session, OutboxEntry, rows(many + [7, 0]), ["shop_id", "idempotency_key"])
+        insert_new(session, OutboxEntry, rows(many[-COPY_FROM:] + [-1]), ["shop_id", "idempotency_key"])
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT idempotency_key, CAST(body AS TEXT), status, attempts, next_attempt_at "
+                                      "FROM outbox ORDER BY id")).all()
+    assert [key for key, *_ in stored] == [f"k{i}" for i in [*many, 0, -1]]  # ids follow the order given
+    assert {json.loads(body)["note"] for _, body, *_ in stored} == {"ça va"}
+    assert {(status, attempts, after) for _, _, status, attempts, after in stored} == {("pending", 0, None)}
