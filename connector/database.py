@@ -69,16 +69,71 @@ def _copy_new(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping
     statement = f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {incoming} ORDER BY incoming_seq{conflict}"
 
     def copy(cursor: Any) -> None:
-        # Every column of the table (a call may name fewer): those a row leaves out take their defaults as above.
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {incoming} ON COMMIT DELETE ROWS AS "
-                       f"SELECT 0 AS incoming_seq, * FROM {target} WITH NO DATA")
-        with cursor.copy(f"COPY {incoming} (incoming_seq, {columns}) FROM STDIN") as stream:
-            for seq, row in enumerate(values):
-                stream.write_row([seq, *row])
+        _copy_incoming(cursor, target, incoming, columns, values)
         cursor.execute(statement)
         cursor.execute(f"TRUNCATE {incoming}")  # for the next call in this transaction; cheaper than a DELETE
 
     _run_driver(connection, statement, copy)
+
+
+def _copy_incoming(cursor: Any, target: str, incoming: str, columns: str, values: Iterable[list[Any]]) -> None:
+    """The values COPied into the connection's own table `incoming`, shaped like `target` with every one of its
+    columns (a call may name fewer) and a sequence number first, created on first use and emptied at commit."""
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {incoming} ON COMMIT DELETE ROWS AS "
+                   f"SELECT 0 AS incoming_seq, * FROM {target} WITH NO DATA")
+    with cursor.copy(f"COPY {incoming} (incoming_seq, {columns}) FROM STDIN") as stream:
+        for seq, row in enumerate(values):
+            stream.write_row([seq, *row])
+
+
+def update_many(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str], *,
+                fixed: Mapping[str, Any] | None = None, copied: Mapping[str, str] | None = None) -> None:
+    """Update, for each row, the table's row whose `keys` columns hold the row's values: its other columns are
+    set to the row's (each row names the same columns), those of `fixed` to the same value for every row (a key
+    too: it is matched on its value before), and each column of `copied` to the value another column held
+    (`{"sent": "pending"}`: SET sent = pending). Values go through the columns' own types. A row that matches
+    nothing changes nothing; `keys` must tell the rows apart. One statement run by the driver for every row, or on
+    PostgreSQL, from `COPY_FROM` rows on, one COPY and one UPDATE ... FROM: an UPDATE per row costs the server a
+    statement each, and SQLAlchemy's own executemany handled each row's parameters one by one (a backfill updates
+    every buyer's row several times)."""
+    if not rows:
+        return
+    connection = session.connection()
+    quote = connection.dialect.identifier_preparer
+    names, values = _driver_rows(connection, table, rows, with_defaults=False)
+    constants: list[str] = []
+    constant_values: list[Any] = []
+    if fixed:
+        constants, each = _driver_rows(connection, table, [fixed], with_defaults=False)
+        constant_values = next(each)
+    target = quote.format_table(table)
+    postgres = connection.dialect.name == "postgresql"
+    mark = "%s" if postgres else "?"
+    if postgres and len(rows) >= COPY_FROM:
+        incoming = quote.quote(f"incoming_{table.name}")
+        assigned = [f"{quote.quote(n)} = i.{quote.quote(n)}" for n in names if n not in keys]
+        assigned += [f"{quote.quote(n)} = {mark}" for n in constants]
+        assigned += [f"{quote.quote(n)} = {target}.{quote.quote(source)}" for n, source in (copied or {}).items()]
+        matched = " AND ".join(f"{target}.{quote.quote(k)} = i.{quote.quote(k)}" for k in keys)
+        statement = f"UPDATE {target} SET {', '.join(assigned)} FROM {incoming} AS i WHERE {matched}"
+
+        def copy(cursor: Any) -> None:
+            _copy_incoming(cursor, target, incoming, ", ".join(quote.quote(n) for n in names), values)
+            cursor.execute(statement, constant_values)
+            cursor.execute(f"TRUNCATE {incoming}")
+
+        _run_driver(connection, statement, copy)
+        return
+    order = [i for i, n in enumerate(names) if n not in keys]
+    assigned = [f"{quote.quote(n)} = {mark}" for n in [names[i] for i in order] + constants]
+    assigned += [f"{quote.quote(n)} = {quote.quote(source)}" for n, source in (copied or {}).items()]
+    order += [names.index(k) for k in keys]
+    statement = (f"UPDATE {target} SET {', '.join(assigned)} WHERE "
+                 + " AND ".join(f"{quote.quote(k)} = {mark}" for k in keys))
+    settled = len(names) - len(keys)
+    _run_driver(connection, statement, lambda cursor: cursor.executemany(
+        statement, ([*(row[i] for i in order[:settled]), *constant_values, *(row[i] for i in order[settled:])]
+                    for row in values)))
 
 
 def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -113,12 +168,13 @@ def _insert(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[s
     _run_driver(connection, statement, lambda cursor: cursor.executemany(statement, values))
 
 
-def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
-                 ) -> tuple[list[str], Iterator[list[Any]]]:
+def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
+                 with_defaults: bool = True) -> tuple[list[str], Iterator[list[Any]]]:
     """The column names and each row's values as the driver takes them, made as an INSERT through SQLAlchemy
     makes them (each value through its column's type; a column left out takes its default), without its
     per-row, per-parameter bookkeeping, which cost as much as the database's own work for the batches a
-    backfill writes. None goes through its column's type too: a JSON column stores it as JSON null."""
+    backfill writes. None goes through its column's type too: a JSON column stores it as JSON null. Without
+    `with_defaults` (for an update), only the columns the rows name."""
     dialect = connection.dialect
 
     def processor(name: str) -> Any:
@@ -129,7 +185,7 @@ def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapp
 
     names = list(rows[0])
     defaults = {c.name: c.default.arg for c in table.columns  # type: ignore[attr-defined]
-                if c.name not in rows[0] and c.default is not None and c.default.is_scalar}
+                if with_defaults and c.name not in rows[0] and c.default is not None and c.default.is_scalar}
     typed = [(name, processor(name)) for name in names]
     fixed = [value if (bind := processor(name)) is None else bind(value) for name, value in defaults.items()]
     return names + list(defaults), (

@@ -12,11 +12,10 @@ from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
-from connector.database import chunked, one_of
+from connector.database import chunked, one_of, update_many
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop, update_row
 from loyalty import program as lp
 from loyalty.store import append_many, stored_entries
@@ -133,13 +132,18 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     rules = shop.loyalty.rules
     waiting = open_requests(session, shop.shop_id, [c.contact_key for c in contacts]) \
         if rules.enabled and rules.reward_automatic else set()
+    settled: list[dict[str, Any]] = []
     for contact, view in views:
         facts.extend(_settle(shop, contact, view, ledger))
-        for name in _SETTLED:  # every contact writes the same columns: one executemany for the chunk
-            flag_modified(contact, name)
+        # Every contact writes the same columns, in one `update_many` for the batch (not the session's flush).
+        settled.append({"shop_id": contact.shop_id, "contact_key": contact.contact_key,
+                        **{name: getattr(contact, name) for name in _SETTLED}})
         if (view.loyalty is not None and rules.reward_automatic and contact.contact_key not in waiting
                 and view.loyalty.state.balance >= rules.reward_every_points):
             request_reward(session, shop.shop_id, contact.contact_key, rules, source="automatic", now=shop.now)
+    for contact in contacts:
+        session.expunge(contact)  # written below: the session has nothing of theirs left to flush
+    update_many(session, Contact.__table__, settled, ("shop_id", "contact_key"))  # type: ignore[attr-defined]
     append_many(session, shop.shop_id, ledger, now=shop.now)
     insert_events(session, shop.shop_id, facts, now=shop.now, enabled=shop.config.event_enabled)
     return len(contacts)
@@ -339,9 +343,8 @@ def settle_history_figures(session: Session, shop: ShopContext, *, after: str = 
         helper.balance("figures", future)
         done = helper.result(future)
         rows += done if done is not None else history_figures(session, shop, theirs)
-    table = Contact.__table__  # type: ignore[attr-defined]
-    session.execute(sa.update(table).where(table.c.shop_id == shop.shop_id, table.c.contact_key == sa.bindparam(
-        "b_key")).values({name: sa.bindparam(name) for name in rows[0] if name != "b_key"}), rows)
+    update_many(session, Contact.__table__, [  # type: ignore[attr-defined]
+        {"shop_id": shop.shop_id, **row} for row in rows], ("shop_id", "contact_key"))
     return keys[-1]
 
 
@@ -352,7 +355,7 @@ _FIGURE_COLUMNS = ("order_id", "contact_key", "name", "created_at_src", "cancell
 
 
 def history_figures(session: Session, shop: ShopContext, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """The figures `settle_history_figures` stores, of these contacts (one row each, keyed by `b_key`)."""
+    """The figures `settle_history_figures` stores, of these contacts (one row each, with its `contact_key`)."""
     orders: dict[str, list[Order]] = defaultdict(list)
     refunded: dict[int, Decimal] = defaultdict(Decimal)
     for chunk in chunked(keys):
@@ -369,7 +372,7 @@ def history_figures(session: Session, shop: ShopContext, keys: Sequence[str]) ->
     for key in keys:
         profile = build_profile(tuple(_order_facts(o, (), refunded, {}) for o in orders.get(key, ())),
                                 shop.currency, count_test_orders=shop.config.lifecycle.count_test_orders)
-        rows.append({"b_key": key, "order_count": profile.order_count, "total_spent": profile.total_spent,
+        rows.append({"contact_key": key, "order_count": profile.order_count, "total_spent": profile.total_spent,
                      "last_order_at": profile.last_order_at, "days_between_orders": profile.days_between_orders})
     return rows
 

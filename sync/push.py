@@ -26,7 +26,7 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, as_utc
-from connector.database import chunked, forget_erased, one_of, unit_of_work
+from connector.database import chunked, forget_erased, one_of, unit_of_work, update_many
 from connector.models import Contact, DeadLetter, OutboxEntry, Product, Shop
 from mappings.ecommerce import HISTORY_ORDER, CatalogProduct, categories_of, category_body, product_body
 from mappings.profile import body_hash as catalog_hash
@@ -311,19 +311,15 @@ class Pusher:
         The body sent is the one pending, as its hash says: the table copies it (`sent = pending`) instead of the
         connector serialising and binding each body again (an import's 8 MB, row by row)."""
         now = self.clock.now()
-        table = Contact.__table__  # type: ignore[attr-defined]
-        statement = sa.update(table).where(
-            table.c.shop_id == sa.bindparam("b_shop"), table.c.contact_key == sa.bindparam("b_key"),
-            table.c.pending_hash == sa.bindparam("b_hash")).values(
-            sent=table.c.pending, sent_hash=sa.bindparam("b_hash"), pending=None,
-            pending_hash=None, push_state="idle", attempts=0, next_attempt_at=None, last_error=None,
-            pushed_at=now, visible_at=visible_at, brevo_email=sa.bindparam("b_email"), import_process=process,
-            one_by_one=False)
-        rows = [{"b_shop": c.shop_id, "b_key": c.contact_key, "b_hash": c.pending_hash,
-                 "b_email": (c.pending or {}).get("email") or c.brevo_email} for c in contacts]
+        rows = [{"shop_id": c.shop_id, "contact_key": c.contact_key, "pending_hash": c.pending_hash,
+                 "sent_hash": c.pending_hash, "brevo_email": (c.pending or {}).get("email") or c.brevo_email}
+                for c in contacts]
         with unit_of_work(self.engine) as session:
-            if rows:
-                session.connection().execute(statement, rows)
+            table = Contact.__table__  # type: ignore[attr-defined]
+            update_many(session, table, rows, ("shop_id", "contact_key", "pending_hash"), copied={"sent": "pending"},
+                        fixed={"pending": None, "pending_hash": None, "push_state": "idle", "attempts": 0,
+                               "next_attempt_at": None, "last_error": None, "pushed_at": now,
+                               "visible_at": visible_at, "import_process": process, "one_by_one": False})
             session.execute(sa.update(Shop).where(col(Shop.id) == self.lease.shop_id).values(last_push_at=now))
             fence(session, self.lease, now=now, seconds=self.policy.lease_seconds)
 

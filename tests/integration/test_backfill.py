@@ -757,7 +757,7 @@ def test_buyers_built_partly_in_a_helper_process_are_those_the_worker_builds_alo
                 col(Contact.dirty).is_(True), col(Contact.history).is_(True), col(Contact.merged_into).is_(None))
                 .order_by(col(Contact.contact_key)))]
         with Session(connector.engine) as session:  # the same, worked out here for all of them
-            settled["here"] = [tuple(row[f] for f in ("b_key", *figures)) for row in profiles.history_figures(
+            settled["here"] = [tuple(row[f] for f in ("contact_key", *figures)) for row in profiles.history_figures(
                 session, profiles.ShopContext.of(shop, now), [key for key, *_ in stored])]
         settled["stored"] = stored
         return done

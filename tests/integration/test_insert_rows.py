@@ -1,5 +1,5 @@
 """`insert_rows` (COPY on PostgreSQL, executemany on SQLite) stores every value as an ORM insert would;
-`insert_new` leaves the keys already there alone."""
+`insert_new` leaves the keys already there alone; `update_many` updates the rows its keys find."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from connector.database import COPY_FROM, insert_new, insert_rows, one_of, unit_of_work
+from connector.database import COPY_FROM, insert_new, insert_rows, one_of, unit_of_work, update_many
 from connector.models import Contact, InboxEntry, Order, OutboxEntry
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
@@ -139,3 +139,44 @@ def test_inserting_many_new_rows_skips_the_keys_already_there_and_keeps_the_orde
     assert [key for key, *_ in stored] == [f"k{i}" for i in [*many, 0, -1]]  # ids follow the order given
     assert {json.loads(body)["note"] for _, body, *_ in stored} == {"ça va"}
     assert {(status, attempts, after) for _, _, status, attempts, after in stored} == {("pending", 0, None)}
+
+
+@pytest.mark.parametrize("size", [3, COPY_FROM + 50])  # on PostgreSQL the second takes COPY and UPDATE ... FROM
+def test_updating_many_rows_sets_each_found_rows_values_and_leaves_the_others_alone(engine: Engine, size: int) -> None:
+    """Each row's own values, the values fixed for all, a column copied from another; matched on every key (a key
+    fixed to a new value is matched on its value before); twice in one transaction."""
+    table: sa.Table = Contact.__table__  # type: ignore[attr-defined]
+    keys = [f"c:{i}" for i in range(size + 2)]
+    with unit_of_work(engine) as session:
+        insert_rows(session, table, [
+            {"shop_id": 1, "contact_key": key, "email": f"{key}@old.example", "total_spent": Decimal("1.0000"),
+             "pending": {"email": f"{key}@example.com", "n": i}, "pending_hash": f"h{i}", "push_state": "pending",
+             "attempts": 2, "last_error": "was refused"} for i, key in enumerate(keys)])
+    changed = keys[:size]  # the last two are not named; the first is named with a hash it no longer has
+    later = datetime(2026, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
+    with unit_of_work(engine) as session:
+        update_many(session, table, [{"shop_id": 1, "contact_key": key, "pending_hash": f"h{i}" if i else "stale",
+                                      "total_spent": Decimal(i) / 100, "sent_hash": f"h{i}", "email": "ça@example.com"}
+                                     for i, key in enumerate(changed)] + [
+                        {"shop_id": 1, "contact_key": "c:nobody", "pending_hash": "h0", "total_spent": Decimal(9),
+                         "sent_hash": "h0", "email": None}],
+                    ("shop_id", "contact_key", "pending_hash"), copied={"sent": "pending"},
+                    fixed={"pending": None, "pending_hash": None, "push_state": "idle", "attempts": 0,
+                           "last_error": None, "pushed_at": later})
+        update_many(session, table, [{"shop_id": 1, "contact_key": key, "history": True} for key in changed[1:]],
+                    ("shop_id", "contact_key"))
+    with Session(engine) as session:
+        stored = {c.contact_key: c for c in session.execute(sa.select(Contact)).scalars()}
+    assert set(stored) == set(keys)  # nothing inserted
+    for i, key in enumerate(keys):
+        row = stored[key]
+        if 0 < i < size:
+            assert (row.email, row.total_spent, row.sent_hash, row.pending, row.pending_hash) == (
+                "ça@example.com", Decimal(i) / 100, f"h{i}", None, None), key
+            assert row.sent == {"email": f"{key}@example.com", "n": i}, key  # the body pending before
+            assert (row.push_state, row.attempts, row.last_error, row.history) == ("idle", 0, None, True), key
+            assert row.pushed_at is not None and row.pushed_at.replace(tzinfo=UTC) == later, key
+        else:
+            assert (row.email, row.total_spent, row.sent, row.sent_hash, row.pending_hash, row.push_state,
+                    row.attempts, row.last_error, row.pushed_at, row.history) == (
+                f"{key}@old.example", Decimal(1), None, None, f"h{i}", "pending", 2, "was refused", None, False), key
