@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -123,12 +123,9 @@ class Pusher:
                     group[:] = group[len(group) - len(chunks.pop()):]
                 else:
                     group.clear()
-                for keys in chunks:
-                    contacts = self._load_contacts(keys, now)
-                    if contacts:
-                        delivered += self._import(contacts, email_blacklist=email_out, sms_blacklist=sms_out)
-                    if self._held_back:
-                        return delivered
+                delivered += self._imports(chunks, now, email_blacklist=email_out, sms_blacklist=sms_out)
+                if self._held_back:
+                    return delivered
             for start in range(0, len(singles), 500):
                 for contact in self._load_contacts(singles[start:start + 500], now):
                     delivered += self._push_one(contact)
@@ -199,21 +196,56 @@ class Pusher:
             chunks.append(current)
         return chunks
 
-    def _import(self, chunk: list[Contact], *, email_blacklist: bool = False, sms_blacklist: bool = False) -> int:
+    def _imports(self, chunks: Sequence[list[str]], now: datetime, *, email_blacklist: bool,
+                 sms_blacklist: bool) -> int:
+        """Each chunk's contacts still due sent as one import, in turn, with one overlap (as `_send_batches`
+        sends orders): while Brevo takes an import, the next one's contacts are read and its rows made; it is sent
+        once Brevo has answered the one before, and then, while it is on its way, that answer is written. Nothing
+        more is sent once an answer holds the turn back. Returns how many contacts Brevo accepted."""
+        delivered = 0
+        flight: tuple[list[Contact], Future[Reply]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="brevo-imports") as sending:
+            for keys in [*chunks, None]:
+                contacts = self._load_contacts(keys, now) if keys is not None else []
+                rows = [_import_row(c.pending or {}) for c in contacts]
+                answered: tuple[list[Contact], Reply] | None = None
+                if flight is not None:
+                    previous, sent = flight
+                    flight = None
+                    try:
+                        answered = previous, sent.result()
+                    except (BrevoAuthFailed, BrevoRetriable, BrevoRejected) as exc:
+                        delivered += self._import_failed(previous, exc)
+                        if self._held_back:
+                            return delivered
+                if contacts:
+                    flight = contacts, sending.submit(self._post_import, rows, email_blacklist=email_blacklist,
+                                                      sms_blacklist=sms_blacklist)
+                if answered is not None:
+                    try:
+                        delivered += self._import_answered(*answered)
+                    except BaseException:
+                        if flight is not None:
+                            flight[1].cancel()  # not sent if it has not started yet
+                        raise
+        return delivered
+
+    def _post_import(self, rows: list[dict[str, Any]], *, email_blacklist: bool, sms_blacklist: bool) -> Reply:
         assert self.list_id is not None
         list_id = self.list_id
-        rows = [_import_row(c.pending or {}) for c in chunk]
-        try:
-            reply = self._send("contacts", lambda: self.client.import_contacts(
-                rows, list_id, email_blacklist=email_blacklist, sms_blacklist=sms_blacklist))
-        except BrevoAuthFailed as exc:
+        return self._send("contacts", lambda: self.client.import_contacts(
+            rows, list_id, email_blacklist=email_blacklist, sms_blacklist=sms_blacklist))
+
+    def _import_failed(self, chunk: list[Contact], exc: Exception) -> int:
+        if isinstance(exc, BrevoAuthFailed):
             self._pause(exc)
-        except BrevoRetriable as exc:
+        if isinstance(exc, BrevoRetriable):
             self._reschedule_contacts(chunk, exc)
             return 0
-        except BrevoRejected:
-            # One bad row fails the whole import: find it by sending the rows one by one.
-            return sum(self._push_one(c) for c in chunk)
+        # One bad row fails the whole import: find it by sending the rows one by one.
+        return sum(self._push_one(c) for c in chunk)
+
+    def _import_answered(self, chunk: list[Contact], reply: Reply) -> int:
         settle = self.clock.now() + timedelta(seconds=self.policy.import_settle_seconds)
         process = (reply.body or {}).get("processId") if isinstance(reply.body, dict) else None
         self._mark_contacts_sent(chunk, visible_at=settle, process=int(process) if process else None)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from connector.brevo import BrevoClient
 from connector.sandbox.brevo import BrevoLimits
 from mappings.profile import body_hash
-from sync.push import PushPolicy
+from sync.push import Pusher, PushPolicy
 from tests.integration.harness import BREVO_KEY, Connector, iter_connector
 from tests.payloads import customer, email_consent, order
 
@@ -278,6 +278,58 @@ def test_a_backlog_read_page_by_page_still_goes_out_in_full_imports(engine: sa.E
             held = len(connector.brevo.contacts)
         assert sizes == [10, 25, 25]  # the 10 who opted out, and the 50 others in two full imports of 25
         assert held == 60 and not [c for c in connector.brevo.calls if c.path == "/v3/contacts"]
+
+
+def test_the_next_import_is_read_while_brevo_takes_the_one_before(engine: sa.Engine,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[int] = []
+    loaded = threading.Condition()
+    overlapped: list[bool] = []
+    load, post = Pusher._load_contacts, Pusher._post_import
+
+    def loading(self: Pusher, keys: Any, now: Any) -> Any:
+        found = load(self, keys, now)
+        with loaded:
+            loads.append(len(found))
+            loaded.notify_all()
+        return found
+
+    def posting(self: Pusher, rows: Any, **kwargs: Any) -> Any:
+        with loaded:  # Brevo takes this import until the next one's contacts are read (the last: at once)
+            before = len(loads)
+            overlapped.append(before < 4 and loaded.wait_for(lambda: len(loads) > before, timeout=10))
+        return post(self, rows, **kwargs)
+
+    monkeypatch.setattr(Pusher, "_load_contacts", loading)
+    monkeypatch.setattr(Pusher, "_post_import", posting)
+    for connector in iter_connector(engine, policy=PushPolicy(import_max_rows=10, single_max=5, lease_seconds=5)):
+        loads.clear()
+        overlapped.clear()
+        _orders(connector, 40)
+        connector.sync()
+        with connector.brevo.lock:
+            sizes = [p["info"]["import"]["created_contacts"] for p in connector.brevo.processes.values()]
+            held = len(connector.brevo.contacts)
+        assert sizes == [10, 10, 10, 10] and held == 40
+        assert loads == [10, 10, 10, 10] and overlapped == [True, True, True, False]
+        rows = connector.rows("SELECT push_state, sent_hash, pending_hash, attempts FROM contacts")
+        assert {(r.push_state, r.pending_hash, r.attempts) for r in rows} == {("idle", None, 0)}
+        assert all(r.sent_hash for r in rows)
+
+
+def test_an_import_brevo_asks_to_wait_for_holds_back_the_imports_read_after_it(connector: Connector) -> None:
+    connector.post("orders/create", order(999, customer_id=99, email="first@example.com"))
+    connector.sync()  # the account is set up and a first buyer sent
+    connector.brevo.limits = BrevoLimits(contacts=(1, 60.0))  # now one contact call a minute
+    connector.policy = PushPolicy(import_max_rows=10, single_max=5, lease_seconds=5)
+    _orders(connector, 40)
+    connector.worker().run_once()  # one turn: the second import would have to wait a minute
+    with connector.brevo.lock:
+        sizes = [p["info"]["import"]["created_contacts"] for p in connector.brevo.processes.values()]
+    assert sizes == [10]
+    rows = connector.rows("SELECT push_state, attempts FROM contacts WHERE contact_key <> 'c:99'")
+    assert sorted((r.push_state, r.attempts) for r in rows) == \
+        [("idle", 0)] * 10 + [("pending", 0)] * 20 + [("pending", 1)] * 10
 
 
 def test_when_brevo_says_wait_the_turn_stops_and_only_the_contact_it_refused_counts_an_attempt(
