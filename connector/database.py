@@ -124,16 +124,14 @@ def update_many(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
 
         _run_driver(connection, statement, copy)
         return
-    order = [i for i, n in enumerate(names) if n not in keys]
-    assigned = [f"{quote.quote(n)} = {mark}" for n in [names[i] for i in order] + constants]
+    set_at = [i for i, n in enumerate(names) if n not in keys]  # each row's values: those set, then the keys
+    key_at = [names.index(k) for k in keys]
+    assigned = [f"{quote.quote(n)} = {mark}" for n in [names[i] for i in set_at] + constants]
     assigned += [f"{quote.quote(n)} = {quote.quote(source)}" for n, source in (copied or {}).items()]
-    order += [names.index(k) for k in keys]
     statement = (f"UPDATE {target} SET {', '.join(assigned)} WHERE "
                  + " AND ".join(f"{quote.quote(k)} = {mark}" for k in keys))
-    settled = len(names) - len(keys)
     _run_driver(connection, statement, lambda cursor: cursor.executemany(
-        statement, ([*(row[i] for i in order[:settled]), *constant_values, *(row[i] for i in order[settled:])]
-                    for row in values)))
+        statement, ([*(row[i] for i in set_at), *constant_values, *(row[i] for i in key_at)] for row in values)))
 
 
 def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -338,7 +338,7 @@ class Pusher:
 
     def _mark_contacts_sent(self, contacts: Sequence[Contact], *, visible_at: datetime,
                             process: int | None = None) -> None:
-        """What Brevo now holds, in one statement for the chunk; a contact rebuilt meanwhile stays pending.
+        """What Brevo now holds, in one `update_many` for the chunk; a contact rebuilt meanwhile stays pending.
 
         The body sent is the one pending, as its hash says: the table copies it (`sent = pending`) instead of the
         connector serialising and binding each body again (an import's 8 MB, row by row)."""
