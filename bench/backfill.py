@@ -79,30 +79,33 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _timed(spent: dict[str, float], name: str, fn: Any) -> Any:
+def _timed(spent: dict[str, float], name: str, fn: Any, cpu: dict[str, float] | None = None) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        began = time.monotonic()
+        began, used = time.monotonic(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             spent[name] += time.monotonic() - began
+            if cpu is not None:
+                cpu[name] += time.process_time() - used
     return wrapper
 
 
-def _time_phases(worker: Any) -> dict[str, float]:
-    """Wrap the worker's steps so that the benchmark can say where its wall time went."""
+def _time_phases(worker: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """Wrap the worker's steps so that the benchmark can say where its wall time (and its process's CPU) went."""
     from sync import push
     from sync import worker as worker_module
 
     spent: dict[str, float] = defaultdict(float)
+    cpu: dict[str, float] = defaultdict(float)
     for name in ("apply_inbox", "apply_history", "_settle_history_figures", "_build_profiles", "_history_queued",
                  "_has_pending_work"):
-        setattr(worker, name, _timed(spent, name.strip("_"), getattr(worker, name)))
-    worker_module.recompute_shop = _timed(spent, "rfm", worker_module.recompute_shop)
+        setattr(worker, name, _timed(spent, name.strip("_"), getattr(worker, name), cpu))
+    worker_module.recompute_shop = _timed(spent, "rfm", worker_module.recompute_shop, cpu)
     for name in ("push_contacts", "push_events", "check_imports", "push_catalog"):
-        setattr(push.Pusher, name, _timed(spent, name, getattr(push.Pusher, name)))
+        setattr(push.Pusher, name, _timed(spent, name, getattr(push.Pusher, name), cpu))
     worker.wake.wait = _timed(spent, "idle", worker.wake.wait)
-    return spent
+    return spent, cpu
 
 
 def _time_backfill() -> dict[str, float]:
@@ -178,7 +181,7 @@ def run(customers: int, database: str, *, alongside: bool, keep: bool = False) -
     settings = _settings(url, served)
     ensure_single_store_shop(engine, settings)
     worker = Worker(engine, settings)
-    phases = _time_phases(worker)
+    phases, phase_cpu = _time_phases(worker)
 
     started = time.monotonic()
     if alongside:
@@ -222,7 +225,9 @@ def run(customers: int, database: str, *, alongside: bool, keep: bool = False) -
           f"worker until idle {applied - queued:.1f} s after it; total {applied - started:.1f} s")
     print("backfill's wall time by step: " + ", ".join(f"{name} {seconds:.1f} s"
                                                        for name, seconds in backfill["steps"].items()))
-    print("worker's wall time by step: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()))
+    print("worker's wall time by step (its process's CPU): " + ", ".join(
+        f"{name} {seconds:.1f} s" + (f" ({phase_cpu[name]:.1f})" if name in phase_cpu else "")
+        for name, seconds in phases.items()))
     print(f"peak RSS: worker {rss:.0f} MB, backfill {backfill['rss']:.0f} MB" if alongside else
           f"peak RSS of the connector (backfill, then worker, in one process): {rss:.0f} MB")
     print(f"CPU time (user and system: on a shared machine steadier than wall time): backfill {backfill['cpu']:.1f} s, "
