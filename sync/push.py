@@ -73,10 +73,18 @@ class PushPolicy:
     lease_seconds: float = 30.0
 
 
+# What `Pusher._due_events` reads of an outbox row: what sending it, settling it and trying it again use.
+_SENT_COLUMNS = ("id", "shop_id", "idempotency_key", "event_name", "target", "contact_key", "body", "attempts")
+
+
 class Pusher:
     def __init__(self, engine: Engine, client: BrevoClient, lease: Lease, clock: Clock,
-                 policy: PushPolicy | None = None, *, list_id: int | None = None) -> None:
+                 policy: PushPolicy | None = None, *, list_id: int | None = None,
+                 reading: Engine | None = None) -> None:
+        """`reading`: a read-only engine of the same database, with which the next page of history's orders is
+        read while the page before goes to Brevo (without one, each page is read in turn)."""
         self.engine, self.client, self.lease, self.clock = engine, client, lease, clock
+        self.reading = reading
         self.policy = policy or PushPolicy()
         self.list_id = list_id
         self._held_back = False  # a contacts call this turn was answered "wait": the rest waits for the next turn
@@ -465,36 +473,45 @@ class Pusher:
         `history_seconds`, while Brevo takes every batch: a backfill queues them by the hundred thousand, and on
         PostgreSQL each new read from the first pending row walks again the index entries of every row already
         delivered (their old versions, until a vacuum), so that one read per page, each from the start, cost
-        more with every page."""
+        more with every page. The next page is read (by a thread of its own, on a connection of its own) while
+        the batches of the one before go to Brevo (with `reading`); it is sent only if that one went whole and
+        the turn's share is not spent meanwhile (else the next turn reads it again)."""
         now = now or self.clock.now()
+        rows = self._due_events(target, now, 0)
+        if not rows:
+            return 0
+        other_left = self.client.pacer.remaining("other")
+        room = other_left is None or other_left > self.policy.other_reserve
+        if target != HISTORY_ORDER:
+            if len(rows) <= self.policy.single_max or not room:
+                return sum(self._send_one(entry) for entry in rows[: self.policy.single_max * 5])
+            return self._send_batches(self._event_chunks(rows))
         began = time.monotonic()
-        delivered, after = 0, 0
-        while True:
-            rows = self._due_events(target, now, after)
-            if not rows:
-                return delivered
-            other_left = self.client.pacer.remaining("other")
-            room = other_left is None or other_left > self.policy.other_reserve
-            if target != HISTORY_ORDER:
-                use_batch = len(rows) > self.policy.single_max and room
-                if not use_batch:
-                    return delivered + sum(self._send_one(entry) for entry in rows[: self.policy.single_max * 5])
-                return delivered + self._send_batches(self._event_chunks(rows))
-            if not room:
-                return delivered  # history has no single-call way in (the single order endpoint is live)
-            sent = self._send_batches(self._event_chunks(rows))
-            delivered += sent
-            if (sent < len(rows) or len(rows) < self._events_page
-                    or time.monotonic() - began >= self.policy.history_seconds):
-                return delivered  # something waits (a retry, a refusal), the end, or the turn's share is spent
-            after = rows[-1].id or 0
+        delivered = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-pages") as reading:
+            while rows:
+                other_left = self.client.pacer.remaining("other")
+                if other_left is not None and other_left <= self.policy.other_reserve:
+                    break  # history has no single-call way in (the single order endpoint is live)
+                after, full = rows[-1].id or 0, len(rows) == self._events_page
+                spent = time.monotonic() - began >= self.policy.history_seconds
+                ahead = (reading.submit(self._due_events, target, now, after, self.reading)
+                         if full and not spent and self.reading is not None else None)
+                sent = self._send_batches(self._event_chunks(rows))
+                delivered += sent
+                if sent < len(rows) or not full or time.monotonic() - began >= self.policy.history_seconds:
+                    break  # something waits (a retry, a refusal), the end, or the turn's share is spent
+                rows = ahead.result() if ahead is not None else self._due_events(target, now, after)
+        return delivered
 
     @property
     def _events_page(self) -> int:
         return self.policy.batch_max_events * 10
 
-    def _due_events(self, target: str, now: datetime, after: int) -> list[OutboxEntry]:
-        """Up to a page of the shop's due rows of `target` after the row id `after`, in id order."""
+    def _due_events(self, target: str, now: datetime, after: int,
+                    engine: Engine | None = None) -> list[OutboxEntry]:
+        """Up to a page of the shop's due rows of `target` after the row id `after`, in id order (read with
+        `engine`, by default the pusher's own)."""
         # A row waits while its buyer's attributes may not be in Brevo yet: the buyer is dirty, their body is pending,
         # or the import that carried it may not be applied yet. Asked of each row's own buyer, by primary key, as
         # the rows are read in id order, until there are enough. (As `NOT IN` a set of waiting buyers, PostgreSQL,
@@ -505,13 +522,16 @@ class Pusher:
             col(Contact.shop_id) == col(OutboxEntry.shop_id), col(Contact.contact_key) == col(OutboxEntry.contact_key),
             sa.or_(col(Contact.push_state) == "pending", col(Contact.dirty) == sa.true(),
                    col(Contact.visible_at) > now)).offset(0).exists()
-        columns = list(OutboxEntry.__table__.columns)  # type: ignore[attr-defined]
+        # The columns sending and settling read (not the row's times, status or last error: turning each stored
+        # time back into a datetime cost SQLite a third of reading a page of history's orders).
+        table = OutboxEntry.__table__  # type: ignore[attr-defined]
+        columns = [table.c[name] for name in _SENT_COLUMNS]
         if target == HISTORY_ORDER:
             # History's orders go to Brevo as they were stored: their bodies read as JSON text and put into the
             # batch as they are (`_post_batch`), neither parsed nor encoded again (at 100,000 customers, half a
             # million orders: about 7 s of the worker's time).
             columns = [sa.cast(c, sa.Text).label(c.name) if c.name == "body" else c for c in columns]
-        with unit_of_work(self.engine) as session:
+        with unit_of_work(engine or self.engine) as session:
             # Plain rows, whose attributes are the entry's: read only, and several times cheaper than ORM objects.
             return cast(list[OutboxEntry], session.connection().execute(sa.select(*columns).where(
                 col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.status) == "pending",

@@ -32,7 +32,7 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import chunked, forget_erased, insert_new, one_of, refresh_statistics, unit_of_work
+from connector.database import chunked, forget_erased, insert_new, make_engine, one_of, refresh_statistics, unit_of_work
 from connector.models import (
     Backfill,
     Checkout,
@@ -156,6 +156,9 @@ class Worker:
         self.reader = backfill.HistoryReader(url) if settings.read_ahead else None
         # Builds part of each large batch of buyers (a backfill's, a poll's) on the other core.
         self.builder = Helper(url, "building buyers") if settings.read_ahead else None
+        # Reads the next page of history's orders while the one before goes to Brevo (`Pusher.push_events`);
+        # read-only, so that on SQLite it does not take the write lock the worker's own writes need meanwhile.
+        self.reading = make_engine(url, read_only=True) if settings.read_ahead else None
 
     # --- loop -----------------------------------------------------------------------------------
 
@@ -183,6 +186,8 @@ class Worker:
             self.reader.close()
         if self.builder is not None:
             self.builder.close()
+        if self.reading is not None:
+            self.reading.dispose()
 
     def _forget_erased(self) -> None:
         """After an erasure: the erased rows' pages gone from the disk, and the numbers this process remembers
@@ -391,7 +396,8 @@ class Worker:
             return  # nothing can be delivered before the account is set up; the rows wait
         # Contacts carrying a category Brevo does not offer yet wait for the options (events wait for them).
         options_ready = self._sync_category_options(lease, shop, client)
-        pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
+        pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id,
+                        reading=self.reading)
         pusher.push_erasures()
         pusher.push_catalog(shop.domain)
         if options_ready:

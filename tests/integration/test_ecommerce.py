@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -141,8 +142,8 @@ def test_history_orders_are_read_on_page_after_page_within_a_turn(connector: Con
     pages: list[tuple[int, int, int | None]] = []  # (read after id, rows read, last id read)
     due = Pusher._due_events
 
-    def reading(self: Pusher, target: str, now: datetime, after: int) -> Any:
-        rows = due(self, target, now, after)
+    def reading(self: Pusher, target: str, now: datetime, after: int, engine: sa.Engine | None = None) -> Any:
+        rows = due(self, target, now, after, engine)
         if target == HISTORY_ORDER and rows:
             pages.append((after, len(rows), rows[-1].id))
         return rows
@@ -158,6 +159,43 @@ def test_history_orders_are_read_on_page_after_page_within_a_turn(connector: Con
     assert calls["/v3/orders/status/batch"] == 23
 
 
+def test_the_next_page_of_history_orders_is_read_while_brevo_takes_the_page_before(
+        connector: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pages of 20 rows (ten batches of two), contacts visible as soon as they are imported.
+    connector.policy = replace(connector.policy, batch_max_events=2, import_settle_seconds=0.0)
+    _as_history(connector, [order(8800 + i, customer_id=800 + i, email=f"n{i}@example.com") for i in range(45)])
+    pages: list[tuple[int, int, bool]] = []  # (read after id, rows read, read with the read-only engine)
+    read = threading.Condition()
+    overlapped: list[bool | None] = []  # per batch of history: the next page was read while Brevo took it
+    due, post = Pusher._due_events, Pusher._post_batch
+
+    def reading(self: Pusher, target: str, now: datetime, after: int, engine: sa.Engine | None = None) -> Any:
+        rows = due(self, target, now, after, engine)
+        if target == HISTORY_ORDER and rows:
+            with read:
+                pages.append((after, len(rows), engine is not None))
+                read.notify_all()
+        return rows
+
+    def posting(self: Pusher, chunk: list[Any]) -> Any:
+        if chunk[0].target == HISTORY_ORDER:
+            with read:  # Brevo takes each batch of a full page until the next page is read
+                page = sum(1 for after, _, _ in pages if chunk[0].id > after)
+                full = pages[page - 1][1] == 20
+                overlapped.append(read.wait_for(lambda: len(pages) > page, timeout=5) if full else None)
+        return post(self, chunk)
+
+    monkeypatch.setattr(Pusher, "_due_events", reading)
+    monkeypatch.setattr(Pusher, "_post_batch", posting)
+    connector.sync()
+    assert [(n, ahead) for _, n, ahead in pages] == [(20, False), (20, True), (5, True)]
+    assert overlapped == [True] * 20 + [None] * 3
+    with connector.brevo.lock:
+        assert sorted(o["id"] for o in connector.brevo.orders) == [str(8800 + i) for i in range(45)]
+    assert connector.rows("SELECT status, count(*) FROM outbox WHERE target = :t GROUP BY status",
+                          t=HISTORY_ORDER) == [("delivered", 45)]
+
+
 def test_history_orders_are_left_for_the_next_turn_once_the_turn_s_share_is_spent(
         connector: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
     connector.policy = replace(connector.policy, batch_max_events=2, import_settle_seconds=0.0, history_seconds=0.0)
@@ -165,8 +203,8 @@ def test_history_orders_are_left_for_the_next_turn_once_the_turn_s_share_is_spen
     pages: list[int] = []
     due = Pusher._due_events
 
-    def reading(self: Pusher, target: str, now: datetime, after: int) -> Any:
-        rows = due(self, target, now, after)
+    def reading(self: Pusher, target: str, now: datetime, after: int, engine: sa.Engine | None = None) -> Any:
+        rows = due(self, target, now, after, engine)
         if target == HISTORY_ORDER and rows:
             pages.append(after)
         return rows
