@@ -488,14 +488,14 @@ class Pusher:
             return self._send_batches(self._event_chunks(rows))
         began = time.monotonic()
         delivered = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-pages") as reading:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-pages") as next_page:
             while rows:
                 other_left = self.client.pacer.remaining("other")
                 if other_left is not None and other_left <= self.policy.other_reserve:
                     break  # history has no single-call way in (the single order endpoint is live)
                 after, full = rows[-1].id or 0, len(rows) == self._events_page
                 spent = time.monotonic() - began >= self.policy.history_seconds
-                ahead = (reading.submit(self._due_events, target, now, after, self.reading)
+                ahead = (next_page.submit(self._due_events, target, now, after, self.reading)
                          if full and not spent and self.reading is not None else None)
                 sent = self._send_batches(self._event_chunks(rows))
                 delivered += sent
