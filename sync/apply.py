@@ -611,14 +611,16 @@ def _line_products(lines: Iterable[Any]) -> list[int | None]:
     return [line.product_id if isinstance(line, LineRecord) else line.get("product_id") for line in lines]
 
 
-def wanted_by(records: Iterable[Any]) -> Wanted:
-    """Everything applying these parsed deliveries will look up, for one prefetch."""
+def wanted_by(records: Iterable[Any], *, live: bool = True) -> Wanted:
+    """Everything applying these parsed deliveries will look up, for one prefetch. Without `live` (history: no
+    event is made), not the orders each buyer already has, which only an order's live events count."""
     wanted = Wanted()
     for rec in records:
         if isinstance(rec, OrderRecord):
             wanted.add(Order, rec.order_id)
             wanted.buyer(rec.contact_key, rec.email, rec.phone)
-            wanted.order_keys.add(rec.contact_key or "")
+            if live:
+                wanted.order_keys.add(rec.contact_key or "")
             if rec.customer is not None:
                 wanted.add(Customer, rec.customer.customer_id)
             wanted.refunds_of.add(rec.order_id)
@@ -676,7 +678,7 @@ def prepare(records: Sequence[Any], shop_domain: str) -> Prepared:
             buyer = _buyer("", rec.customer_id, rec.email, rec.phone)
             if buyer is not None:
                 bodies[rec.order_id] = jsontext.dumps(_order_body(rec, buyer, shop_domain))
-    return Prepared(wanted_by(records), bodies)
+    return Prepared(wanted_by(records, live=False), bodies)
 
 
 def write_events(ctx: ApplyContext) -> int:

@@ -67,10 +67,12 @@ class Wanted:
         self.add(Contact, *keys)
 
     def buyer(self, key: str | None, email: str | None, phone: str | None) -> None:
-        """A buyer's key, the guest keys a customer would absorb, and the customer a guest may be."""
+        """A buyer's key, the guest keys a customer would absorb, and the customer a guest may be (a customer's
+        own key is theirs: no customer is looked for by their email or phone)."""
         self.contact(key, f"e:{email}" if email else None, f"p:{phone}" if phone else None)
-        self.customers_by["email"].add(email)
-        self.customers_by["phone"].add(phone)
+        if key and not key.startswith("c:"):
+            self.customers_by["email"].add(email)
+            self.customers_by["phone"].add(phone)
 
 
 class BatchMirror:

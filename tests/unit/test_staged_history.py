@@ -6,8 +6,10 @@ import json
 import pickle
 from decimal import Decimal
 
+from connector.models import Contact
 from mappings.shopify import CustomerRecord, OrderRecord
 from mappings.shopify_graphql import RESOURCES, assemble, parse_staged
+from sync.apply import prepare, wanted_by
 from sync.backfill import _object_id
 
 ORDER = {"id": "gid://shopify/Order/5001", "name": "#1001", "number": 1001, "email": "Ada@Example.com",
@@ -49,3 +51,17 @@ def test_a_staged_line_s_id_is_read_from_its_start_or_else_from_its_json() -> No
     assert _object_id(json.dumps(ORDER, separators=(",", ":"))) == "gid://shopify/Order/5001"
     assert _object_id(json.dumps({"name": "#1", "id": "gid://shopify/Order/7"})) == "gid://shopify/Order/7"
     assert _object_id('{"id":"gid://shopify/Order/\\u0038","a":1}') == "gid://shopify/Order/8"  # escaped
+
+
+def test_history_looks_up_a_customer_by_email_only_for_a_guest_and_no_buyer_s_other_orders() -> None:
+    orders = RESOURCES["orders"]
+    [(_, _, guest)] = parse_staged(orders, OrderRecord.from_payload, _lines(ORDER), _lines(*LINES))
+    customer_order = {**ORDER, "id": "gid://shopify/Order/5002", "customer": {"id": "gid://shopify/Customer/3"}}
+    [(_, _, known)] = parse_staged(orders, OrderRecord.from_payload, _lines(customer_order), [])
+    assert guest.contact_key == "e:ada@example.com" and known.contact_key == "c:3"
+    wanted = prepare([guest, known], "shop.myshopify.com").wanted
+    # The guest may be a customer with that email; the customer's order is theirs. History makes no live event,
+    # so no buyer's earlier orders are counted (a live batch looks them up for its purchase events).
+    assert wanted.customers_by["email"] == {"ada@example.com"}
+    assert wanted.order_keys == set() and wanted_by([guest, known]).order_keys == {"e:ada@example.com", "c:3"}
+    assert {"c:3", "e:ada@example.com"} <= wanted.rows[Contact]  # the guest keys a customer would absorb, too
