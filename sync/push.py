@@ -89,6 +89,11 @@ class Pusher:
         self.list_id = list_id
         self._held_back = False  # a contacts call this turn was answered "wait": the rest waits for the next turn
 
+    @property
+    def held_back(self) -> bool:
+        """Brevo asked to wait for a contacts call of this turn: no more contacts go until the next one."""
+        return self._held_back
+
     # --- calling Brevo ----------------------------------------------------------------------
 
     def _send(self, family: str, call: Callable[[], T]) -> T:
@@ -104,7 +109,7 @@ class Pusher:
 
     # --- contacts ---------------------------------------------------------------------------
 
-    def push_contacts(self) -> int:
+    def push_contacts(self, *, full_only: bool = False) -> int:
         """Send every due pending contact. Returns how many Brevo accepted.
 
         The backlog is read a page at a time, keeping of each contact only its key, how it must go and its import
@@ -112,22 +117,29 @@ class Pusher:
         of each kind of import goes out at the end. Memory holds an import or two whatever the backlog (a
         backfill's hundred thousand contacts), and every import but the last of each kind is full. A turn sends
         at most `singles_per_turn` contacts one by one, and stops at the first call Brevo asks to wait for: the
-        rest stays due for the next turn, its attempts untouched."""
+        rest stays due for the next turn, its attempts untouched.
+
+        With `full_only` (between two batches of buyers being built: `Worker._build_profiles`), only full imports
+        go: what is left of each kind, and the contacts that must go one by one, wait for the next call."""
         now = self.clock.now()
         groups: dict[tuple[bool, bool], list[tuple[str, int]]] = {}
         delivered, after, first, single_calls = 0, "", True, 0
         self._held_back = False
+        if full_only and self.list_id is None:
+            return 0  # no import without the shop's list
         while True:
             singles, more = self._plan_contacts(now, after, groups)
-            if self.list_id is None or (first and not more
-                                        and sum(map(len, groups.values())) <= self.policy.single_max):
+            if full_only:
+                singles = []
+            elif self.list_id is None or (first and not more
+                                          and sum(map(len, groups.values())) <= self.policy.single_max):
                 singles = sorted(singles + [key for group in groups.values() for key, _ in group])  # a few: at once
                 groups = {}
             single_calls += len(singles)
             last = more is None or single_calls >= self.policy.singles_per_turn
             for (email_out, sms_out), group in sorted(groups.items()):
                 chunks = self._import_chunks(group)
-                if not last and chunks:  # the last one may fill up on the next page
+                if (full_only or not last) and chunks:  # the last one may fill up on the next page (or call)
                     group[:] = group[len(group) - len(chunks.pop()):]
                 else:
                     group.clear()

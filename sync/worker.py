@@ -84,6 +84,9 @@ T = TypeVar("T")
 INBOX_BATCH = 200
 HISTORY_BATCH = 1000  # a batch that starts with history
 BUILD_BATCH = 500  # buyers built per unit of work
+# While a large number of buyers is built, the full imports of those built so far go to Brevo each time this many
+# more are built (`ImportsWhileBuilding`): an import or two (at 100,000 customers, about 6,000 contacts fill 8 MB).
+IMPORT_EVERY = 10_000
 SHOP_TIME_SLICE = 5.0  # seconds of inbox work per lease before pushing and letting others in
 UNKNOWN_SHOPS_EVERY = 300.0  # seconds between two looks for privacy deliveries of shops not held here
 POLL_RETRY = timedelta(minutes=1)  # a failed poll (Shopify down, throttled) is tried again this soon
@@ -132,6 +135,34 @@ class WorkerStats:
     contacts_pushed: int = 0
     events_pushed: int = 0
     built: int = 0  # dirty contacts looked at by the builder
+
+
+class ImportsWhileBuilding:
+    """While many buyers are built in one go (a backfill's hundred thousand), each import that fills up with those
+    built so far goes to Brevo between two batches (`Pusher.push_contacts` with `full_only`), and Brevo takes it
+    while the next buyers are built, instead of every import waiting for the last buyer: called each time
+    `IMPORT_EVERY` more buyers are built (`Worker._build_profiles`); what is left goes once the building is done,
+    as before. Nothing goes before the categories' options are in Brevo (`ready`), nor once Brevo has asked to
+    wait (until the next turn). (Leaving the last import of each call on its way while the building went on
+    saved the worker's wait for Brevo's answer, about 5 s at 100,000 customers on PostgreSQL, but the
+    connector's peak memory grew from 276 to 352 MB on SQLite.)"""
+
+    def __init__(self, pusher: Pusher, *, ready: Callable[[], bool], stats: WorkerStats) -> None:
+        self.pusher, self._ready, self._stats = pusher, ready, stats
+        self._due = IMPORT_EVERY
+        self._going: bool | None = None  # unknown until the first imports are due
+
+    def __call__(self, built: int) -> None:
+        if built < self._due or self._going is False:
+            return
+        self._due = built + IMPORT_EVERY
+        if self._going is None:
+            self._going = self._ready()
+            if not self._going:
+                return
+        self._stats.contacts_pushed += self.pusher.push_contacts(full_only=True)
+        if self.pusher.held_back:
+            self._going = False
 
 
 class Worker:
@@ -378,7 +409,8 @@ class Worker:
             with unit_of_work(self.engine) as session:
                 recompute_shop(session, shop, now)
                 fence(session, lease, now=now, seconds=self.settings.lease_seconds)
-        shop = self._build_profiles(lease, shop, now, live_only=history_left)  # re-read: figures just set count
+        shop = self._build_profiles(lease, shop, now, live_only=history_left,  # re-read: figures just set count
+                                    between=self._imports_while_building(lease, shop, client))
         if not history_left and (
                 shop.rfm_due_at is None or as_utc(shop.rfm_due_at) <= now  # type: ignore[operator]
                 or (shop.rfm_thresholds is None and self._has_buyers(lease.shop_id))):
@@ -522,11 +554,15 @@ class Worker:
                 self.held.add(lease.shop_id)  # nothing else waits in its inbox either
         return running or staged or history
 
-    def _build_profiles(self, lease: Lease, shop: Shop, now: datetime, *, live_only: bool = False) -> Shop:
+    def _build_profiles(self, lease: Lease, shop: Shop, now: datetime, *, live_only: bool = False,
+                        between: Callable[[int], None] | None = None) -> Shop:
+        """Every dirty buyer of the shop built (with `live_only`, those news made dirty), a batch per unit of work;
+        `between` is called after each batch with how many buyers this call has built so far."""
         with unit_of_work(self.engine) as session:
             shop = session.get(Shop, lease.shop_id) or shop
         context = ShopContext.of(shop, now, freshness_hours=self.settings.event_freshness_hours)
         ahead = Lookahead()
+        done = 0
         while True:
             with unit_of_work(self.engine) as session:
                 built = build_dirty_contacts(session, context, limit=BUILD_BATCH, live_only=live_only,
@@ -538,6 +574,27 @@ class Worker:
                 return shop
             self.stats.built += built
             self.built_statistics_due = self._statistics(self.stats.built, self.built_statistics_due, BUILT_TABLES)
+            done += built
+            if between is not None:
+                between(done)
+
+    def _imports_while_building(self, lease: Lease, shop: Shop, client: BrevoClient | None
+                                ) -> ImportsWhileBuilding | None:
+        """What sends the imports that fill up while the shop's buyers are built (see `ImportsWhileBuilding`);
+        None when nothing may go before the building is done: the shop's Brevo account is not set up, or the
+        shop's RFM figures are to be worked out right after this building (its first buyers, the daily
+        recompute), which builds again the buyers whose score moves, in the same turn: they would go to Brevo
+        twice. (A backfill's figures come before its buyers are built.)"""
+        if client is None or shop.brevo_ready_at is None:
+            return None
+        with unit_of_work(self.engine) as session:
+            row = session.get(Shop, lease.shop_id)
+            rfm_due = None if row is None or row.rfm_thresholds is None else as_utc(row.rfm_due_at)
+        if rfm_due is None or rfm_due <= self.clock.now():
+            return None
+        pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
+        return ImportsWhileBuilding(pusher, ready=lambda: self._sync_category_options(lease, shop, client),
+                                    stats=self.stats)
 
     def _settle_history_figures(self, lease: Lease, shop: Shop, now: datetime) -> bool:
         """The RFM figures of the contacts only history made dirty (see `settle_history_figures`); whether

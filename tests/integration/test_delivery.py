@@ -317,6 +317,53 @@ def test_the_next_import_is_read_while_brevo_takes_the_one_before(engine: sa.Eng
         assert all(r.sent_hash for r in rows)
 
 
+def test_full_imports_go_out_while_the_rest_of_the_buyers_are_still_being_built(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sync.worker.BUILD_BATCH", 5)
+    monkeypatch.setattr("sync.worker.IMPORT_EVERY", 20)  # imports that filled up go every 20 buyers built
+    monkeypatch.setattr("sync.push.PLAN_PAGE", 10)  # planned 10 contacts at a time: imports of 5 on each page
+    dirty: dict[str, list[int]] = {"read": [], "answered": []}
+    load, answered = Pusher._load_contacts, Pusher._import_answered
+
+    def count(self: Pusher, moment: str) -> None:
+        with self.engine.connect() as conn:  # between two batches of buyers: nothing of theirs is uncommitted
+            dirty[moment].append(conn.execute(sa.text("SELECT count(*) FROM contacts WHERE dirty")).scalar_one())
+
+    def loading(self: Pusher, keys: Any, now: Any) -> Any:
+        count(self, "read")  # an import's contacts are read just before it is sent
+        return load(self, keys, now)
+
+    def answering(self: Pusher, chunk: Any, reply: Any) -> Any:
+        count(self, "answered")
+        return answered(self, chunk, reply)
+
+    monkeypatch.setattr(Pusher, "_load_contacts", loading)
+    monkeypatch.setattr(Pusher, "_import_answered", answering)
+    for connector in iter_connector(engine, policy=PushPolicy(import_max_rows=5, single_max=2, lease_seconds=5)):
+        connector.post("orders/create", order(999, customer_id=99, email="first@example.com"))
+        connector.sync()  # the account is set up, a first buyer sent, and the shop's RFM figures worked out
+        dirty["read"].clear()
+        dirty["answered"].clear()
+        with connector.brevo.lock:
+            first_calls = len(connector.brevo.calls)
+        _orders(connector, 40)
+        connector.sync()
+        with connector.brevo.lock:
+            sizes = [p["info"]["import"]["created_contacts"] for p in connector.brevo.processes.values()]
+            updated = sum(p["info"]["import"]["updated_contacts"] for p in connector.brevo.processes.values())
+            held = len(connector.brevo.contacts)
+        # Built 20 (of 40): the three imports that filled up on its two pages went, the one that may still fill up
+        # waited; built 40: four more; the last went once every buyer was built. Each buyer went once.
+        assert sizes == [5] * 8 and updated == 0 and held == 41
+        assert dirty["read"] == [20, 20, 20, 0, 0, 0, 0, 0]
+        # Each import's answer is written down before the building goes on.
+        assert dirty["answered"] == dirty["read"]
+        assert not [c for c in connector.brevo.calls[first_calls:] if c.path == "/v3/contacts"]  # none alone
+        rows = connector.rows("SELECT push_state, dirty, attempts FROM contacts")
+        assert {(r.push_state, bool(r.dirty), r.attempts) for r in rows} == {("idle", False, 0)}
+        assert len(connector.events("order_completed")) == 41  # their events followed
+
+
 def test_an_import_brevo_asks_to_wait_for_holds_back_the_imports_read_after_it(connector: Connector) -> None:
     connector.post("orders/create", order(999, customer_id=99, email="first@example.com"))
     connector.sync()  # the account is set up and a first buyer sent
