@@ -317,7 +317,7 @@ def test_the_next_import_is_read_while_brevo_takes_the_one_before(engine: sa.Eng
         assert all(r.sent_hash for r in rows)
 
 
-def test_full_imports_go_out_while_the_rest_of_the_buyers_are_still_being_built(
+def test_on_postgresql_full_imports_go_out_while_the_rest_of_the_buyers_are_still_being_built(
         engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sync.worker.BUILD_BATCH", 5)
     monkeypatch.setattr("sync.worker.IMPORT_EVERY", 20)  # imports that filled up go every 20 buyers built
@@ -353,9 +353,11 @@ def test_full_imports_go_out_while_the_rest_of_the_buyers_are_still_being_built(
             updated = sum(p["info"]["import"]["updated_contacts"] for p in connector.brevo.processes.values())
             held = len(connector.brevo.contacts)
         # Built 20 (of 40): the three imports that filled up on its two pages went, the one that may still fill up
-        # waited; built 40: four more; the last went once every buyer was built. Each buyer went once.
+        # waited; built 40: four more; the last went once every buyer was built. Each buyer went once. On SQLite
+        # (where the worker is busy building meanwhile: it would only add to the building) all wait for the last.
         assert sizes == [5] * 8 and updated == 0 and held == 41
-        assert dirty["read"] == [20, 20, 20, 0, 0, 0, 0, 0]
+        postgres = engine.dialect.name == "postgresql"
+        assert dirty["read"] == ([20, 20, 20, 0, 0, 0, 0, 0] if postgres else [0] * 8)
         # Each import's answer is written down before the building goes on.
         assert dirty["answered"] == dirty["read"]
         assert not [c for c in connector.brevo.calls[first_calls:] if c.path == "/v3/contacts"]  # none alone
