@@ -142,10 +142,10 @@ class ImportsWhileBuilding:
     up with those built so far goes to Brevo between two batches (`Pusher.push_contacts` with `full_only`), and
     Brevo takes it while the next buyers are built, instead of every import waiting for the last buyer: called
     each time `IMPORT_EVERY` more buyers are built (`Worker._build_profiles`); what is left goes once the building
-    is done, as before. Nothing goes before the categories' options are in Brevo (`ready`), nor once Brevo has
-    asked to wait (until the next turn). (Leaving the last import of each call on its way while the building goes
-    on would save the worker's wait for Brevo's answer, about 5 s of building 100,000 customers on PostgreSQL,
-    but in a run on SQLite the connector's peak memory grew from 276 to 352 MB.)"""
+    is done, as before. Nothing goes unless `ready` says imports may go (asked when they are first due), nor once
+    Brevo has asked to wait (until the next turn). (Leaving the last import of each call on its way while the
+    building goes on would save the worker's wait for Brevo's answer, about 5 s of building 100,000 customers on
+    PostgreSQL, but in a run on SQLite the connector's peak memory grew from 276 to 352 MB.)"""
 
     def __init__(self, pusher: Pusher, *, ready: Callable[[], bool], stats: WorkerStats) -> None:
         self.pusher, self._ready, self._stats = pusher, ready, stats
@@ -581,24 +581,28 @@ class Worker:
     def _imports_while_building(self, lease: Lease, shop: Shop, client: BrevoClient | None
                                 ) -> ImportsWhileBuilding | None:
         """What sends the imports that fill up while the shop's buyers are built (see `ImportsWhileBuilding`), on
-        PostgreSQL; None when nothing may go before the building is done: the shop's Brevo account is not set up,
-        or the shop's RFM figures are to be worked out right after this building (its first buyers, the daily
-        recompute), which builds again the buyers whose score moves, in the same turn: they would go to Brevo
-        twice. (A backfill's figures come before its buyers are built.)"""
+        PostgreSQL, once the shop's Brevo account is set up."""
         if client is None or shop.brevo_ready_at is None or self.engine.dialect.name != "postgresql":
             # On SQLite the worker's own work keeps its core busy while it builds (its helper reads and computes
             # on the other): what sending imports meanwhile costs it is added to the building (a backfill of
             # 100,000 customers, in runs minutes apart: 188 s without, 197-201 s with). On PostgreSQL it waits for
             # the server meanwhile, and the imports fill those waits: 216-217 s instead of 227.
             return None
+        pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
+        return ImportsWhileBuilding(pusher, ready=lambda: self._imports_may_go(lease, shop, client), stats=self.stats)
+
+    def _imports_may_go(self, lease: Lease, shop: Shop, client: BrevoClient) -> bool:
+        """Whether imports may go before the building is done (asked once it has built `IMPORT_EVERY` buyers): not
+        when the shop's RFM figures are to be worked out right after it (its first buyers, the daily recompute),
+        which builds again the buyers whose score moves, in the same turn: they would go to Brevo twice (a
+        backfill's figures come before its buyers are built); and only once the categories' options are in
+        Brevo."""
         with unit_of_work(self.engine) as session:
             row = session.get(Shop, lease.shop_id)
             rfm_due = None if row is None or row.rfm_thresholds is None else as_utc(row.rfm_due_at)
         if rfm_due is None or rfm_due <= self.clock.now():
-            return None
-        pusher = Pusher(self.engine, client, lease, self.clock, self.policy, list_id=shop.brevo_list_id)
-        return ImportsWhileBuilding(pusher, ready=lambda: self._sync_category_options(lease, shop, client),
-                                    stats=self.stats)
+            return False
+        return self._sync_category_options(lease, shop, client)
 
     def _settle_history_figures(self, lease: Lease, shop: Shop, now: datetime) -> bool:
         """The RFM figures of the contacts only history made dirty (see `settle_history_figures`); whether
