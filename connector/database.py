@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -382,6 +383,50 @@ def _sqlite_read_begin(conn: sa.Connection) -> None:
 def _sqlite_begin(conn: sa.Connection) -> None:
     # Writers take the write lock up front: no deadlock-prone read->write upgrades between workers.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class WalCheckpointer:
+    """SQLite: copy the write-ahead log into the database file from a thread of its own, soon after each
+    `written` (every `interval` seconds at most, so that a burst's commits gather into one checkpoint), while the
+    writer goes on. A PASSIVE checkpoint waits for no reader or writer: commits go on meanwhile, and SQLite does
+    the copying without holding the interpreter, so it runs on another core. The log still starts over only after
+    a commit's own checkpoint (SQLite's automatic one, left on), which then has only the last few pages to copy.
+    Used by the intake (a webhook waits behind each commit) and by a backfill's staging (1.7 GB of lines at
+    100,000 customers). `close` ends the thread."""
+
+    def __init__(self, engine: Engine, *, interval: float = 0.05) -> None:
+        self.engine, self.interval = engine, interval
+        self.pending = threading.Event()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="wal-checkpointer", daemon=True)
+        self.thread.start()
+
+    def written(self) -> None:
+        self.pending.set()
+
+    def close(self) -> None:
+        """The thread ends once its checkpoint under way, if any, is done."""
+        self.closed = True
+        self.pending.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.pending.wait()
+            if self.closed:
+                return
+            time.sleep(self.interval)
+            self.pending.clear()
+            try:
+                # A pooled connection for the moment of the checkpoint only: one held open for good would outlive
+                # its engine (and SQLite's record of the locks this process holds on the file).
+                raw = self.engine.raw_connection()
+                try:
+                    raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    raw.close()
+            except Exception as exc:  # the log just grows a little more; the next turn tries again
+                log.warning("write-ahead log checkpoint failed: %s", exc)
 
 
 def forget_erased(engine: Engine, *, attempts: int = 50, pause: float = 0.1) -> bool:

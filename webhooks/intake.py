@@ -10,7 +10,6 @@ import hmac
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from connector.database import is_sqlite
+from connector.database import WalCheckpointer, is_sqlite
 from connector.models import LIFECYCLE_TOPICS, InboxEntry
 
 log = logging.getLogger("connector.intake")
@@ -131,38 +130,6 @@ class InboxWriter:
         if self.checkpointer is not None:
             self.checkpointer.written()
         return stored
-
-
-class WalCheckpointer:
-    """SQLite: copy the write-ahead log into the database file from a thread of its own, every few hundredths of
-    a second while deliveries are written. A PASSIVE checkpoint waits for no reader or writer: commits go on
-    meanwhile. The log still starts over only after a commit's own checkpoint (SQLite's automatic one, left on),
-    which now has only the last few pages to copy."""
-
-    def __init__(self, engine: Engine, *, interval: float = 0.05) -> None:
-        self.engine, self.interval = engine, interval
-        self.pending = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="wal-checkpointer", daemon=True)
-        self.thread.start()
-
-    def written(self) -> None:
-        self.pending.set()
-
-    def _run(self) -> None:
-        while True:
-            self.pending.wait()
-            time.sleep(self.interval)  # let a burst's commits gather: one checkpoint for all of them
-            self.pending.clear()
-            try:
-                # A pooled connection for the moment of the checkpoint only: one held open for good would outlive
-                # its engine (and SQLite's record of the locks this process holds on the file).
-                raw = self.engine.raw_connection()
-                try:
-                    raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                finally:
-                    raw.close()
-            except Exception as exc:  # the log just grows a little more; the next turn tries again
-                log.warning("write-ahead log checkpoint failed: %s", exc)
 
 
 @dataclass(frozen=True)
