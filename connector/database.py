@@ -405,7 +405,7 @@ class WalCheckpointer:
         self.pending.set()
 
     def close(self) -> None:
-        """The thread ends once its checkpoint under way, if any, is done."""
+        """The thread copies what is left in the log, then ends."""
         self.closed = True
         self.pending.set()
         self.thread.join()
@@ -413,9 +413,8 @@ class WalCheckpointer:
     def _run(self) -> None:
         while True:
             self.pending.wait()
-            if self.closed:
-                return
-            time.sleep(self.interval)
+            if not self.closed:
+                time.sleep(self.interval)
             self.pending.clear()
             try:
                 # A pooled connection for the moment of the checkpoint only: one held open for good would outlive
@@ -427,6 +426,8 @@ class WalCheckpointer:
                     raw.close()
             except Exception as exc:  # the log just grows a little more; the next turn tries again
                 log.warning("write-ahead log checkpoint failed: %s", exc)
+            if self.closed:
+                return
 
 
 def forget_erased(engine: Engine, *, attempts: int = 50, pause: float = 0.1) -> bool:

@@ -52,7 +52,7 @@ from sqlmodel import col
 
 from connector import jsontext
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import insert_rows, one_of, refresh_statistics, unit_of_work
+from connector.database import WalCheckpointer, insert_rows, one_of, refresh_statistics, unit_of_work
 from connector.models import Backfill, BackfillRow, Shop
 from connector.shopify import (
     BulkBusy,
@@ -384,6 +384,10 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
     staged = run.staged
     writing: tuple[Future[None], int] | None = None  # the chunk being written, and the last line in it
     overlap = engine.dialect.name == "postgresql"
+    # SQLite: each chunk's pages are copied from the log into the file by a thread of its own (SQLite's own work,
+    # on the other core) while the next chunk is read, instead of by the commit of a later chunk (100,000
+    # customers' files, with 8 KB pages, three runs each, alternating: staged in 22.6-23.4 s instead of 23.9-25.0).
+    checkpointer = None if overlap else WalCheckpointer(engine, interval=0.0)
 
     def write(rows: list[dict[str, object]], last: int, check_marker: bool) -> None:  # in the writer thread
         with unit_of_work(engine) as session:
@@ -399,6 +403,8 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
             future, last = writing
             writing = None
             future.result()
+            if checkpointer is not None:
+                checkpointer.written()
             run.staged = last
             report(Progress(run.resource, "staging", last, run.lines))
 
@@ -433,7 +439,11 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
                     flush()
             flush()
         finally:
-            written()  # whatever stopped the reading, what was read is stored (or its own error is raised)
+            try:
+                written()  # whatever stopped the reading, what was read is stored (or its own error is raised)
+            finally:
+                if checkpointer is not None:
+                    checkpointer.close()
     return _save(engine, run, status="staged", lines=max(run.lines, staged))
 
 

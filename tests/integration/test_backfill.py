@@ -157,6 +157,21 @@ def test_every_file_is_staged_then_applied_resource_after_resource_buyers_before
     assert order == ["customers", "products", "orders", "checkouts"] and len(taken) > 8
 
 
+def test_staging_leaves_no_thread_behind_whether_it_ends_or_is_cut_off(
+        connector: Connector, store: SimulatedStore) -> None:
+    # On SQLite a thread copies each staged chunk out of the write-ahead log while the next one is read.
+    def checkpointers() -> set[threading.Thread]:  # an intake's (of an earlier test) lives as long as its process
+        return {t for t in threading.enumerate() if t.name == "wal-checkpointer"}
+
+    before = checkpointers()
+    assert _backfill(connector, resources=["customers"]) == [("customers", "staged", len(store.customers))]
+    connector.shopify.bulk_faults.append("truncate")
+    assert _backfill(connector, resources=["orders"]) == [("orders", "failed", 0)]
+    assert checkpointers() <= before
+    [row] = connector.rows("SELECT count(*) AS n FROM backfill_rows WHERE parent IS NULL AND line > 0")
+    assert row.n > len(store.customers)  # the customers' lines and what the cut-off file gave before the cut
+
+
 def test_running_a_finished_backfill_again_changes_nothing(connector: Connector, store: SimulatedStore) -> None:
     clock = FixedClock(datetime.now(UTC))  # RFM recency moves with time: that would be news of its own
     connector.policy = replace(connector.policy, import_settle_seconds=0.0)  # imports count at once, time still
