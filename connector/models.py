@@ -157,9 +157,11 @@ class Order(SQLModel, table=True):
     __tablename__ = "orders"
     __table_args__ = (
         sa.Index("ix_orders_contact", "shop_id", "contact_key"),
-        sa.Index("ix_orders_checkout", "shop_id", "checkout_id"),
-        sa.Index("ix_orders_checkout_token", "shop_id", "checkout_token"),
-        sa.Index("ix_orders_cart_token", "shop_id", "cart_token"),
+        # Only orders that carry the value (migration 0020): a backfill's orders carry none of the three.
+        *(sa.Index(name, "shop_id", column, sqlite_where=sa.text(f"{column} IS NOT NULL"),
+                   postgresql_where=sa.text(f"{column} IS NOT NULL"))
+          for name, column in (("ix_orders_checkout", "checkout_id"), ("ix_orders_checkout_token", "checkout_token"),
+                               ("ix_orders_cart_token", "cart_token"))),
     )
 
     shop_id: int = Field(primary_key=True)
