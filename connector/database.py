@@ -135,18 +135,20 @@ def update_many(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
         statement, ([*(row[i] for i in set_at), *constant_values, *(row[i] for i in key_at)] for row in values)))
 
 
-def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
+                columns: Sequence[str] | None = None) -> None:
     """Insert rows known to be new (each naming the same columns), with no conflict handling: one COPY on
     PostgreSQL, which costs it several times less per row than INSERT statements (a backfill writes millions),
-    one executemany on SQLite. Values go through the columns' own types, as in an INSERT."""
+    one executemany on SQLite. Values go through the columns' own types, as in an INSERT. With `columns`, only
+    those are taken from each row, which may hold more (an ORM row's `__dict__`, without copying it)."""
     if not rows:
         return
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        _insert(connection, table, rows)
+        _insert(connection, table, rows, columns=columns)
         return
     quote = connection.dialect.identifier_preparer
-    names, values = _driver_rows(connection, table, rows)
+    names, values = _driver_rows(connection, table, rows, columns=columns)
     statement = f"COPY {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) FROM STDIN"
 
     def copy(cursor: Any) -> None:
@@ -157,10 +159,11 @@ def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
     _run_driver(connection, statement, copy)
 
 
-def _insert(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], suffix: str = "") -> None:
+def _insert(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], suffix: str = "", *,
+            columns: Sequence[str] | None = None) -> None:
     """One INSERT (followed by `suffix`) run by the driver for every row."""
     quote = connection.dialect.identifier_preparer
-    names, values = _driver_rows(connection, table, rows)
+    names, values = _driver_rows(connection, table, rows, columns=columns)
     mark = "%s" if connection.dialect.name == "postgresql" else "?"
     statement = (f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) "
                  f"VALUES ({', '.join([mark] * len(names))}){suffix}")
@@ -168,7 +171,8 @@ def _insert(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[s
 
 
 def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
-                 with_defaults: bool = True) -> tuple[list[str], Iterator[list[Any]]]:
+                 with_defaults: bool = True, columns: Sequence[str] | None = None
+                 ) -> tuple[list[str], Iterator[list[Any]]]:
     """The column names and each row's values as the driver takes them, made as an INSERT through SQLAlchemy
     makes them (each value through its column's type; a column left out takes its default), without its
     per-row, per-parameter bookkeeping, which cost as much as the database's own work for the batches a
@@ -182,9 +186,9 @@ def _driver_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapp
             return _sqlite_datetime
         return kind.bind_processor(dialect)
 
-    names = list(rows[0])
+    names = list(rows[0] if columns is None else columns)
     defaults = {c.name: c.default.arg for c in table.columns  # type: ignore[attr-defined]
-                if with_defaults and c.name not in rows[0] and c.default is not None and c.default.is_scalar}
+                if with_defaults and c.name not in names and c.default is not None and c.default.is_scalar}
     typed = [(name, processor(name)) for name in names]
     fixed = [value if (bind := processor(name)) is None else bind(value) for name, value in defaults.items()]
     return names + list(defaults), (

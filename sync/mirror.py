@@ -297,9 +297,7 @@ class BatchMirror:
             rows = self._new.pop(model, None)
             if rows:
                 table = _table(model)
-                names = table.columns.keys()
-                insert_rows(self.session, table, [{name: state[name] for name in names}
-                                                  for state in (row.__dict__ for row in rows)])
+                insert_rows(self.session, table, [row.__dict__ for row in rows], columns=table.columns.keys())
                 self._written += rows
         for appended, values in self._appended.items():
             insert_rows(self.session, _table(appended), values)
