@@ -401,25 +401,12 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
         with unit_of_work(engine) as session:
             insert(session, rows, last, check_marker)
 
-    def inserted(rows: list[dict[str, object]], last: int, check_marker: bool) -> Session:
-        """SQLite: the chunk inserted here, its commit left to the writer thread (`commit`)."""
-        session = Session(engine, expire_on_commit=False)
-        try:
-            insert(session, rows, last, check_marker)
-        except BaseException:
-            session.rollback()
-            session.close()
-            raise
-        return session
-
-    def commit(session: Session) -> None:  # in the writer thread
-        try:
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    def inserted(rows: list[dict[str, object]], last: int, check_marker: bool) -> contextlib.ExitStack:
+        """SQLite: the chunk inserted here, in a unit of work left open: closing what is returned commits it
+        (in the writer thread)."""
+        with contextlib.ExitStack() as stack:
+            insert(stack.enter_context(unit_of_work(engine)), rows, last, check_marker)
+            return stack.pop_all()
 
     def written() -> None:
         """Wait for the chunk being written; it counts as staged once committed."""
@@ -439,7 +426,7 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
         if overlap:
             writing = writer.submit(write, batch, staged, not fresh), staged
         else:
-            writing = writer.submit(commit, inserted(batch, staged, not fresh)), staged
+            writing = writer.submit(inserted(batch, staged, not fresh).close), staged
         fresh, batch = False, []
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging") as writer:
