@@ -363,8 +363,11 @@ class OutboxEntry(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
         sa.UniqueConstraint("shop_id", "idempotency_key", name="uq_outbox_key"),
-        sa.Index("ix_outbox_due", "shop_id", "status", "next_attempt_at"),
-        sa.Index("ix_outbox_pending", "shop_id", "status", "target", "id"),
+        # Its pending rows alone (migration 0021): a query reaches them by `OUTBOX_PENDING`.
+        sa.Index("ix_outbox_due", "shop_id", "next_attempt_at", sqlite_where=sa.text("status = 'pending'"),
+                 postgresql_where=sa.text("status = 'pending'")),
+        sa.Index("ix_outbox_pending", "shop_id", "target", "id", sqlite_where=sa.text("status = 'pending'"),
+                 postgresql_where=sa.text("status = 'pending'")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -380,6 +383,12 @@ class OutboxEntry(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime | None = _ts()
     delivered_at: datetime | None = _ts()
+
+
+# The outbox's rows still to send, as a query must say it to reach the indexes that hold them alone: with the value
+# in the statement's text (PostgreSQL's generic plan of a prepared statement cannot know that a bound value is
+# 'pending', and would read the shop's whole outbox instead).
+OUTBOX_PENDING = OutboxEntry.__table__.c.status == sa.literal_column("'pending'")  # type: ignore[attr-defined]
 
 
 class LoyaltyEntry(SQLModel, table=True):

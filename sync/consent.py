@@ -16,7 +16,7 @@ from sqlmodel import col
 
 from connector.clock import Clock
 from connector.database import unit_of_work
-from connector.models import DeadLetter, OutboxEntry
+from connector.models import OUTBOX_PENDING, DeadLetter, OutboxEntry
 from connector.shopify import ShopifyAuthFailed, ShopifyClient, ShopifyError, ShopifyRetriable
 from sync.apply import SHOPIFY_CONSENT
 from sync.push import pause_shop
@@ -31,8 +31,7 @@ MAX_BACKOFF = timedelta(minutes=30)
 def due_consent_updates(engine: Engine, shop_id: int, clock: Clock) -> list[OutboxEntry]:
     with unit_of_work(engine) as session:
         rows = session.execute(sa.select(OutboxEntry).where(
-            col(OutboxEntry.shop_id) == shop_id, col(OutboxEntry.target) == SHOPIFY_CONSENT,
-            col(OutboxEntry.status) == "pending",
+            col(OutboxEntry.shop_id) == shop_id, col(OutboxEntry.target) == SHOPIFY_CONSENT, OUTBOX_PENDING,
             sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= clock.now()))
             .order_by(col(OutboxEntry.id)).limit(BATCH)).scalars().all()
         session.expunge_all()
@@ -44,8 +43,7 @@ def postpone_consent(engine: Engine, shop_id: int, clock: Clock, reason: str) ->
     with unit_of_work(engine) as session:
         session.execute(sa.update(OutboxEntry).where(
             col(OutboxEntry.shop_id) == shop_id, col(OutboxEntry.target) == SHOPIFY_CONSENT,
-            col(OutboxEntry.status) == "pending").values(next_attempt_at=clock.now() + timedelta(minutes=5),
-                                                         last_error=reason))
+            OUTBOX_PENDING).values(next_attempt_at=clock.now() + timedelta(minutes=5), last_error=reason))
 
 
 def write_consent(engine: Engine, lease: Lease, client: ShopifyClient, clock: Clock) -> int:

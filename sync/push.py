@@ -27,7 +27,7 @@ from connector.brevo import (
 )
 from connector.clock import Clock, as_utc
 from connector.database import chunked, forget_erased, one_of, unit_of_work, update_many
-from connector.models import Contact, DeadLetter, OutboxEntry, Product, Shop
+from connector.models import OUTBOX_PENDING, Contact, DeadLetter, OutboxEntry, Product, Shop
 from mappings.ecommerce import HISTORY_ORDER, CatalogProduct, categories_of, category_body, product_body
 from mappings.profile import body_hash as catalog_hash
 from sync.compliance import ERASE
@@ -410,8 +410,7 @@ class Pusher:
         now = self.clock.now()
         with unit_of_work(self.engine) as session:
             rows = session.execute(sa.select(OutboxEntry).where(
-                col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.target) == ERASE,
-                col(OutboxEntry.status) == "pending",
+                col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.target) == ERASE, OUTBOX_PENDING,
                 sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= now))
                 .order_by(col(OutboxEntry.id)).limit(50)).scalars().all()
         erased = 0
@@ -546,7 +545,7 @@ class Pusher:
         with unit_of_work(engine or self.engine) as session:
             # Plain rows, whose attributes are the entry's: read only, and several times cheaper than ORM objects.
             return cast(list[OutboxEntry], session.connection().execute(sa.select(*columns).where(
-                col(OutboxEntry.shop_id) == self.lease.shop_id, col(OutboxEntry.status) == "pending",
+                col(OutboxEntry.shop_id) == self.lease.shop_id, OUTBOX_PENDING,
                 col(OutboxEntry.target) == target, col(OutboxEntry.id) > after,
                 sa.or_(col(OutboxEntry.next_attempt_at).is_(None), col(OutboxEntry.next_attempt_at) <= now),
                 ~waiting)
