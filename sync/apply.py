@@ -229,7 +229,10 @@ def apply_customer(ctx: ApplyContext, rec: CustomerRecord, *, created: bool = Fa
         if consent is not None:
             _set_consent(ctx, row, consent, "customer")
     _merge_guest(ctx, key, rec.email, rec.phone)
-    ctx.touch(key, customer_id=rec.customer_id, email=rec.email, phone=rec.phone)
+    # With the customer's name: else the contact is created without one and each customer's first order sets it,
+    # an update of its own per buyer (a backfill's 90,000 customers with orders: 90,000 statements).
+    ctx.touch(key, customer_id=rec.customer_id, email=rec.email, phone=rec.phone, first_name=rec.first_name,
+              last_name=rec.last_name)
     if created and ctx.live:
         buyer = _buyer(key, rec.customer_id, rec.email, rec.phone)
         if buyer is not None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from connector.database import insert_new, unit_of_work
 from connector.models import InboxEntry
@@ -170,3 +171,19 @@ def test_history_is_applied_in_larger_batches_than_webhooks(connector: Connector
     connector.sync()
     assert sizes[:2] == [HISTORY_BATCH, 100]
     assert connector.rows("SELECT count(*) AS n FROM orders")[0].n == 250 + HISTORY_BATCH + 100
+
+
+def test_a_customers_contact_carries_their_name_from_the_start_and_their_orders_write_it_no_more(
+        connector: Connector) -> None:
+    connector.post("customers/create", customer(1, "ana@example.com", first="Ana", last="Silva"))
+    connector.sync()
+    [named] = connector.rows("SELECT first_name, last_name FROM contacts WHERE contact_key = 'c:1'")
+    assert (named.first_name, named.last_name) == ("Ana", "Silva")
+    updates: list[str] = []
+    sa.event.listen(connector.engine, "before_cursor_execute",
+                    lambda _c, _k, statement, *_: updates.append(statement) if "UPDATE contacts" in statement else None)
+    connector.post("orders/create", order(150))
+    connector.post("orders/create", order(151, number=1002, created=2, updated=2))
+    connector.sync()
+    assert not [s for s in updates if "first_name" in s.split("WHERE")[0]]  # their orders name them alike
+    assert connector.contact("ana@example.com")["attributes"]["ORDER_COUNT"] == 2
