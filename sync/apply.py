@@ -292,14 +292,13 @@ def apply_order(ctx: ApplyContext, rec: OrderRecord) -> str:
     if row is not None and _is_stale(row.updated_at_src, rec.updated_at):
         return "stale"
     key = ctx.resolve(rec.contact_key)
-    if rec.customer is not None:
-        customer = ctx.mirror.get(Customer, rec.customer.customer_id)
-        if customer is None:  # the order knows the buyer before customers/create arrives: start a stub
-            c = rec.customer
-            ctx.mirror.new(Customer, shop_id=ctx.shop_id, customer_id=c.customer_id, contact_key=c.contact_key,
-                           email=c.email or rec.email, phone=c.phone or rec.phone,
-                           first_name=c.first_name, last_name=c.last_name,
-                           country_code=c.country_code, city=c.city)
+    if rec.customer is not None and not ctx.mirror.exists(Customer, rec.customer.customer_id):
+        # the order knows the buyer before customers/create arrives: start a stub
+        c = rec.customer
+        ctx.mirror.new(Customer, shop_id=ctx.shop_id, customer_id=c.customer_id, contact_key=c.contact_key,
+                       email=c.email or rec.email, phone=c.phone or rec.phone,
+                       first_name=c.first_name, last_name=c.last_name,
+                       country_code=c.country_code, city=c.city)
     if key and key.startswith("c:"):
         _merge_guest(ctx, key, rec.email, rec.phone)
     previous_key = row.contact_key if row is not None else None
@@ -616,7 +615,8 @@ def _line_products(lines: Iterable[Any]) -> list[int | None]:
 
 def wanted_by(records: Iterable[Any], *, live: bool = True) -> Wanted:
     """Everything applying these parsed deliveries will look up, for one prefetch. Without `live` (history: no
-    event is made), not the orders each buyer already has, which only an order's live events count."""
+    event is made), not the orders each buyer already has, which only an order's live events count, nor the
+    products of its lines, which only its live events name."""
     wanted = Wanted()
     for rec in records:
         if isinstance(rec, OrderRecord):
@@ -625,13 +625,14 @@ def wanted_by(records: Iterable[Any], *, live: bool = True) -> Wanted:
             if live:
                 wanted.order_keys.add(rec.contact_key or "")
             if rec.customer is not None:
-                wanted.add(Customer, rec.customer.customer_id)
+                wanted.present[Customer].add(rec.customer.customer_id)
             wanted.refunds_of.add(rec.order_id)
             wanted.add(Refund, *(r.refund_id for r in rec.refunds))
             wanted.checkouts_by["token"].add(rec.checkout_token)
             wanted.checkouts_by["cart_token"].add(rec.cart_token)
             wanted.checkouts_by["checkout_id"].add(rec.checkout_id)
-            wanted.add(Product, *_line_products(rec.lines))
+            if live:  # only a live order's events name its products
+                wanted.add(Product, *_line_products(rec.lines))
         elif isinstance(rec, CustomerRecord):
             wanted.add(Customer, rec.customer_id)
             wanted.buyer(rec.contact_key, rec.email, rec.phone)
