@@ -229,10 +229,13 @@ def apply_customer(ctx: ApplyContext, rec: CustomerRecord, *, created: bool = Fa
         if consent is not None:
             _set_consent(ctx, row, consent, "customer")
     _merge_guest(ctx, key, rec.email, rec.phone)
-    # With the customer's name: else the contact is created without one and each customer's first order sets it,
-    # an update of its own per buyer (a backfill's 90,000 customers with orders: 90,000 statements).
-    ctx.touch(key, customer_id=rec.customer_id, email=rec.email, phone=rec.phone, first_name=rec.first_name,
-              last_name=rec.last_name)
+    # A new contact takes the customer's name: else each customer's first order would set it, an update of its own
+    # per buyer (a backfill's 90,000 customers with orders: 90,000 statements). A stored one keeps the name its
+    # orders gave it: the customer's own is read first anyway (`load_buyers`), and one without a last name must
+    # not erase the one an order's billing address gave.
+    known = ctx.dirty.get(key) or ctx.mirror.get(Contact, key)
+    first, last = (None, None) if known is not None else (rec.first_name, rec.last_name)
+    ctx.touch(key, customer_id=rec.customer_id, email=rec.email, phone=rec.phone, first_name=first, last_name=last)
     if created and ctx.live:
         buyer = _buyer(key, rec.customer_id, rec.email, rec.phone)
         if buyer is not None:

@@ -187,3 +187,14 @@ def test_a_customers_contact_carries_their_name_from_the_start_and_their_orders_
     connector.sync()
     assert not [s for s in updates if "first_name" in s.split("WHERE")[0]]  # their orders name them alike
     assert connector.contact("ana@example.com")["attributes"]["ORDER_COUNT"] == 2
+
+
+def test_a_customer_without_a_last_name_keeps_the_one_their_order_gave_when_updated(connector: Connector) -> None:
+    connector.post("orders/create", order(160))  # its buyer: Ana Silva
+    connector.post("customers/create", customer(1, "ana@example.com", first="Ana", last=None, updated=2))  # type: ignore[arg-type]
+    connector.sync()
+    connector.post("customers/update", customer(1, "ana@example.com", first="Ana", last=None, updated=5))  # type: ignore[arg-type]
+    connector.sync()
+    [named] = connector.rows("SELECT first_name, last_name FROM contacts WHERE contact_key = 'c:1'")
+    assert (named.first_name, named.last_name) == ("Ana", "Silva")
+    assert connector.contact("ana@example.com")["attributes"]["LASTNAME"] == "Silva"
