@@ -363,9 +363,8 @@ class OutboxEntry(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
         sa.UniqueConstraint("shop_id", "idempotency_key", name="uq_outbox_key"),
-        # Its pending rows alone (migration 0021): a query reaches them by `OUTBOX_PENDING`.
-        sa.Index("ix_outbox_due", "shop_id", "next_attempt_at", sqlite_where=sa.text("status = 'pending'"),
-                 postgresql_where=sa.text("status = 'pending'")),
+        sa.Index("ix_outbox_due", "shop_id", "status", "next_attempt_at"),
+        # The rows to send alone (migration 0021): a query reaches them by `OUTBOX_PENDING`.
         sa.Index("ix_outbox_pending", "shop_id", "target", "id", sqlite_where=sa.text("status = 'pending'"),
                  postgresql_where=sa.text("status = 'pending'")),
     )
@@ -385,7 +384,7 @@ class OutboxEntry(SQLModel, table=True):
     delivered_at: datetime | None = _ts()
 
 
-# The outbox's rows still to send, as a query must say it to reach the indexes that hold them alone: with the value
+# The outbox's rows still to send, as a query must say it to reach the index that holds them alone: with the value
 # in the statement's text (PostgreSQL's generic plan of a prepared statement cannot know that a bound value is
 # 'pending', and would read the shop's whole outbox instead).
 OUTBOX_PENDING = OutboxEntry.__table__.c.status == sa.literal_column("'pending'")  # type: ignore[attr-defined]
