@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from connector.database import insert_rows, one_of
 from connector.models import Order, Shop
+from tests.integration.indexes import index_definition, index_entries
 
 LOOKUPS = (("ix_orders_checkout", "checkout_id", 77), ("ix_orders_checkout_token", "checkout_token", "tok-77"),
            ("ix_orders_cart_token", "cart_token", "cart-77"))
@@ -53,14 +54,6 @@ def test_the_checkout_and_cart_indexes_hold_only_orders_that_carry_one(
         engine: Engine, index: str, column: str, value: object) -> None:
     _orders(engine)
     with Session(engine) as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(sa.text("ANALYZE orders"))
-            entries = session.execute(sa.text(
-                "SELECT reltuples FROM pg_class WHERE relname = :index"), {"index": index}).scalar_one()
-            assert entries == 1  # of 200 orders
-            definition = session.execute(sa.text(
-                "SELECT indexdef FROM pg_indexes WHERE indexname = :index"), {"index": index}).scalar_one()
-        else:
-            definition = session.execute(sa.text(
-                "SELECT sql FROM sqlite_master WHERE name = :index"), {"index": index}).scalar_one()
-        assert f"WHERE {column} IS NOT NULL" in definition.replace("(", "").replace(")", "")
+        assert index_entries(session, "orders", index, f"shop_id = 1 AND {column} IS NOT NULL") == 1  # of 200 orders
+        definition = index_definition(session, index)
+    assert f"WHERE {column} IS NOT NULL" in definition.replace("(", "").replace(")", "")

@@ -26,6 +26,7 @@ from sync.compliance import ERASE
 from sync.consent import due_consent_updates
 from sync.push import Pusher
 from sync.queue import Lease, due_shop_count
+from tests.integration.indexes import index_definition, index_entries
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 INDEXES = ("ix_outbox_due", "ix_outbox_pending")
@@ -133,19 +134,7 @@ def test_the_pushers_reads_by_target_go_through_the_index_of_the_rows_to_send_al
 def test_a_row_sent_leaves_the_index_of_the_rows_to_send(engine: Engine) -> None:
     _outbox(engine)
     with Session(engine) as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(sa.text("ANALYZE outbox"))
-            entries = session.execute(sa.text(
-                "SELECT reltuples FROM pg_class WHERE relname = :index"), {"index": PENDING_ONLY}).scalar_one()
-            assert entries == len(TARGETS)  # of 300 rows
-            definition = session.execute(sa.text(
-                "SELECT indexdef FROM pg_indexes WHERE indexname = :index"), {"index": PENDING_ONLY}).scalar_one()
-        else:
-            entries = session.execute(sa.text(
-                f"SELECT count(*) FROM outbox INDEXED BY {PENDING_ONLY} WHERE shop_id = 1 AND status = 'pending'")
-            ).scalar_one()
-            assert entries == len(TARGETS)
-            definition = session.execute(sa.text(
-                "SELECT sql FROM sqlite_master WHERE name = :index"), {"index": PENDING_ONLY}).scalar_one()
-        assert "status" not in definition.split("WHERE")[0]
-        assert "WHERE" in definition and "'pending'" in definition.split("WHERE")[1]
+        assert index_entries(session, "outbox", PENDING_ONLY, "shop_id = 1 AND status = 'pending'") == len(TARGETS)
+        definition = index_definition(session, PENDING_ONLY)
+    assert "status" not in definition.split("WHERE")[0]  # of 300 rows, the 3 to send; and not their status
+    assert "WHERE" in definition and "'pending'" in definition.split("WHERE")[1]
