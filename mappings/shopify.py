@@ -48,9 +48,20 @@ def as_id(value: Any, name: str) -> int:
     raise PayloadError(f"'{name}' must be an integer id, got {value!r}")
 
 
+# Amounts read so far, by their text: the same amount is one (immutable) object however often it is read. A
+# shop's prices and zeros repeat order after order (a chunk of 1,000 history orders names about 9,500 amounts, 2,300
+# of them distinct), and pickling a chunk from the process that reads it to the one that applies it writes an
+# object once and then only refers to it: the amounts were half of the chunk's pickling. Emptied when full.
+_AMOUNTS: dict[str, Decimal] = {}
+_AMOUNTS_MAX = 16_384
+_ZERO = Decimal("0")
+
+
 def money(value: Any, name: str) -> Decimal:
+    if type(value) is str and (known := _AMOUNTS.get(value)) is not None:
+        return known
     if value is None or value == "":
-        return Decimal("0")
+        return _ZERO
     if isinstance(value, (bool, float)):
         raise PayloadError(f"'{name}' must be a decimal string, got {value!r}")
     try:
@@ -59,6 +70,10 @@ def money(value: Any, name: str) -> Decimal:
         raise PayloadError(f"'{name}' must be a decimal amount, got {value!r}") from None
     if not amount.is_finite():
         raise PayloadError(f"'{name}' must be a finite amount, got {value!r}")
+    if type(value) is str:
+        if len(_AMOUNTS) >= _AMOUNTS_MAX:
+            _AMOUNTS.clear()
+        _AMOUNTS[value] = amount
     return amount
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -32,6 +33,21 @@ def test_order_sample_maps_shop_money_and_exact_ids() -> None:
     assert [line.title for line in order.lines] == ["IPod Nano - 8GB", "IPod Nano - 8GB"]
     assert all(isinstance(line.price, Decimal) for line in order.lines)
     assert order.contact_key == "c:115310627314723954"
+
+
+def test_an_amount_read_again_is_the_same_object_and_keeps_its_exact_value() -> None:
+    """Equal amounts are one object, so that a chunk of history pickles each once; each keeps its own digits."""
+    first = OrderRecord.from_payload({"id": 1, "email": "a@example.com", "total_price": "19.90",
+                                      "line_items": [{"id": 1, "price": "19.90", "quantity": 1}]})
+    second = OrderRecord.from_payload({"id": 2, "email": "b@example.com", "total_price": "19.90",
+                                       "line_items": [{"id": 2, "price": "19.9", "quantity": 1}]})
+    assert first.total is second.total is first.lines[0].price
+    assert str(second.lines[0].price) == "19.9" and second.lines[0].price == first.total
+    chunk = pickle.loads(pickle.dumps([first, second]))
+    assert chunk[0].total is chunk[1].total and chunk[1].total == Decimal("19.90")
+    # A text read once as a good amount does not excuse a bad one
+    with pytest.raises(PayloadError, match="total_price"):
+        OrderRecord.from_payload({"id": 3, "total_price": "19.90.1"})
 
 
 def test_customer_sample_maps_identity_and_names() -> None:
