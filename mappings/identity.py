@@ -16,7 +16,11 @@ def normalise_email(email: str | None) -> str | None:
     return value
 
 
-@lru_cache(maxsize=8192)  # an order names its buyer's number several times (order, customer, addresses)
+# A buyer's number is read again with each of their orders (the order's, its customer's), and a backfill reads a
+# store's orders in their own order, a buyer's five orders far apart: large enough to hold every buyer of a store
+# of 100,000 customers (about 22 MB when full), so that each number is parsed once (parsing took 8% of reading a
+# backfill's history).
+@lru_cache(maxsize=131_072)
 def normalise_phone(phone: str | None, country_code: str | None = None) -> str | None:
     """E.164, using the address country when the number has no country code; None when impossible."""
     if not phone:
