@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 from mappings.identity import contact_key_for, normalise_email, normalise_phone
 
@@ -149,8 +148,7 @@ def _list(payload: Mapping[str, Any], key: str) -> list[Any]:
 # --- records --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class CustomerRecord:
+class CustomerRecord(NamedTuple):
     customer_id: int
     email: str | None
     phone: str | None  # E.164 when it could be normalised, else None
@@ -236,8 +234,7 @@ def birthday_from(note: str | None, tags: Any) -> str | None:
     return None
 
 
-@dataclass(frozen=True, kw_only=True)
-class ConsentRecord:
+class ConsentRecord(NamedTuple):
     channel: str  # email | sms
     state: str  # subscribed | not_subscribed | unsubscribed | pending | redacted | invalid
     opt_in_level: str | None
@@ -279,8 +276,7 @@ def _known(consent: ConsentRecord) -> ConsentRecord | None:
     return consent if consent.state else None
 
 
-@dataclass(frozen=True, kw_only=True)
-class LineRecord:
+class LineRecord(NamedTuple):
     line_id: int
     product_id: int | None
     variant_id: int | None
@@ -312,8 +308,7 @@ class LineRecord:
             raise PayloadError(f"{where}: {exc}") from None
 
 
-@dataclass(frozen=True, kw_only=True)
-class OrderRecord:
+class OrderRecord(NamedTuple):
     order_id: int
     customer_id: int | None
     email: str | None
@@ -341,7 +336,7 @@ class OrderRecord:
     cancelled_at: datetime | None
     updated_at: datetime | None
     lines: tuple[LineRecord, ...]
-    refunds: tuple[RefundRecord, ...] = field(default=())
+    refunds: tuple[RefundRecord, ...] = ()
     customer: CustomerRecord | None = None
     source_name: str | None = None
     tags: str | None = None
@@ -464,8 +459,7 @@ def _fulfilled_at(payload: Mapping[str, Any], updated_at: datetime | None) -> da
     return updated_at if payload.get("fulfillment_status") == "fulfilled" else None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RefundRecord:
+class RefundRecord(NamedTuple):
     refund_id: int
     order_id: int
     amount: Decimal  # shop currency, what the buyer got back
@@ -505,8 +499,7 @@ class RefundRecord:
                    created_at=timestamp(payload.get("created_at") or payload.get("processed_at"), "created_at"))
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProductRecord:
+class ProductRecord(NamedTuple):
     product_id: int
     title: str | None
     handle: str | None
@@ -561,8 +554,7 @@ def _cart_lines(payload: Mapping[str, Any]) -> tuple[tuple[dict[str, Any], ...],
     return tuple(lines), total
 
 
-@dataclass(frozen=True, kw_only=True)
-class CheckoutRecord:
+class CheckoutRecord(NamedTuple):
     checkout_id: int
     token: str | None
     cart_token: str | None
@@ -616,8 +608,7 @@ class CheckoutRecord:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class CartRecord:
+class CartRecord(NamedTuple):
     token: str
     lines: tuple[dict[str, Any], ...]
     total: Decimal
