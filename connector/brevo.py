@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 from brevo import Brevo
 from brevo.core.api_error import ApiError
-from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from connector import jsontext
 
@@ -381,7 +381,10 @@ def paced(pacer: Pacer, family: str, call: Callable[[], T], *, max_inline_wait: 
         delay = after if after is not None else 0.2 * (2 ** (state.attempt_number - 1))
         return min(max(delay, 0.05), max_inline_wait)
 
-    retrying = retry(reraise=True, stop=stop_after_attempt(attempts), wait=backoff,
-                     retry=retry_if_exception(lambda e: isinstance(e, BrevoRetriable)
-                                              and not isinstance(e, TooLongToWait)))
-    return retrying(attempt)()
+    # Called through a `Retrying`, not wrapped by tenacity's `retry` decorator: the function that decorator makes
+    # refers to itself, and so to the call and its body (an import of 8 MB, a batch of 1,000 orders), which then
+    # outlived the call until the garbage collector found the cycle.
+    retrying = Retrying(reraise=True, stop=stop_after_attempt(attempts), wait=backoff,
+                        retry=retry_if_exception(lambda e: isinstance(e, BrevoRetriable)
+                                                 and not isinstance(e, TooLongToWait)))
+    return retrying(attempt)

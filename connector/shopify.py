@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from mappings.identity import customer_gid
 from mappings.shopify_graphql import JSON, Resource
@@ -207,8 +207,14 @@ class ShopifyClient(_BulkQueries):
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None, *, cost: float = 10.0
                 ) -> dict[str, Any]:
         """`data` of one query; retried while Shopify says to wait, raised as a classified error otherwise."""
-        call = retry(retry=retry_if_exception_type(ShopifyRetriable), stop=stop_after_attempt(3), wait=_wait,
-                     sleep=self.sleep, reraise=True)(self._once)
+        # Through a `Retrying`, not tenacity's `retry` decorator, whose function refers to itself: each call
+        # would be garbage for the cyclic collector to find (see `connector.brevo.paced`).
+        retrying = Retrying(retry=retry_if_exception_type(ShopifyRetriable), stop=stop_after_attempt(3), wait=_wait,
+                            sleep=self.sleep, reraise=True)
+
+        def call(query: str, variables: Mapping[str, Any] | None, cost: float) -> dict[str, Any]:
+            return retrying(self._once, query, variables, cost)
+
         try:
             return call(query, variables, cost)
         except ShopifyAuthFailed:

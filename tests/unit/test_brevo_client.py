@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import gc
+import weakref
+
 import httpx
 import pytest
 import respx
@@ -103,6 +107,25 @@ def test_paced_refuses_to_block_for_a_long_reset() -> None:
     pacer.spent("other", 3000)
     with pytest.raises(TooLongToWait):
         paced(pacer, "other", lambda: None)
+
+
+def test_a_calls_body_is_freed_when_the_call_returns() -> None:
+    """Nothing of a call outlives it waiting for the cyclic garbage collector: an import body is megabytes."""
+
+    class Body(list[int]):
+        pass
+
+    body = Body(range(10))
+    gone = weakref.ref(body)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        sent = paced(Pacer(), "contacts", functools.partial(len, body))
+        del body
+        assert sent == 10 and gone() is None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def test_saved_budgets_are_adopted_by_the_next_worker() -> None:
