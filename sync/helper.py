@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 
 from connector.database import make_engine
-from connector.runtime import tune_gc
+from connector.runtime import collected_after, tune_gc
 
 log = logging.getLogger("connector.helper")
 
@@ -58,6 +58,12 @@ def _started(url: str | None) -> None:
     tune_gc()
     if url is not None:
         _engine = make_engine(url, read_only=True)
+
+
+def _collected_after(fn: Callable[..., T], *args: Any) -> T:
+    """In the helper process: a task, with the garbage collector held off until it is done (`collected_after`)."""
+    with collected_after():
+        return fn(*args)
 
 
 class Helper:
@@ -102,7 +108,7 @@ class Helper:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_started, initargs=(self._url,))
-            return self._pool.submit(fn, *args)
+            return self._pool.submit(_collected_after, fn, *args)
         except Exception:  # it died since its last task, could not be started, or the arguments did not pickle
             self._give_up(wait=True)
             return None

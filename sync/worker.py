@@ -50,6 +50,7 @@ from connector.models import (
     Shop,
     UTCDateTime,
 )
+from connector.runtime import collected_after
 from connector.settings import Settings
 from connector.shopify import CostBudget, ShopifyAuthFailed, ShopifyClient, ShopifyError
 from connector.shops import credentials, shopify_client
@@ -564,7 +565,7 @@ class Worker:
         ahead = Lookahead()
         done = 0
         while True:
-            with unit_of_work(self.engine) as session:
+            with collected_after(), unit_of_work(self.engine) as session:
                 built = build_dirty_contacts(session, context, limit=BUILD_BATCH, live_only=live_only,
                                              helper=self.builder, ahead=ahead)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
@@ -612,7 +613,7 @@ class Worker:
         settled = False
         ahead = Lookahead()
         while after is not None:
-            with unit_of_work(self.engine) as session:
+            with collected_after(), unit_of_work(self.engine) as session:
                 after = settle_history_figures(session, context, after=after, helper=self.builder, ahead=ahead)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
             settled = settled or after is not None
@@ -693,14 +694,14 @@ class Worker:
     def _apply(self, lease: Lease, shop: Shop,
                take: Callable[[sa.orm.Session, Lease, bool], tuple[list[Delivery], Prepared | None]]) -> int:
         try:
-            with unit_of_work(self.engine) as session:
+            with collected_after(), unit_of_work(self.engine) as session:
                 size, tally = self._apply_batch(session, lease, shop, *take(session, lease, False), one_by_one=False)
         except (LeaseLost, backfill.StagedLinesLost):
             raise
         except Exception as exc:
             log.info("shop %s: a delivery of the batch failed (%s: %s); applying one at a time",
                      lease.domain, type(exc).__name__, exc)
-            with unit_of_work(self.engine) as session:
+            with collected_after(), unit_of_work(self.engine) as session:
                 size, tally = self._apply_batch(session, lease, shop, *take(session, lease, True), one_by_one=True)
         self.stats.applied += tally.applied
         self.stats.failed += tally.failed

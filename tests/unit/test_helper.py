@@ -63,3 +63,31 @@ def test_a_helper_process_collects_garbage_as_the_worker_does() -> None:
         assert helper.result(helper.submit(gc.get_threshold)) == worker
     finally:
         helper.close()
+
+
+def test_a_helper_task_runs_with_the_collector_held_off() -> None:
+    helper = Helper(None, "testing")
+    try:
+        assert helper.result(helper.submit(gc.isenabled)) is False  # on again once it is done (`collected_after`)
+    finally:
+        helper.close()
+
+
+def test_a_block_holds_the_collector_off_and_leaves_it_as_it_found_it() -> None:
+    from connector.runtime import collected_after
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collected_after():
+        assert not gc.isenabled()
+        with collected_after():  # within a block: as it found it (off)
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        raise RuntimeError("a chunk failed")
+    assert gc.isenabled()  # on again, even when the block failed
+    gc.disable()
+    try:
+        with collected_after():
+            pass
+        assert not gc.isenabled()  # off before: off after
+    finally:
+        gc.enable()
