@@ -16,7 +16,7 @@ import signal
 import types
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy.engine import Engine
 
@@ -60,10 +60,12 @@ def _started(url: str | None) -> None:
         _engine = make_engine(url, read_only=True)
 
 
-def _collected_after(fn: Callable[..., T], *args: Any) -> T:
-    """In the helper process: a task, with the garbage collector held off until it is done (`collected_after`)."""
+def _collected_after(fn: Callable[..., Any], *args: Any) -> bytes:
+    """In the helper process: a task, with the garbage collector held off until it is done (`collected_after`),
+    its result pickled within (`Helper.result` reads it): a chunk or a batch, whose objects a collection as it
+    was sent would walk while they are all alive."""
     with collected_after():
-        return fn(*args)
+        return pickle.dumps(fn(*args), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class Helper:
@@ -108,7 +110,7 @@ class Helper:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_started, initargs=(self._url,))
-            return self._pool.submit(_collected_after, fn, *args)
+            return cast(Future[T], self._pool.submit(_collected_after, fn, *args))
         except Exception:  # it died since its last task, could not be started, or the arguments did not pickle
             self._give_up(wait=True)
             return None
@@ -118,7 +120,9 @@ class Helper:
         if future is None or future.cancelled():  # cancelled: handed over before the helper was given up
             return None
         try:
-            return future.result(timeout=HELPER_SECONDS)
+            # What `_collected_after` pickled, read here, in the caller's unit of work (where the collector
+            # waits), not as it arrives.
+            return cast(T, pickle.loads(cast(bytes, future.result(timeout=HELPER_SECONDS))))
         except (BrokenExecutor, TimeoutError, pickle.PicklingError):
             self._give_up(wait=False)  # a helper that hangs is left to end on its own
         except Exception:  # this task failed in the helper: the worker does it, and says why if it must

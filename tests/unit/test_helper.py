@@ -68,7 +68,7 @@ def test_a_helper_process_collects_garbage_as_the_worker_does() -> None:
 def test_a_helper_task_runs_with_the_collector_held_off() -> None:
     helper = Helper(None, "testing")
     try:
-        assert helper.result(helper.submit(gc.isenabled)) is False  # on again once it is done (`collected_after`)
+        assert helper.result(helper.submit(gc.isenabled)) is False  # its result pickled, on again (`collected_after`)
     finally:
         helper.close()
 
