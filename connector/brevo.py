@@ -383,7 +383,8 @@ def paced(pacer: Pacer, family: str, call: Callable[[], T], *, max_inline_wait: 
 
     # Called through a `Retrying`, not wrapped by tenacity's `retry` decorator: the function that decorator makes
     # refers to itself, and so to the call and its body (an import of 8 MB, a batch of 1,000 orders), which then
-    # outlived the call until the garbage collector found the cycle.
+    # outlived every call until the garbage collector found the cycle. (A call that fails still leaves its body
+    # to the collector, through the traceback its error keeps.)
     retrying = Retrying(reraise=True, stop=stop_after_attempt(attempts), wait=backoff,
                         retry=retry_if_exception(lambda e: isinstance(e, BrevoRetriable)
                                                  and not isinstance(e, TooLongToWait)))

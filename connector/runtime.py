@@ -28,8 +28,9 @@ def collected_after() -> Iterator[None]:
     between collections (httpx keeps each request, body and all, in a reference cycle with its response): a
     100,000-customer backfill peaked at 681 MB instead of 257.
 
-    A block in a block, or in another thread's, leaves the collector as it finds it; the garbage a block makes
-    waits for its end."""
+    The collector is the process's: while a block runs, the garbage of the process's other threads (in `connector
+    run`, the webhook intake's) waits for its end too. A block in a block leaves the collector as it finds it;
+    of two threads' blocks, the first to end turns it back on. It is never left off."""
     if not gc.isenabled():
         yield
         return
