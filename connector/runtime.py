@@ -24,8 +24,8 @@ def collected_after() -> Iterator[None]:
     at once, which a collection in its midst walks for nothing and moves to an older generation, where the next
     ones walk them again (applying and building a staged history of 10,000 customers, `bench/apply_history.py
     --build`: the collector's time in the worker and its helpers 2.1 s of about 40). Collecting less often
-    instead (every 100,000 new objects) saved the same time but let the garbage of the calls to Brevo pile up
-    between collections (httpx keeps each request, body and all, in a reference cycle with its response): a
+    instead (every 100,000 new objects) saved the same time but let garbage pile up between collections, most of
+    it while history's orders went to Brevo (reference cycles holding what was sent, httpx's among them): a
     100,000-customer backfill peaked at 681 MB instead of 257.
 
     The collector is the process's: while a block runs, the garbage of the process's other threads (in `connector
