@@ -731,7 +731,7 @@ def test_lines_gone_after_the_helper_read_them_are_not_taken_from_its_reading(
     def drop_a_line_once(reader: backfill.HistoryReader, session: Any) -> None:
         if not gone and reader.reading:  # one nested line of the chunk the helper read vanishes before it is taken
             [queue] = reader._ahead.values()
-            read = queue[0].future.result()
+            read = reader._helper.result(queue[0].future)  # as the worker reads it (the helper sends it pickled)
             if read is not None:
                 gone.extend(session.execute(sa.text("DELETE FROM backfill_rows WHERE parent = :p RETURNING line"),
                                             {"p": read.parent_ids[0]}).scalars())
