@@ -211,19 +211,15 @@ class ShopifyClient(_BulkQueries):
         # would be garbage for the cyclic collector to find (see `connector.brevo.paced`).
         retrying = Retrying(retry=retry_if_exception_type(ShopifyRetriable), stop=stop_after_attempt(3), wait=_wait,
                             sleep=self.sleep, reraise=True)
-
-        def call(query: str, variables: Mapping[str, Any] | None, cost: float) -> dict[str, Any]:
-            return retrying(self._once, query, variables, cost)
-
         try:
-            return call(query, variables, cost)
+            return retrying(self._once, query, variables, cost)
         except ShopifyAuthFailed:
             refused = self.headers["X-Shopify-Access-Token"]
             fresh = self.refresh_token(refused) if self.refresh_token else None
             if not fresh or fresh == refused:
                 raise
             self.headers["X-Shopify-Access-Token"] = fresh
-            return call(query, variables, cost)
+            return retrying(self._once, query, variables, cost)
 
     def _once(self, query: str, variables: Mapping[str, Any] | None, cost: float) -> dict[str, Any]:
         pause = self.budget.wait_for(cost, time.monotonic())
