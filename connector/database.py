@@ -38,20 +38,53 @@ def normalise_url(url: str) -> str:
 IN_LIST = 500  # values per IN (...) list: well inside every driver's parameter limit
 
 
-def insert_new(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+def insert_new(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str], *,
+               mostly_new: bool = False) -> None:
     """Insert rows, leaving alone any whose unique `keys` are already there ("do nothing on conflict"), on
     PostgreSQL and SQLite alike: how replays, redeliveries and re-runs become no-ops. Each row names the same
     columns; one statement run for all of them by the driver itself (see `_driver_rows`), or on PostgreSQL, from
-    `COPY_FROM` rows on, one COPY and one INSERT ... SELECT (`_copy_new`). Rows are inserted in the order given."""
+    `COPY_FROM` rows on, one COPY and one INSERT ... SELECT (`_copy_new`). Rows are inserted in the order given.
+
+    With `mostly_new` (rows a key seldom repeats: history's orders queued for Brevo, new ledger entries),
+    PostgreSQL first COPies them straight into the table, under a savepoint: should one key be there already (or
+    twice among them), the savepoint is rolled back and they go the way above. Half the server's work when no key
+    is there: the INSERT ... SELECT from the COPied rows cost it as much as their COPY."""
     if not rows:
         return
     connection = session.connection()
     quote = connection.dialect.identifier_preparer
     conflict = f" ON CONFLICT ({', '.join(quote.quote(k) for k in keys)}) DO NOTHING"
     if connection.dialect.name == "postgresql" and len(rows) >= COPY_FROM:
-        _copy_new(connection, model.__table__, rows, conflict)
+        if not (mostly_new and _copy_all_new(connection, model.__table__, rows)):
+            _copy_new(connection, model.__table__, rows, conflict)
         return
     _insert(connection, model.__table__, rows, conflict)
+
+
+def _copy_all_new(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> bool:
+    """The rows COPied into `table` under a savepoint; whether they all went in. If a unique key was there
+    already (or twice among them), nothing of them is: the savepoint is rolled back, and the transaction goes on
+    as before the call."""
+    quote = connection.dialect.identifier_preparer
+    names, values = _driver_rows(connection, table, rows)
+    statement = f"COPY {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) FROM STDIN"
+    unique = connection.dialect.loaded_dbapi.errors.UniqueViolation
+    went_in = True
+
+    def copy(cursor: Any) -> None:
+        nonlocal went_in
+        cursor.execute("SAVEPOINT copy_all_new")
+        try:
+            with cursor.copy(statement) as stream:
+                for row in values:
+                    stream.write_row(row)
+        except unique:
+            cursor.execute("ROLLBACK TO SAVEPOINT copy_all_new")
+            went_in = False
+        cursor.execute("RELEASE SAVEPOINT copy_all_new")
+
+    _run_driver(connection, statement, copy)
+    return went_in
 
 
 # On PostgreSQL, from this many rows on `insert_new` goes through COPY: an INSERT per row costs the server a

@@ -56,7 +56,7 @@ def append_many(session: Session, shop_id: int, entries: Sequence[tuple[str, Ent
         insert_new(session, LoyaltyEntry, [
             {"shop_id": shop_id, "contact_key": key, "entry_key": e.key, "kind": e.kind, "points": e.points,
              "reason": e.reason, "occurred_at": e.at, "recorded_at": now} for key, e in entries],
-            ["shop_id", "contact_key", "entry_key"])
+            ["shop_id", "contact_key", "entry_key"], mostly_new=True)  # entries the buyer's ledger lacked
         return len(entries)
     mark = "?" if sqlite_ else "%s"
     stamp = _sqlite_time if sqlite_ else (lambda moment: moment)

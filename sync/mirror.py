@@ -346,5 +346,6 @@ def _table(model: type[SQLModel]) -> sa.Table:
 
 
 def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Unique per (shop, idempotency key): a key already there is left alone (exactly once)."""
-    insert_new(session, OutboxEntry, rows, ["shop_id", "idempotency_key"])
+    """Unique per (shop, idempotency key): a key already there is left alone (exactly once). Keys are new but for
+    a replay or a re-run (`mostly_new`)."""
+    insert_new(session, OutboxEntry, rows, ["shop_id", "idempotency_key"], mostly_new=True)

@@ -120,23 +120,29 @@ def test_one_of_finds_exactly_the_rows_whose_value_is_listed(engine: Engine) -> 
             one_of(Order.order_id, ids, session))).scalars()) == [2**53 + 1, 2**53 + 2]
 
 
-def test_inserting_many_new_rows_skips_the_keys_already_there_and_keeps_the_order_given(engine: Engine) -> None:
-    """As many rows as take the bulk path on PostgreSQL (COPY, then one INSERT ... SELECT), JSON bodies and a key
-    twice among them included; twice in one transaction."""
+@pytest.mark.parametrize("mostly_new", [False, True], ids=["conflicts first", "straight in first"])
+def test_inserting_many_new_rows_skips_the_keys_already_there_and_keeps_the_order_given(
+        engine: Engine, mostly_new: bool) -> None:
+    """As many rows as take the bulk path on PostgreSQL (COPY, then one INSERT ... SELECT; with `mostly_new`,
+    first a COPY straight into the table, undone if a key is there), JSON bodies and a key twice among them
+    included; four times in one transaction, the third with new keys only."""
     def rows(ids: list[int]) -> list[dict[str, object]]:
         return [{"shop_id": 1, "idempotency_key": f"k{i}", "event_name": "brevo_order", "target": "order_history",
                  "contact_key": f"c:{i % 9}", "body": {"id": str(i), "note": "ça va"}, "status": "pending",
                  "attempts": 0, "created_at": WHEN} for i in ids]
 
     many = list(range(COPY_FROM + 100, 0, -1))
+    fresh = list(range(-2, -2 - COPY_FROM, -1))
+    keys = ["shop_id", "idempotency_key"]
     with unit_of_work(engine) as session:
-        insert_new(session, OutboxEntry, rows(many[:200]), ["shop_id", "idempotency_key"])
-        insert_new(session, OutboxEntry, rows(many + [7, 0]), ["shop_id", "idempotency_key"])
-        insert_new(session, OutboxEntry, rows(many[-COPY_FROM:] + [-1]), ["shop_id", "idempotency_key"])
+        insert_new(session, OutboxEntry, rows(many[:200]), keys, mostly_new=mostly_new)
+        insert_new(session, OutboxEntry, rows(many + [7, 0]), keys, mostly_new=mostly_new)
+        insert_new(session, OutboxEntry, rows(fresh), keys, mostly_new=mostly_new)
+        insert_new(session, OutboxEntry, rows(many[-COPY_FROM:] + [-1]), keys, mostly_new=mostly_new)
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT idempotency_key, CAST(body AS TEXT), status, attempts, next_attempt_at "
                                       "FROM outbox ORDER BY id")).all()
-    assert [key for key, *_ in stored] == [f"k{i}" for i in [*many, 0, -1]]  # ids follow the order given
+    assert [key for key, *_ in stored] == [f"k{i}" for i in [*many, 0, *fresh, -1]]  # ids follow the order given
     assert {json.loads(body)["note"] for _, body, *_ in stored} == {"ça va"}
     assert {(status, attempts, after) for _, _, status, attempts, after in stored} == {("pending", 0, None)}
 
