@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col
 
 from connector.clock import as_utc
-from connector.database import chunked, one_of, update_many
+from connector.database import chunked, commit_without_waiting, one_of, update_many
 from connector.models import Cart, Checkout, Contact, Customer, Order, OrderLine, Product, Refund, Shop, update_row
 from loyalty import program as lp
 from loyalty.store import append_many, stored_entries
@@ -133,6 +133,7 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
     waiting = open_requests(session, shop.shop_id, [c.contact_key for c in contacts]) \
         if rules.enabled and rules.reward_automatic else set()
     settled: list[dict[str, Any]] = []
+    rewarded = False
     for contact, view in views:
         facts.extend(_settle(shop, contact, view, ledger))
         # Every contact writes the same columns, in one `update_many` for the batch (not the session's flush).
@@ -141,11 +142,16 @@ def build_dirty_contacts(session: Session, shop: ShopContext, *, limit: int = 50
         if (view.loyalty is not None and rules.reward_automatic and contact.contact_key not in waiting
                 and view.loyalty.state.balance >= rules.reward_every_points):
             request_reward(session, shop.shop_id, contact.contact_key, rules, source="automatic", now=shop.now)
+            rewarded = True
     for contact in contacts:
         session.expunge(contact)  # written below: the session has nothing of theirs left to flush
     update_many(session, Contact.__table__, settled, ("shop_id", "contact_key"))  # type: ignore[attr-defined]
     append_many(session, shop.shop_id, ledger, now=shop.now)
     insert_events(session, shop.shop_id, facts, now=shop.now, enabled=shop.config.event_enabled)
+    if not rewarded:
+        # Lost in a crash, these buyers are dirty again and built again, their events and ledger entries with
+        # them; a reward's code is created in Shopify from its request alone, so a batch that requested one waits.
+        commit_without_waiting(session)
     return len(contacts)
 
 

@@ -32,7 +32,16 @@ from connector.brevo import (
     paced,
 )
 from connector.clock import Clock, SystemClock, as_utc
-from connector.database import chunked, forget_erased, insert_new, make_engine, one_of, refresh_statistics, unit_of_work
+from connector.database import (
+    chunked,
+    commit_without_waiting,
+    forget_erased,
+    insert_new,
+    make_engine,
+    one_of,
+    refresh_statistics,
+    unit_of_work,
+)
 from connector.models import (
     Backfill,
     Checkout,
@@ -616,6 +625,7 @@ class Worker:
             with collected_after(), unit_of_work(self.engine) as session:
                 after = settle_history_figures(session, context, after=after, helper=self.builder, ahead=ahead)
                 fence(session, lease, now=self.clock.now(), seconds=self.settings.lease_seconds)
+                commit_without_waiting(session)  # figures worked out again from the orders if lost
             settled = settled or after is not None
         return settled
 
@@ -679,7 +689,7 @@ class Worker:
         """Apply the next chunk of the shop's staged backfill (`backfill.take_history`) as `apply_inbox` applies a
         batch, the chunk's checkpoint in the same unit of work; returns the chunk's size (0: none is ready)."""
         try:
-            size = self._apply(lease, shop, self._history_batch)
+            size = self._apply(lease, shop, self._history_batch, redone=True)
         except backfill.StagedLinesLost as exc:
             if self.reader is not None:
                 self.reader.forget(lease.shop_id)
@@ -692,10 +702,16 @@ class Worker:
         return size
 
     def _apply(self, lease: Lease, shop: Shop,
-               take: Callable[[sa.orm.Session, Lease, bool], tuple[list[Delivery], Prepared | None]]) -> int:
+               take: Callable[[sa.orm.Session, Lease, bool], tuple[list[Delivery], Prepared | None]], *,
+               redone: bool = False) -> int:
+        """Apply the batch `take` gives, in one unit of work (one delivery at a time after a failure); with
+        `redone` (staged history, whose lines go in the same commit), one that commits without waiting for the
+        disk (`commit_without_waiting`)."""
         try:
             with collected_after(), unit_of_work(self.engine) as session:
                 size, tally = self._apply_batch(session, lease, shop, *take(session, lease, False), one_by_one=False)
+                if redone:
+                    commit_without_waiting(session)
         except (LeaseLost, backfill.StagedLinesLost):
             raise
         except Exception as exc:

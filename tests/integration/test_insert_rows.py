@@ -12,7 +12,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from connector.database import COPY_FROM, insert_new, insert_rows, one_of, unit_of_work, update_many
+from connector.database import (
+    COPY_FROM,
+    commit_without_waiting,
+    insert_new,
+    insert_rows,
+    one_of,
+    unit_of_work,
+    update_many,
+)
 from connector.models import Contact, InboxEntry, Order, OutboxEntry
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
@@ -186,3 +194,19 @@ def test_updating_many_rows_sets_each_found_rows_values_and_leaves_the_others_al
             assert (row.email, row.total_spent, row.sent, row.sent_hash, row.pending_hash, row.push_state,
                     row.attempts, row.last_error, row.pushed_at, row.history) == (
                 f"{key}@old.example", Decimal(1), None, None, f"h{i}", "pending", 2, "was refused", None, False), key
+
+
+def test_a_transaction_that_commits_without_waiting_commits_all_it_wrote_and_only_it_waits_less(
+        engine: Engine) -> None:
+    """`commit_without_waiting`: on PostgreSQL that one transaction's commit does not wait for the disk (the
+    next one on the same connection waits again); on SQLite nothing changes. What it wrote is committed."""
+    postgres = engine.dialect.name == "postgresql"
+    with unit_of_work(engine) as session:
+        insert_rows(session, Order.__table__, [_values(Order(shop_id=1, order_id=5), Order.__table__)])  # type: ignore[attr-defined]
+        commit_without_waiting(session)
+        if postgres:
+            assert session.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "off"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 1
+        if postgres:
+            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
