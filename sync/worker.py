@@ -10,6 +10,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -192,6 +193,9 @@ class Worker:
         self.stats = WorkerStats()
         self.statistics_due = STATISTICS_FIRST  # deliveries applied by this worker when they are next refreshed
         self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables are next
+        self.refreshed: set[tuple[str, ...]] = set()  # the groups of tables whose statistics this worker refreshed
+        self.refreshing: Future[None] | None = None  # a refresh running beside the work (`_statistics`)
+        self.statistics_thread: ThreadPoolExecutor | None = None
         self.wake = threading.Event()
         url = engine.url.render_as_string(hide_password=False)  # the helpers read the database themselves
         self.reader = backfill.HistoryReader(url) if settings.read_ahead else None
@@ -229,6 +233,9 @@ class Worker:
             self.builder.close()
         if self.reading is not None:
             self.reading.dispose()
+        if self.statistics_thread is not None:
+            self.statistics_thread.shutdown(wait=True)  # a refresh under way ends first
+            self.statistics_thread = None
 
     def _forget_erased(self) -> None:
         """After an erasure: the erased rows' pages gone from the disk, and the numbers this process remembers
@@ -727,10 +734,23 @@ class Worker:
 
     def _statistics(self, done: int, due: int, tables: tuple[sa.Table, ...]) -> int:
         """Refresh PostgreSQL's statistics of `tables` once `done` (deliveries applied, buyers built) has reached
-        `due`; returns the count at which they are next due: twice `done`."""
+        `due`; returns the count at which they are next due: twice `done`. The first refresh of these tables by
+        this worker is waited for (they may have grown from nothing, and are planned as empty until then); the
+        next ones, each of tables twice as large as at the one before, run beside the work, in a thread of their
+        own (a 20,000-customer backfill on PostgreSQL waited 3 s for them), one at a time: while one runs, the
+        next waits for the next batch."""
         if done < due:
             return due
-        refresh_statistics(self.engine, *tables)
+        group = tuple(table.name for table in tables)
+        if group not in self.refreshed or self.engine.dialect.name != "postgresql":
+            refresh_statistics(self.engine, *tables)
+            self.refreshed.add(group)
+            return 2 * done
+        if self.refreshing is not None and not self.refreshing.done():
+            return due
+        if self.statistics_thread is None:
+            self.statistics_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statistics")
+        self.refreshing = self.statistics_thread.submit(refresh_statistics, self.engine, *tables)
         return 2 * done
 
     def _inbox_batch(self, session: sa.orm.Session, lease: Lease, one_by_one: bool
