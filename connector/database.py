@@ -45,7 +45,7 @@ def insert_new(session: Session, model: Any, rows: list[dict[str, Any]], keys: l
     columns; one statement run for all of them by the driver itself (see `_driver_rows`), or on PostgreSQL, from
     `COPY_FROM` rows on, one COPY and one INSERT ... SELECT (`_copy_new`). Rows are inserted in the order given.
 
-    With `mostly_new` (rows a key seldom repeats: history's orders queued for Brevo, new ledger entries),
+    With `mostly_new` (rows a key seldom repeats: the outbox's, new ledger entries),
     PostgreSQL first COPies them straight into the table, under a savepoint: should one key be there already (or
     twice among them), the savepoint is rolled back and they go the way above. Half the server's work when no key
     is there: the INSERT ... SELECT from the COPied rows cost it as much as their COPY."""
@@ -314,9 +314,9 @@ def commit_without_waiting(session: Session) -> None:
     who stay dirty). A large one waited 50 ms and more for the disk (measured: 2.5 s of building 20,000 buyers
     on PostgreSQL). Should the server crash, the last such commits (those of its last 0.6 s at most, by default)
     are lost whole, never in part, and the work is done again; what went to Brevo from them meanwhile goes again
-    (at least once, as when the process dies between Brevo's answer and its commit). Any later commit that waits
-    makes every one before it durable. SQLite: nothing (in its WAL mode with synchronous=NORMAL, a commit does
-    not wait for the disk already)."""
+    (at least once, as when the process dies between Brevo's answer and its commit). Any later commit that writes
+    and waits makes every one before it durable. SQLite: nothing (in its WAL mode with synchronous=NORMAL, a
+    commit does not wait for the disk already)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.text("SET LOCAL synchronous_commit = off"))
 

@@ -176,6 +176,13 @@ class ImportsWhileBuilding:
             self._going = False
 
 
+def _log_failed_refresh(refresh: Future[None]) -> None:
+    """`refresh_statistics` logs the database's refusals; anything else a refresh beside the work raised."""
+    failure = None if refresh.cancelled() else refresh.exception()
+    if failure is not None:
+        log.warning("could not refresh the planner's statistics: %s: %s", type(failure).__name__, failure)
+
+
 class Worker:
     def __init__(self, engine: Engine, settings: Settings, *, clock: Clock | None = None,
                  owner: str | None = None, http: httpx.Client | None = None,
@@ -194,7 +201,7 @@ class Worker:
         self.statistics_due = STATISTICS_FIRST  # deliveries applied by this worker when they are next refreshed
         self.built_statistics_due = BUILT_STATISTICS_FIRST  # contacts built when the builder's tables are next
         self.refreshed: set[tuple[str, ...]] = set()  # the groups of tables whose statistics this worker refreshed
-        self.refreshing: Future[None] | None = None  # a refresh running beside the work (`_statistics`)
+        self.refreshing: dict[tuple[str, ...], Future[None]] = {}  # per group, the refresh running beside the work
         self.statistics_thread: ThreadPoolExecutor | None = None
         self.wake = threading.Event()
         url = engine.url.render_as_string(hide_password=False)  # the helpers read the database themselves
@@ -234,8 +241,9 @@ class Worker:
         if self.reading is not None:
             self.reading.dispose()
         if self.statistics_thread is not None:
-            self.statistics_thread.shutdown(wait=True)  # a refresh under way ends first
+            self.statistics_thread.shutdown(wait=True, cancel_futures=True)  # one under way ends first
             self.statistics_thread = None
+            self.refreshing.clear()
 
     def _forget_erased(self) -> None:
         """After an erasure: the erased rows' pages gone from the disk, and the numbers this process remembers
@@ -713,7 +721,7 @@ class Worker:
                redone: bool = False) -> int:
         """Apply the batch `take` gives, in one unit of work (one delivery at a time after a failure); with
         `redone` (staged history, whose lines go in the same commit), one that commits without waiting for the
-        disk (`commit_without_waiting`)."""
+        disk (`commit_without_waiting`). Applied one at a time, a batch commits as any other, waiting."""
         try:
             with collected_after(), unit_of_work(self.engine) as session:
                 size, tally = self._apply_batch(session, lease, shop, *take(session, lease, False), one_by_one=False)
@@ -737,8 +745,8 @@ class Worker:
         `due`; returns the count at which they are next due: twice `done`. The first refresh of these tables by
         this worker is waited for (they may have grown from nothing, and are planned as empty until then); the
         next ones, each of tables twice as large as at the one before, run beside the work, in a thread of their
-        own (a 20,000-customer backfill on PostgreSQL waited 3 s for them), one at a time: while one runs, the
-        next waits for the next batch."""
+        own (a 20,000-customer backfill on PostgreSQL waited 3 s for them), one after the other: while a group's
+        refresh is still queued or running, its next one waits for the next batch."""
         if done < due:
             return due
         group = tuple(table.name for table in tables)
@@ -746,11 +754,13 @@ class Worker:
             refresh_statistics(self.engine, *tables)
             self.refreshed.add(group)
             return 2 * done
-        if self.refreshing is not None and not self.refreshing.done():
+        running = self.refreshing.get(group)
+        if running is not None and not running.done():
             return due
         if self.statistics_thread is None:
             self.statistics_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statistics")
-        self.refreshing = self.statistics_thread.submit(refresh_statistics, self.engine, *tables)
+        self.refreshing[group] = running = self.statistics_thread.submit(refresh_statistics, self.engine, *tables)
+        running.add_done_callback(_log_failed_refresh)
         return 2 * done
 
     def _inbox_batch(self, session: sa.orm.Session, lease: Lease, one_by_one: bool

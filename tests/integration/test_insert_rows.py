@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from connector import database
 from connector.database import (
     COPY_FROM,
     commit_without_waiting,
@@ -130,7 +132,7 @@ def test_one_of_finds_exactly_the_rows_whose_value_is_listed(engine: Engine) -> 
 
 @pytest.mark.parametrize("mostly_new", [False, True], ids=["conflicts first", "straight in first"])
 def test_inserting_many_new_rows_skips_the_keys_already_there_and_keeps_the_order_given(
-        engine: Engine, mostly_new: bool) -> None:
+        engine: Engine, mostly_new: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """As many rows as take the bulk path on PostgreSQL (COPY, then one INSERT ... SELECT; with `mostly_new`,
     first a COPY straight into the table, undone if a key is there), JSON bodies and a key twice among them
     included; four times in one transaction, the third with new keys only."""
@@ -142,11 +144,20 @@ def test_inserting_many_new_rows_skips_the_keys_already_there_and_keeps_the_orde
     many = list(range(COPY_FROM + 100, 0, -1))
     fresh = list(range(-2, -2 - COPY_FROM, -1))
     keys = ["shop_id", "idempotency_key"]
+    by_conflict: list[int] = []  # per call: how many times the way that leaves keys already there alone ran
+    copy_new = database._copy_new
+
+    def counted(*args: Any) -> None:
+        by_conflict[-1] += 1
+        copy_new(*args)
+
+    monkeypatch.setattr(database, "_copy_new", counted)
     with unit_of_work(engine) as session:
-        insert_new(session, OutboxEntry, rows(many[:200]), keys, mostly_new=mostly_new)
-        insert_new(session, OutboxEntry, rows(many + [7, 0]), keys, mostly_new=mostly_new)
-        insert_new(session, OutboxEntry, rows(fresh), keys, mostly_new=mostly_new)
-        insert_new(session, OutboxEntry, rows(many[-COPY_FROM:] + [-1]), keys, mostly_new=mostly_new)
+        for ids in (many[:200], many + [7, 0], fresh, many[-COPY_FROM:] + [-1]):
+            by_conflict.append(0)
+            insert_new(session, OutboxEntry, rows(ids), keys, mostly_new=mostly_new)
+    if engine.dialect.name == "postgresql":  # only the calls with a key there already, when mostly new
+        assert by_conflict == ([0, 1, 0, 1] if mostly_new else [0, 1, 1, 1])
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT idempotency_key, CAST(body AS TEXT), status, attempts, next_attempt_at "
                                       "FROM outbox ORDER BY id")).all()
@@ -201,6 +212,9 @@ def test_a_transaction_that_commits_without_waiting_commits_all_it_wrote_and_onl
     """`commit_without_waiting`: on PostgreSQL that one transaction's commit does not wait for the disk (the
     next one on the same connection waits again); on SQLite nothing changes. What it wrote is committed."""
     postgres = engine.dialect.name == "postgresql"
+    if postgres:
+        with engine.connect() as conn:
+            usual = conn.execute(sa.text("SHOW synchronous_commit")).scalar_one()
     with unit_of_work(engine) as session:
         insert_rows(session, Order.__table__, [_values(Order(shop_id=1, order_id=5), Order.__table__)])  # type: ignore[attr-defined]
         commit_without_waiting(session)
@@ -209,4 +223,4 @@ def test_a_transaction_that_commits_without_waiting_commits_all_it_wrote_and_onl
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 1
         if postgres:
-            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
+            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == usual
