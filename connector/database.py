@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -45,10 +45,10 @@ def insert_new(session: Session, model: Any, rows: list[dict[str, Any]], keys: l
     columns; one statement run for all of them by the driver itself (see `_driver_rows`), or on PostgreSQL, from
     `COPY_FROM` rows on, one COPY and one INSERT ... SELECT (`_copy_new`). Rows are inserted in the order given.
 
-    With `mostly_new` (rows a key seldom repeats: the outbox's, new ledger entries),
-    PostgreSQL first COPies them straight into the table, under a savepoint: should one key be there already (or
-    twice among them), the savepoint is rolled back and they go the way above. Half the server's work when no key
-    is there: the INSERT ... SELECT from the COPied rows cost it as much as their COPY."""
+    With `mostly_new` (rows a key seldom repeats: the outbox's, new ledger entries), PostgreSQL first COPies them
+    straight into the table, under a savepoint: should one key be there already (or twice among them), the
+    savepoint is rolled back and they go the way above. Half the server's work when no key is there: the
+    INSERT ... SELECT from the COPied rows cost it as much as their COPY."""
     if not rows:
         return
     connection = session.connection()
@@ -65,9 +65,7 @@ def _copy_all_new(connection: sa.Connection, table: sa.Table, rows: Sequence[Map
     """The rows COPied into `table` under a savepoint; whether they all went in. If a unique key was there
     already (or twice among them), nothing of them is: the savepoint is rolled back, and the transaction goes on
     as before the call."""
-    quote = connection.dialect.identifier_preparer
-    names, values = _driver_rows(connection, table, rows)
-    statement = f"COPY {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) FROM STDIN"
+    statement, copy_rows = _copy_rows(connection, table, rows)
     unique = connection.dialect.loaded_dbapi.errors.UniqueViolation
     went_in = True
 
@@ -75,9 +73,7 @@ def _copy_all_new(connection: sa.Connection, table: sa.Table, rows: Sequence[Map
         nonlocal went_in
         cursor.execute("SAVEPOINT copy_all_new")
         try:
-            with cursor.copy(statement) as stream:
-                for row in values:
-                    stream.write_row(row)
+            copy_rows(cursor)
         except unique:
             cursor.execute("ROLLBACK TO SAVEPOINT copy_all_new")
             went_in = False
@@ -180,6 +176,13 @@ def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
     if connection.dialect.name != "postgresql":
         _insert(connection, table, rows, columns=columns)
         return
+    _run_driver(connection, *_copy_rows(connection, table, rows, columns=columns))
+
+
+def _copy_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
+               columns: Sequence[str] | None = None) -> tuple[str, Callable[[Any], None]]:
+    """PostgreSQL: the COPY of the rows into `table` (their values as `_driver_rows` makes them), and what runs it
+    on a cursor of the driver's."""
     quote = connection.dialect.identifier_preparer
     names, values = _driver_rows(connection, table, rows, columns=columns)
     statement = f"COPY {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) FROM STDIN"
@@ -189,7 +192,7 @@ def insert_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, A
             for row in values:
                 stream.write_row(row)
 
-    _run_driver(connection, statement, copy)
+    return statement, copy
 
 
 def _insert(connection: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], suffix: str = "", *,
