@@ -7,7 +7,10 @@ Per resource (customers, products, orders, abandoned checkouts), in three resuma
 2. **Stage**: the JSONL file is streamed (never held whole) and its lines stored as they come, with the count
    of lines stored, in the same commit. Shopify writes nested rows (an order's line items) as lines of their own
    that point at their parent with `__parentId`, not necessarily next to it, so objects are reassembled only once
-   the whole file is staged. A line cut off by a broken download is refused with its number; the next run
+   the whole file is staged. A nested line whose parent came earlier in the same commit's chunk is stored in its
+   parent's row (after the parent's line, one line each), the others (a parent staged in an earlier chunk) in a
+   row of their own that names their parent: an order and its line items are then one row to write, read and
+   delete instead of three on average. A line cut off by a broken download is refused with its number; the next run
    reads the file again from the first line not stored. That is where `run_backfill` (`connector backfill`) stops.
 3. **Apply**: a worker holding the shop's lease takes the staged objects a chunk at a time (`take_history`),
    each with its nested rows, as the webhook payload its topic carries (`mappings.shopify_graphql`), and applies
@@ -70,7 +73,10 @@ from sync.push import ShopPaused, pause_shop
 
 log = logging.getLogger("connector.backfill")
 
-STAGE_CHUNK = 10_000  # lines per commit while staging
+STAGE_CHUNK = 10_000  # lines per commit while staging (a chunk ends before an object's line)
+# A chunk whose objects' nested lines go on and on (a parent with tens of thousands of them) ends anyway at this
+# many lines: its parent's later nested lines are then staged apart, as when they come after the chunk's end.
+STAGE_CHUNK_MOST = 4 * STAGE_CHUNK
 HISTORY_CHUNK = 1000  # objects a worker applies per unit of work
 # Chunks the helper process reads ahead of the one the worker applies: with one, each side waited for the other
 # in turn whenever a chunk took one of them longer than the other (at 100,000 customers on two cores, the worker
@@ -383,6 +389,8 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
             session.execute(sa.delete(BackfillRow).where(col(BackfillRow.backfill_id) == run.id))
     # The marker goes in with the file's first chunk, in the same commit; each later chunk checks it is there.
     batch: list[dict[str, object]] = [{"backfill_id": run.id, **MARKER_LINE}] if fresh else []
+    objects: dict[str, list[str]] = {}  # the chunk's objects, by id: the lines of each one's row
+    lines = 0  # in the chunk
     staged = run.staged
     writing: tuple[Future[None], int] | None = None  # the chunk being written, and the last line in it
     overlap = engine.dialect.name == "postgresql"
@@ -421,8 +429,13 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
             report(Progress(run.resource, "staging", last, run.lines))
 
     def flush() -> None:
-        nonlocal batch, fresh, writing
+        nonlocal batch, fresh, writing, lines
         written()
+        for row in batch:  # each object's row: its own line, then the nested lines staged with it
+            if isinstance(row["body"], list):
+                row["body"] = "\n".join(row["body"])
+        objects.clear()
+        lines = 0
         if overlap:
             writing = writer.submit(write, batch, staged, not fresh), staged
         else:
@@ -444,11 +457,19 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
                     flush()
                     raise BackfillError(f"line {number} of the bulk file is unreadable ({exc})") from None
                 parent = obj.get("__parentId")
-                batch.append({"backfill_id": run.id, "line": number,
-                              "parent": parent if isinstance(parent, str) else None,
-                              "body": raw.decode().rstrip("\n")})
+                body = raw.decode().rstrip("\n")
+                if not isinstance(parent, str):
+                    if lines >= STAGE_CHUNK:  # the chunk ends before an object, whose nested lines may follow
+                        flush()
+                    objects[obj["id"]] = [body]
+                    batch.append({"backfill_id": run.id, "line": number, "parent": None, "body": objects[obj["id"]]})
+                elif (folded := objects.get(parent)) is not None:
+                    folded.append(body)
+                else:  # its parent was staged in an earlier chunk (or is not in the file)
+                    batch.append({"backfill_id": run.id, "line": number, "parent": parent, "body": body})
+                lines += 1
                 staged = number
-                if len(batch) >= STAGE_CHUNK:
+                if lines >= STAGE_CHUNK_MOST:
                     flush()
             flush()
         finally:
@@ -474,7 +495,8 @@ class HistoryChunk:
 @dataclass(frozen=True)
 class ReadAhead:
     """A chunk the helper process read for itself (`read_staged`): its objects, each as `HistoryChunk` holds
-    them, what it made ahead from them, their ids and last line, and how many nested lines came with them."""
+    them, what it made ahead from them, their ids and last line, and how many of their nested lines were staged
+    apart from them (in rows of their own)."""
 
     objects: list[tuple[str, dict[str, Any] | None, Any]]
     prepared: Prepared
@@ -517,20 +539,42 @@ def _read_staged(connection: sa.Connection, run_id: int, resource: Resource, aft
     parents = _parents(connection, run_id, after, limit)
     if not parents:
         return None
-    bodies = [body for _, body in parents]
+    bodies, nested = _unfolded(parents)
     parent_ids = [_object_id(body) for body in bodies]
-    children: list[str] = []
+    apart: list[tuple[int, str]] = []
     if resource.child_type:
-        found = sorted(connection.execute(sa.select(staged.c.line, staged.c.body).where(
+        apart = list(connection.execute(sa.select(staged.c.line, staged.c.body).where(
             staged.c.backfill_id == run_id, one_of(staged.c.parent, parent_ids, connection))).tuples())
-        children = [body for _, body in found]
-    objects = parse_staged(resource, TOPICS[resource.topic].parse, bodies, children)
+    objects = parse_staged(resource, TOPICS[resource.topic].parse, bodies, _in_file_order(nested, apart))
     return ReadAhead(objects, prepare([record for _, _, record in objects], shop_domain), parent_ids,
-                     parents[-1][0], len(children))
+                     parents[-1][0], len(apart))
+
+
+def _unfolded(rows: Sequence[tuple[int, str]]) -> tuple[list[str], list[tuple[int, int, str]]]:
+    """Staged objects' rows (line, body) -> each object's own line, and the nested lines staged in its row, each
+    as (its object's line, its place after it, line)."""
+    own: list[str] = []
+    nested: list[tuple[int, int, str]] = []
+    for line, body in rows:
+        first, *rest = body.split("\n")
+        own.append(first)
+        nested.extend((line, place, child) for place, child in enumerate(rest, 1))
+    return own, nested
+
+
+def _in_file_order(nested: list[tuple[int, int, str]], apart: Iterable[tuple[int, str]]) -> list[str]:
+    """The nested lines of a chunk's objects, those staged in their objects' rows (`_unfolded`) and those staged
+    apart (line, body), in the file's order: the lines of one row follow each other, in the file, from its
+    object's line on."""
+    merged = nested + [(line, 0, body) for line, body in apart]
+    if len(merged) > len(nested):  # else already in order: the rows were read in line order
+        merged.sort(key=lambda nested_line: nested_line[:2])
+    return [body for _, _, body in merged]
 
 
 def _parents(connection: sa.Connection, run_id: int, after: int, limit: int) -> Sequence[tuple[int, str]]:
-    """The next `limit` objects' own lines after line `after`: (line, body). Ordered by (parent, line), the index's
+    """The next `limit` objects' rows after line `after`: (line, body: the object's line, then the nested lines
+    staged with it). Ordered by (parent, line), the index's
     order: every parent is NULL, so that is line order, and PostgreSQL walks the index from where it stopped
     (ordered by line alone, it read and sorted every parent line left in the file for each chunk)."""
     staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
@@ -702,19 +746,20 @@ def take_history(session: Session, shop_id: int, shop_domain: str, *, now: datet
                 session.execute(sa.update(Backfill).where(col(Backfill.id) == run.id).values(
                     status="done", finished_at=now, error=None))
                 continue
-            nodes = [jsontext.loads(body) for _, body in parents]
+            bodies, nested = _unfolded(parents)
+            nodes = [jsontext.loads(body) for body in bodies]
             found: list[tuple[int, str]] = []
             if resource.child_type:
-                # Taken (read and deleted in one statement) by their parents' ids, and sorted here, not in SQL:
-                # ordered by line, SQLite would walk every staged line of the file by its primary key for each
-                # chunk (quadratic in the file) instead of taking these parents' index.
+                # Taken (read and deleted in one statement) by their parents' ids, and put in order here, not in
+                # SQL: ordered by line, SQLite would walk every staged line of the file by its primary key for
+                # each chunk (quadratic in the file) instead of taking these parents' index.
                 ids = [str(node["id"]) for node in nodes]
-                found = sorted(session.execute(sa.delete(staged).where(
+                found = list(session.execute(sa.delete(staged).where(
                     staged.c.backfill_id == run.id, one_of(staged.c.parent, ids, session))
                     .returning(staged.c.line, staged.c.body)).tuples())
             last = parents[-1][0]
             objects = [(object_id, payload, None) for object_id, payload in assemble(
-                resource, nodes, [body for _, body in found])]
+                resource, nodes, _in_file_order(nested, found))]
         # Bounded below too: PostgreSQL keeps the index entries of lines deleted by earlier chunks until a vacuum,
         # and `line <= last` alone walked all of them again for every chunk (measured: the server's largest cost
         # of applying a 100,000-customer history).

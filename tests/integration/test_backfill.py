@@ -276,6 +276,24 @@ def test_staged_lines_lost_while_the_backfill_runs_stop_it_with_the_reason_inste
     _every_order_arrives_whole(connector, store)
 
 
+@pytest.mark.parametrize("chunk", [10_000, 10])
+def test_nested_lines_are_staged_in_their_object_s_row_unless_their_chunk_ended_before_them(
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    monkeypatch.setattr(backfill, "STAGE_CHUNK", chunk)
+    lines = sum(len(o["line_items"]) for o in store.orders)  # one line each, and one per order
+    assert _backfill(connector, resources=["orders"]) == [("orders", "staged", len(store.orders))]
+    [row] = connector.rows("SELECT count(*) AS n, count(parent) AS apart FROM backfill_rows WHERE line > 0")
+    if chunk > len(store.orders) + lines:  # one chunk: every order's row holds its lines
+        assert (row.n, row.apart) == (len(store.orders), 0)
+    else:  # Shopify may write an object's nested lines after the next object's line, past the chunk's end
+        assert 0 < row.apart < lines and row.n == len(store.orders) + row.apart
+    [staged] = connector.rows("SELECT staged FROM backfills")
+    assert staged.staged == len(store.orders) + lines
+    connector.sync()
+    _every_buyer_has_their_totals(connector, store)
+    assert _count(connector, "order_lines") == lines and _count(connector, "backfill_rows") == 0
+
+
 def test_a_file_whose_first_line_was_cut_off_is_read_again_from_its_start(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     whole = ShopifyClient.bulk_lines
@@ -735,14 +753,18 @@ def test_a_helper_process_that_dies_is_given_up_and_the_worker_reads_the_rest_it
 def test_lines_gone_after_the_helper_read_them_are_not_taken_from_its_reading(
         connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch) -> None:
     gone: list[int] = []
+    # Staged in chunks of a few lines: the nested lines that come after their chunk's end are staged apart.
+    monkeypatch.setattr(backfill, "STAGE_CHUNK", 10)
 
     def drop_a_line_once(reader: backfill.HistoryReader, session: Any) -> None:
         if not gone and reader.reading:  # one nested line of the chunk the helper read vanishes before it is taken
             [queue] = reader._ahead.values()
             read = reader._helper.result(queue[0].future)  # as the worker reads it (the helper sends it pickled)
-            if read is not None:
+            for parent in read.parent_ids if read is not None and read.children else ():
                 gone.extend(session.execute(sa.text("DELETE FROM backfill_rows WHERE parent = :p RETURNING line"),
-                                            {"p": read.parent_ids[0]}).scalars())
+                                            {"p": parent}).scalars())
+                if gone:
+                    break
 
     _reading_ahead(monkeypatch, drop_a_line_once)
     _backfill(connector, resources=["orders"])

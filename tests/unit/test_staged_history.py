@@ -10,7 +10,7 @@ from connector.models import Contact
 from mappings.shopify import CustomerRecord, OrderRecord
 from mappings.shopify_graphql import RESOURCES, assemble, parse_staged
 from sync.apply import prepare, wanted_by
-from sync.backfill import _object_id
+from sync.backfill import _in_file_order, _object_id, _unfolded
 
 ORDER = {"id": "gid://shopify/Order/5001", "name": "#1001", "number": 1001, "email": "Ada@Example.com",
          "createdAt": "2026-05-01T10:00:00Z", "updatedAt": "2026-05-02T10:00:00Z", "currencyCode": "EUR",
@@ -65,3 +65,12 @@ def test_history_looks_up_a_customer_by_email_only_for_a_guest_and_no_buyer_s_ot
     assert wanted.customers_by["email"] == {"ada@example.com"}
     assert wanted.order_keys == set() and wanted_by([guest, known]).order_keys == {"e:ada@example.com", "c:3"}
     assert {"c:3", "e:ada@example.com"} <= wanted.rows[Contact]  # the guest keys a customer would absorb, too
+
+
+def test_nested_lines_staged_with_their_object_and_apart_are_read_in_the_file_s_order() -> None:
+    rows = [(4, "order 4\nline 5\nline 6"), (9, "order 9")]
+    own, nested = _unfolded(rows)
+    assert own == ["order 4", "order 9"]
+    assert _in_file_order(nested, []) == ["line 5", "line 6"]
+    apart = [(12, "line 12"), (2, "line 2"), (8, "line 8")]  # staged in rows of their own: any order
+    assert _in_file_order(nested, apart) == ["line 2", "line 5", "line 6", "line 8", "line 12"]
