@@ -487,7 +487,8 @@ class Backfill(SQLModel, table=True):
 
 
 class BackfillRow(SQLModel, table=True):
-    """A line of a bulk operation's file, kept until its object is reassembled with its nested rows."""
+    """A staged row of a bulk operation's file, kept until its object is reassembled with its nested rows: an
+    object's line with the nested lines staged with it (one per text line), or one nested line staged apart."""
 
     __tablename__ = "backfill_rows"
     # Parents in line order (parent IS NULL, line > the last queued) and a chunk's children both walk this index.

@@ -73,7 +73,7 @@ from sync.push import ShopPaused, pause_shop
 
 log = logging.getLogger("connector.backfill")
 
-STAGE_CHUNK = 10_000  # lines per commit while staging (a chunk ends before an object's line)
+STAGE_CHUNK = 10_000  # lines per commit while staging, at least (a chunk ends before an object's line)
 # A chunk whose objects' nested lines go on and on (a parent with tens of thousands of them) ends anyway at this
 # many lines: its parent's later nested lines are then staged apart, as when they come after the chunk's end.
 STAGE_CHUNK_MOST = 4 * STAGE_CHUNK
@@ -465,7 +465,7 @@ def _stage(engine: Engine, client: ShopifyClient, run: Backfill, report: Progres
                     batch.append({"backfill_id": run.id, "line": number, "parent": None, "body": objects[obj["id"]]})
                 elif (folded := objects.get(parent)) is not None:
                     folded.append(body)
-                else:  # its parent was staged in an earlier chunk (or is not in the file)
+                else:  # its parent is in an earlier chunk (or comes later in the file, or not at all)
                     batch.append({"backfill_id": run.id, "line": number, "parent": parent, "body": body})
                 lines += 1
                 staged = number
@@ -564,8 +564,8 @@ def _unfolded(rows: Sequence[tuple[int, str]]) -> tuple[list[str], list[tuple[in
 
 def _in_file_order(nested: list[tuple[int, int, str]], apart: Iterable[tuple[int, str]]) -> list[str]:
     """The nested lines of a chunk's objects, those staged in their objects' rows (`_unfolded`) and those staged
-    apart (line, body), in the file's order: the lines of one row follow each other, in the file, from its
-    object's line on."""
+    apart (line, body), each object's in the file's order (the lines of one row follow each other, in the file,
+    from its object's line on); objects' lines may interleave (`assemble` groups them by parent)."""
     merged = nested + [(line, 0, body) for line, body in apart]
     if len(merged) > len(nested):  # else already in order: the rows were read in line order
         merged.sort(key=lambda nested_line: nested_line[:2])

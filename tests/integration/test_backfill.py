@@ -276,10 +276,12 @@ def test_staged_lines_lost_while_the_backfill_runs_stop_it_with_the_reason_inste
     _every_order_arrives_whole(connector, store)
 
 
-@pytest.mark.parametrize("chunk", [10_000, 10])
+@pytest.mark.parametrize(("chunk", "most"), [(10_000, 40_000), (10, 40), (2, 3)],
+                         ids=["one chunk", "chunks of 10 lines", "chunks cut within an order"])
 def test_nested_lines_are_staged_in_their_object_s_row_unless_their_chunk_ended_before_them(
-        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+        connector: Connector, store: SimulatedStore, monkeypatch: pytest.MonkeyPatch, chunk: int, most: int) -> None:
     monkeypatch.setattr(backfill, "STAGE_CHUNK", chunk)
+    monkeypatch.setattr(backfill, "STAGE_CHUNK_MOST", most)
     lines = sum(len(o["line_items"]) for o in store.orders)  # one line each, and one per order
     assert _backfill(connector, resources=["orders"]) == [("orders", "staged", len(store.orders))]
     [row] = connector.rows("SELECT count(*) AS n, count(parent) AS apart FROM backfill_rows WHERE line > 0")
