@@ -574,9 +574,9 @@ def _in_file_order(nested: list[tuple[int, int, str]], apart: Iterable[tuple[int
 
 def _parents(connection: sa.Connection, run_id: int, after: int, limit: int) -> Sequence[tuple[int, str]]:
     """The next `limit` objects' rows after line `after`: (line, body: the object's line, then the nested lines
-    staged with it). Ordered by (parent, line), the index's
-    order: every parent is NULL, so that is line order, and PostgreSQL walks the index from where it stopped
-    (ordered by line alone, it read and sorted every parent line left in the file for each chunk)."""
+    staged with it). Ordered by (parent, line), the index's order: every parent is NULL, so that is line order,
+    and PostgreSQL walks the index from where it stopped (ordered by line alone, it read and sorted every parent
+    line left in the file for each chunk)."""
     staged: sa.Table = BackfillRow.__table__  # type: ignore[attr-defined]
     return connection.execute(sa.select(staged.c.line, staged.c.body).where(
         staged.c.backfill_id == run_id, staged.c.parent.is_(None), staged.c.line > after)
